@@ -1,0 +1,474 @@
+//! The JSON-lines codec: one Singer message per line, in and out.
+//!
+//! Decoding has its own typed error carrying the line number, because every caller reports it
+//! and tests assert on it.
+
+use std::io::{BufRead, Write};
+
+use serde_json::{Map, Value};
+
+use super::message::{ActivateVersionMessage, Message, RecordMessage, SchemaMessage, StateMessage};
+
+/// A message with the input line it came from (0 when it did not come from a line).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    /// 1-based input line number, or 0 for messages made in-process by a built-in tap.
+    pub line: u64,
+    /// The message.
+    pub msg: Message,
+}
+
+/// A line that is not a valid Singer message.
+#[derive(Debug, thiserror::Error)]
+#[error("line {line}: {kind}")]
+pub struct DecodeError {
+    /// 1-based line number.
+    pub line: u64,
+    /// What is wrong with it.
+    pub kind: DecodeErrorKind,
+}
+
+/// What is wrong with an input line.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeErrorKind {
+    /// The line does not parse as JSON.
+    #[error("not JSON ({0}); a tap must write only Singer messages to stdout, one per line: {1}")]
+    NotJson(String, String),
+    /// The line is JSON but not an object.
+    #[error("a Singer message must be a JSON object, got {0}")]
+    NotObject(&'static str),
+    /// No `type` field.
+    #[error("message has no \"type\" field")]
+    MissingType,
+    /// A `type` this version does not know.
+    #[error("unknown message type {0:?} (expected SCHEMA, RECORD, STATE or ACTIVATE_VERSION)")]
+    UnknownType(String),
+    /// A required field is missing or has the wrong JSON type.
+    #[error("{msg_type} message: field {field:?} {problem}")]
+    Field {
+        /// The message type.
+        msg_type: &'static str,
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn excerpt(bytes: &[u8]) -> String {
+    let s = String::from_utf8_lossy(bytes);
+    let s = s.trim_end();
+    let mut end = s.len().min(80);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    if end < s.len() {
+        format!("{}…", &s[..end])
+    } else {
+        s.to_owned()
+    }
+}
+
+fn field_err(
+    msg_type: &'static str,
+    field: &'static str,
+    problem: impl Into<String>,
+) -> DecodeErrorKind {
+    DecodeErrorKind::Field {
+        msg_type,
+        field,
+        problem: problem.into(),
+    }
+}
+
+fn take_string(
+    v: Option<Value>,
+    msg_type: &'static str,
+    field: &'static str,
+) -> Result<String, DecodeErrorKind> {
+    match v {
+        Some(Value::String(s)) => Ok(s),
+        Some(other) => Err(field_err(
+            msg_type,
+            field,
+            format!("must be a string, got {}", json_kind(&other)),
+        )),
+        None => Err(field_err(msg_type, field, "is missing")),
+    }
+}
+
+fn as_version(v: &Value, msg_type: &'static str) -> Result<i64, DecodeErrorKind> {
+    match v {
+        Value::Number(n) => n
+            .as_i64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e18)
+                    .map(|f| f as i64)
+            })
+            .ok_or_else(|| field_err(msg_type, "version", format!("must be an integer, got {n}"))),
+        other => Err(field_err(
+            msg_type,
+            "version",
+            format!("must be an integer, got {}", json_kind(other)),
+        )),
+    }
+}
+
+/// Decodes one line (without its newline) into a message.
+///
+/// # Errors
+/// A [`DecodeErrorKind`] saying what is wrong; the caller adds the line number.
+pub fn decode(bytes: &[u8]) -> Result<Message, DecodeErrorKind> {
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| DecodeErrorKind::NotJson(e.to_string(), excerpt(bytes)))?;
+    decode_value(value)
+}
+
+/// Decodes an already-parsed JSON value into a message.
+///
+/// # Errors
+/// A [`DecodeErrorKind`] saying what is wrong.
+pub fn decode_value(value: Value) -> Result<Message, DecodeErrorKind> {
+    let Value::Object(map) = value else {
+        return Err(DecodeErrorKind::NotObject(json_kind(&value)));
+    };
+    // One pass over the fields: no hashing, and unknown fields keep their order.
+    let mut ty: Option<Value> = None;
+    let mut stream = None;
+    let mut record = None;
+    let mut schema = None;
+    let mut key_properties = None;
+    let mut bookmark_properties = None;
+    let mut value = None;
+    let mut version = None;
+    let mut time_extracted = None;
+    let mut extra = Map::new();
+    for (k, v) in map {
+        match k.as_str() {
+            "type" => ty = Some(v),
+            "stream" => stream = Some(v),
+            "record" => record = Some(v),
+            "schema" => schema = Some(v),
+            "key_properties" => key_properties = Some(v),
+            "bookmark_properties" => bookmark_properties = Some(v),
+            "value" => value = Some(v),
+            "version" => version = Some(v),
+            "time_extracted" => time_extracted = Some(v),
+            _ => {
+                extra.insert(k, v);
+            }
+        }
+    }
+    let ty = match ty {
+        Some(Value::String(s)) => s,
+        Some(other) => return Err(DecodeErrorKind::UnknownType(other.to_string())),
+        None => return Err(DecodeErrorKind::MissingType),
+    };
+    // The type is matched case-insensitively, as singer-python does. Fields that belong to
+    // another message type are kept as extras rather than dropped.
+    let mut keep = |k: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            extra.insert(k.to_owned(), v);
+        }
+    };
+    if ty.eq_ignore_ascii_case("RECORD") {
+        const T: &str = "RECORD";
+        let stream = take_string(stream, T, "stream")?;
+        let record = match record {
+            Some(Value::Object(m)) => m,
+            Some(other) => {
+                return Err(field_err(
+                    T,
+                    "record",
+                    format!("must be an object, got {}", json_kind(&other)),
+                ))
+            }
+            None => return Err(field_err(T, "record", "is missing")),
+        };
+        let version = match version {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(as_version(&v, T)?),
+        };
+        let time_extracted = match time_extracted {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s),
+            Some(other) => {
+                return Err(field_err(
+                    T,
+                    "time_extracted",
+                    format!("must be a string, got {}", json_kind(&other)),
+                ))
+            }
+        };
+        keep("schema", schema);
+        keep("key_properties", key_properties);
+        keep("bookmark_properties", bookmark_properties);
+        keep("value", value);
+        Ok(Message::Record(RecordMessage {
+            stream,
+            record,
+            version,
+            time_extracted,
+            extra,
+        }))
+    } else if ty.eq_ignore_ascii_case("SCHEMA") {
+        const T: &str = "SCHEMA";
+        let stream = take_string(stream, T, "stream")?;
+        let schema = match schema {
+            Some(v @ Value::Object(_)) => v,
+            Some(Value::Bool(b)) => Value::Bool(b),
+            Some(other) => {
+                return Err(field_err(
+                    T,
+                    "schema",
+                    format!("must be a JSON Schema object, got {}", json_kind(&other)),
+                ))
+            }
+            None => return Err(field_err(T, "schema", "is missing")),
+        };
+        let key_properties = string_list(key_properties, T, "key_properties")?.unwrap_or_default();
+        let bookmark_properties = string_list(bookmark_properties, T, "bookmark_properties")?;
+        keep("record", record);
+        keep("value", value);
+        keep("version", version);
+        keep("time_extracted", time_extracted);
+        Ok(Message::Schema(SchemaMessage {
+            stream,
+            schema,
+            key_properties,
+            bookmark_properties,
+            extra,
+        }))
+    } else if ty.eq_ignore_ascii_case("STATE") {
+        let Some(value) = value else {
+            return Err(field_err("STATE", "value", "is missing"));
+        };
+        keep("stream", stream);
+        keep("record", record);
+        keep("schema", schema);
+        keep("key_properties", key_properties);
+        keep("bookmark_properties", bookmark_properties);
+        keep("version", version);
+        keep("time_extracted", time_extracted);
+        Ok(Message::State(StateMessage { value, extra }))
+    } else if ty.eq_ignore_ascii_case("ACTIVATE_VERSION") {
+        const T: &str = "ACTIVATE_VERSION";
+        let stream = take_string(stream, T, "stream")?;
+        let version = match version {
+            Some(v) => as_version(&v, T)?,
+            None => return Err(field_err(T, "version", "is missing")),
+        };
+        keep("record", record);
+        keep("schema", schema);
+        keep("key_properties", key_properties);
+        keep("bookmark_properties", bookmark_properties);
+        keep("value", value);
+        keep("time_extracted", time_extracted);
+        Ok(Message::ActivateVersion(ActivateVersionMessage {
+            stream,
+            version,
+            extra,
+        }))
+    } else {
+        Err(DecodeErrorKind::UnknownType(ty))
+    }
+}
+
+fn string_list(
+    v: Option<Value>,
+    msg_type: &'static str,
+    field: &'static str,
+) -> Result<Option<Vec<String>>, DecodeErrorKind> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .map(|i| match i {
+                Value::String(s) => Ok(s),
+                other => Err(field_err(
+                    msg_type,
+                    field,
+                    format!("must list strings, found {}", json_kind(&other)),
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        Some(other) => Err(field_err(
+            msg_type,
+            field,
+            format!("must be an array of strings, got {}", json_kind(&other)),
+        )),
+    }
+}
+
+/// Writes one message as a JSON line.
+///
+/// # Errors
+/// Any I/O error from `w` (a broken pipe included).
+pub fn write_message(w: &mut impl Write, msg: &Message) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *w, msg).map_err(std::io::Error::from)?;
+    w.write_all(b"\n")
+}
+
+/// Reads JSON lines from `reader` and hands them to `sink` in chunks of up to `chunk` messages.
+/// Blank lines are skipped (but counted, so line numbers match the input).
+///
+/// Returns the number of lines read.
+///
+/// # Errors
+/// A [`DecodeError`] for the first bad line, an I/O error, or whatever `sink` returns (a closed
+/// channel when the consumer has stopped).
+pub fn read_lines<R: BufRead>(
+    mut reader: R,
+    chunk: usize,
+    mut sink: impl FnMut(Vec<Envelope>) -> anyhow::Result<()>,
+) -> anyhow::Result<u64> {
+    let mut buf = Vec::with_capacity(4096);
+    let mut line = 0u64;
+    let mut out = Vec::with_capacity(chunk);
+    loop {
+        buf.clear();
+        let n = reader.read_until(b'\n', &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        line += 1;
+        let trimmed = trim_ascii(&buf);
+        if trimmed.is_empty() {
+            continue;
+        }
+        let msg = decode(trimmed).map_err(|kind| DecodeError { line, kind })?;
+        // A STATE goes out at once, so the consumer can commit without waiting for a full chunk.
+        let is_state = matches!(msg, Message::State(_));
+        out.push(Envelope { line, msg });
+        if out.len() >= chunk || is_state {
+            sink(std::mem::replace(&mut out, Vec::with_capacity(chunk)))?;
+        }
+    }
+    if !out.is_empty() {
+        sink(out)?;
+    }
+    Ok(line)
+}
+
+fn trim_ascii(b: &[u8]) -> &[u8] {
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &b[start..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn roundtrip(line: &str) -> Value {
+        let msg = decode(line.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        write_message(&mut out, &msg).unwrap();
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    // The examples of the Singer specification (SPEC.md), verbatim.
+    #[test]
+    fn spec_examples_roundtrip() {
+        let lines = [
+            r#"{"type": "SCHEMA", "stream": "users", "key_properties": ["id"], "schema": {"required": ["id"], "type": "object", "properties": {"id": {"type": "integer"}}}}"#,
+            r#"{"type": "RECORD", "stream": "users", "record": {"id": 1, "name": "Chris"}}"#,
+            r#"{"type": "STATE", "value": {"users": 2, "locations": 1}}"#,
+            r#"{"type": "SCHEMA", "stream": "users", "schema": {"properties": {"id": {"type": "integer"}, "name": {"type": "string"}, "updated_at": {"type": "string", "format": "date-time"}}}, "key_properties": ["id"], "bookmark_properties": ["updated_at"]}"#,
+            r#"{"type": "RECORD", "stream": "users", "record": {"id": 0, "name": "Chris"}, "time_extracted": "2017-11-14T04:22:29.371551Z", "version": 1509568800000}"#,
+            r#"{"type": "ACTIVATE_VERSION", "stream": "users", "version": 1509568800000}"#,
+        ];
+        for l in lines {
+            let orig: Value = serde_json::from_str(l).unwrap();
+            assert_eq!(roundtrip(l), orig, "{l}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_kept_and_type_case_insensitive() {
+        let v = roundtrip(r#"{"type":"record","stream":"s","record":{"a":1},"sequence":7}"#);
+        assert_eq!(
+            v,
+            json!({"type":"RECORD","stream":"s","record":{"a":1},"sequence":7})
+        );
+    }
+
+    #[test]
+    fn decimals_are_exact() {
+        let v = roundtrip(
+            r#"{"type":"RECORD","stream":"s","record":{"a":12345678901234567890.123456789012345678}}"#,
+        );
+        assert_eq!(
+            v["record"]["a"].to_string(),
+            "12345678901234567890.123456789012345678"
+        );
+    }
+
+    #[test]
+    fn bad_lines_are_named() {
+        let cases = [
+            ("not json", "not JSON"),
+            ("[1]", "must be a JSON object"),
+            (r#"{"stream":"s"}"#, "no \"type\""),
+            (r#"{"type":"FOO"}"#, "unknown message type \"FOO\""),
+            (
+                r#"{"type":"RECORD","record":{}}"#,
+                "field \"stream\" is missing",
+            ),
+            (
+                r#"{"type":"RECORD","stream":"s","record":[1]}"#,
+                "must be an object",
+            ),
+            (
+                r#"{"type":"SCHEMA","stream":"s","schema":3}"#,
+                "JSON Schema",
+            ),
+            (r#"{"type":"STATE"}"#, "\"value\" is missing"),
+            (
+                r#"{"type":"ACTIVATE_VERSION","stream":"s","version":"x"}"#,
+                "integer",
+            ),
+        ];
+        for (line, want) in cases {
+            let err = decode(line.as_bytes()).unwrap_err().to_string();
+            assert!(err.contains(want), "{line}: {err}");
+        }
+    }
+
+    #[test]
+    fn reader_counts_lines_and_skips_blanks() {
+        let input = b"{\"type\":\"RECORD\",\"stream\":\"s\",\"record\":{}}\n\n{\"type\":\"RECORD\",\"stream\":\"s\",\"record\":{}}\nnope\n";
+        let mut got = Vec::new();
+        let err = read_lines(&input[..], 10, |c| {
+            got.extend(c);
+            Ok(())
+        })
+        .unwrap_err();
+        let de = err.downcast_ref::<DecodeError>().unwrap();
+        assert_eq!(de.line, 4);
+        assert!(
+            got.is_empty(),
+            "a chunk is handed over only when full or at the end"
+        );
+    }
+}

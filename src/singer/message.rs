@@ -1,0 +1,151 @@
+//! The Singer message types (SCHEMA, RECORD, STATE, ACTIVATE_VERSION) and their JSON form.
+
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::{Map, Value};
+
+/// One Singer message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    /// Declares (or redeclares) a stream's JSON Schema and key properties.
+    Schema(SchemaMessage),
+    /// One row of a stream.
+    Record(RecordMessage),
+    /// An opaque checkpoint: everything before it may be considered delivered once committed.
+    State(StateMessage),
+    /// Marks a full-table version complete: older versions may be removed.
+    ActivateVersion(ActivateVersionMessage),
+}
+
+/// A SCHEMA message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SchemaMessage {
+    /// The stream the schema describes.
+    pub stream: String,
+    /// A JSON Schema for the stream's records.
+    pub schema: Value,
+    /// Properties that identify a record.
+    pub key_properties: Vec<String>,
+    /// Properties a tap uses for its bookmark, if declared.
+    pub bookmark_properties: Option<Vec<String>>,
+    /// Fields this version of ferry does not know, kept as they came.
+    pub extra: Map<String, Value>,
+}
+
+/// A RECORD message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordMessage {
+    /// The stream the record belongs to.
+    pub stream: String,
+    /// The record itself.
+    pub record: Map<String, Value>,
+    /// The table version (full-table replication), if any.
+    pub version: Option<i64>,
+    /// When the tap read the record (RFC 3339), if given.
+    pub time_extracted: Option<String>,
+    /// Unknown fields, kept.
+    pub extra: Map<String, Value>,
+}
+
+/// A STATE message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateMessage {
+    /// The state value, conventionally `{"bookmarks": {...}, "currently_syncing": ...}`.
+    pub value: Value,
+    /// Unknown fields, kept.
+    pub extra: Map<String, Value>,
+}
+
+/// An ACTIVATE_VERSION message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActivateVersionMessage {
+    /// The stream whose version becomes current.
+    pub stream: String,
+    /// The version that is now complete.
+    pub version: i64,
+    /// Unknown fields, kept.
+    pub extra: Map<String, Value>,
+}
+
+impl Message {
+    /// The message's `type` as the spec writes it.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Message::Schema(_) => "SCHEMA",
+            Message::Record(_) => "RECORD",
+            Message::State(_) => "STATE",
+            Message::ActivateVersion(_) => "ACTIVATE_VERSION",
+        }
+    }
+
+    /// The stream a message belongs to; STATE belongs to none.
+    pub fn stream(&self) -> Option<&str> {
+        match self {
+            Message::Schema(m) => Some(&m.stream),
+            Message::Record(m) => Some(&m.stream),
+            Message::ActivateVersion(m) => Some(&m.stream),
+            Message::State(_) => None,
+        }
+    }
+
+    /// A RECORD with no version, time or extras.
+    pub fn record(stream: impl Into<String>, record: Map<String, Value>) -> Message {
+        Message::Record(RecordMessage {
+            stream: stream.into(),
+            record,
+            version: None,
+            time_extracted: None,
+            extra: Map::new(),
+        })
+    }
+
+    /// A STATE message.
+    pub fn state(value: Value) -> Message {
+        Message::State(StateMessage {
+            value,
+            extra: Map::new(),
+        })
+    }
+}
+
+impl Serialize for Message {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // `type` first, as every Singer implementation writes it; extras last.
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("type", self.type_name())?;
+        let extra = match self {
+            Message::Schema(m) => {
+                map.serialize_entry("stream", &m.stream)?;
+                map.serialize_entry("schema", &m.schema)?;
+                map.serialize_entry("key_properties", &m.key_properties)?;
+                if let Some(b) = &m.bookmark_properties {
+                    map.serialize_entry("bookmark_properties", b)?;
+                }
+                &m.extra
+            }
+            Message::Record(m) => {
+                map.serialize_entry("stream", &m.stream)?;
+                map.serialize_entry("record", &m.record)?;
+                if let Some(v) = m.version {
+                    map.serialize_entry("version", &v)?;
+                }
+                if let Some(t) = &m.time_extracted {
+                    map.serialize_entry("time_extracted", t)?;
+                }
+                &m.extra
+            }
+            Message::State(m) => {
+                map.serialize_entry("value", &m.value)?;
+                &m.extra
+            }
+            Message::ActivateVersion(m) => {
+                map.serialize_entry("stream", &m.stream)?;
+                map.serialize_entry("version", &m.version)?;
+                &m.extra
+            }
+        };
+        for (k, v) in extra {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}

@@ -1,0 +1,425 @@
+//! Reading one CSV or JSON-lines file into records, typed by the stream's schema.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+
+use anyhow::{anyhow, Context};
+use serde_json::{Map, Number, Value};
+
+use super::{FileSpec, Format};
+use crate::schema::infer::RecordInferrer;
+
+/// How a CSV cell is turned into a JSON value, from the property's schema.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CellType {
+    null: bool,
+    integer: bool,
+    number: bool,
+    boolean: bool,
+    string: bool,
+    json: bool,
+}
+
+impl CellType {
+    /// From a property schema (`type`, a type list, or `anyOf`).
+    pub fn from_schema(schema: &Value) -> CellType {
+        let mut t = CellType::default();
+        fn walk(s: &Value, t: &mut CellType) {
+            let mut names: Vec<&str> = match s.get("type") {
+                Some(Value::String(x)) => vec![x.as_str()],
+                Some(Value::Array(xs)) => xs.iter().filter_map(Value::as_str).collect(),
+                _ => Vec::new(),
+            };
+            if names.is_empty() && s.get("anyOf").is_none() && s.get("oneOf").is_none() {
+                names = vec!["string", "null"];
+            }
+            for n in names {
+                match n {
+                    "null" => t.null = true,
+                    "integer" => t.integer = true,
+                    "number" => t.number = true,
+                    "boolean" => t.boolean = true,
+                    "string" => t.string = true,
+                    _ => t.json = true,
+                }
+            }
+            for k in ["anyOf", "oneOf"] {
+                if let Some(Value::Array(alts)) = s.get(k) {
+                    for a in alts {
+                        walk(a, t);
+                    }
+                }
+            }
+        }
+        walk(schema, &mut t);
+        t
+    }
+
+    /// Converts one cell.
+    ///
+    /// # Errors
+    /// A message saying which types the cell failed to be.
+    pub fn convert(self, cell: &str) -> Result<Value, String> {
+        if cell.is_empty() {
+            if self.null {
+                return Ok(Value::Null);
+            }
+            if self.string {
+                return Ok(Value::String(String::new()));
+            }
+            return Err("an empty cell, but the schema does not allow null".into());
+        }
+        let trimmed = cell.trim();
+        if self.integer && is_integer_text(trimmed) {
+            if let Ok(n) = trimmed.parse::<Number>() {
+                return Ok(Value::Number(n));
+            }
+        }
+        if self.number && is_number_text(trimmed) {
+            if let Ok(n) = trimmed.parse::<Number>() {
+                return Ok(Value::Number(n));
+            }
+        }
+        if self.boolean {
+            match trimmed.to_ascii_lowercase().as_str() {
+                "true" | "t" | "1" | "yes" => return Ok(Value::Bool(true)),
+                "false" | "f" | "0" | "no" => return Ok(Value::Bool(false)),
+                _ => {}
+            }
+        }
+        if self.json && (trimmed.starts_with('{') || trimmed.starts_with('[')) {
+            if let Ok(v) = serde_json::from_str(trimmed) {
+                return Ok(v);
+            }
+        }
+        if self.string {
+            return Ok(Value::String(cell.to_owned()));
+        }
+        let mut wanted = Vec::new();
+        for (b, n) in [
+            (self.integer, "an integer"),
+            (self.number, "a number"),
+            (self.boolean, "a boolean"),
+            (self.json, "JSON"),
+        ] {
+            if b {
+                wanted.push(n);
+            }
+        }
+        Err(format!(
+            "{:?} is not {}",
+            excerpt(cell),
+            wanted.join(" or ")
+        ))
+    }
+}
+
+fn excerpt(s: &str) -> &str {
+    let mut end = s.len().min(40);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn is_integer_text(s: &str) -> bool {
+    let d = s.strip_prefix(['-', '+']).unwrap_or(s);
+    !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn is_number_text(s: &str) -> bool {
+    let d = s.strip_prefix(['-', '+']).unwrap_or(s);
+    let mut seen_digit = false;
+    let mut seen_dot = false;
+    let mut seen_e = false;
+    let mut prev = b' ';
+    for b in d.bytes() {
+        match b {
+            b'0'..=b'9' => seen_digit = true,
+            b'.' if !seen_dot && !seen_e => seen_dot = true,
+            b'e' | b'E' if seen_digit && !seen_e => seen_e = true,
+            b'+' | b'-' if prev == b'e' || prev == b'E' => {}
+            _ => return false,
+        }
+        prev = b;
+    }
+    seen_digit && !matches!(prev, b'e' | b'E' | b'+' | b'-')
+}
+
+/// A column to produce: its index in the file, its name, how to convert it.
+#[derive(Debug, Clone)]
+pub struct ColumnPlan {
+    index: usize,
+    name: String,
+    ty: CellType,
+}
+
+/// An open file being read.
+pub enum RowReader {
+    /// CSV with its header.
+    Csv {
+        /// The path, for messages.
+        path: String,
+        /// The reader.
+        reader: csv::Reader<BufReader<File>>,
+        /// Column names from the header row.
+        header: Vec<String>,
+        /// A reusable row buffer.
+        row: csv::StringRecord,
+    },
+    /// JSON lines.
+    Jsonl {
+        /// The path, for messages.
+        path: String,
+        /// The reader.
+        reader: BufReader<File>,
+        /// Lines read so far.
+        line: u64,
+        /// A reusable line buffer.
+        buf: Vec<u8>,
+    },
+}
+
+impl RowReader {
+    /// Opens a file.
+    ///
+    /// # Errors
+    /// When it cannot be opened, or a CSV file has no readable header.
+    pub fn open(format: Format, spec: &FileSpec, path: &str) -> anyhow::Result<RowReader> {
+        let file = File::open(path).with_context(|| format!("cannot open {path}"))?;
+        let reader = BufReader::with_capacity(1 << 16, file);
+        match format {
+            Format::Jsonl => Ok(RowReader::Jsonl {
+                path: path.to_owned(),
+                reader,
+                line: 0,
+                buf: Vec::with_capacity(4096),
+            }),
+            Format::Csv => {
+                let delim = spec.delimiter.as_deref().map_or(b',', |d| d.as_bytes()[0]);
+                let quote = spec.quotechar.as_deref().map_or(b'"', |q| q.as_bytes()[0]);
+                let mut reader = csv::ReaderBuilder::new()
+                    .delimiter(delim)
+                    .quote(quote)
+                    .has_headers(true)
+                    .from_reader(reader);
+                let header = reader
+                    .headers()
+                    .map_err(|e| anyhow!("{path}: cannot read the CSV header row: {e}"))?
+                    .iter()
+                    .map(|h| h.trim_start_matches('\u{feff}').to_owned())
+                    .collect();
+                Ok(RowReader::Csv {
+                    path: path.to_owned(),
+                    reader,
+                    header,
+                    row: csv::StringRecord::new(),
+                })
+            }
+        }
+    }
+
+    /// The CSV header, if this is a CSV file.
+    pub fn header(&self) -> Option<&[String]> {
+        match self {
+            RowReader::Csv { header, .. } => Some(header),
+            RowReader::Jsonl { .. } => None,
+        }
+    }
+
+    /// Plans the columns of a stream for this file's header (CSV) from the stream schema;
+    /// a selected schema column missing from the file is an error.
+    ///
+    /// # Errors
+    /// When the file lacks a column the schema requires (a key property or a non-null one).
+    pub fn plan(
+        &self,
+        schema: &Value,
+        selected: &dyn Fn(&str) -> bool,
+        keys: &[String],
+    ) -> anyhow::Result<Vec<ColumnPlan>> {
+        let RowReader::Csv { header, path, .. } = self else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        let props = schema.get("properties").and_then(Value::as_object);
+        for (index, name) in header.iter().enumerate() {
+            if !selected(name) {
+                continue;
+            }
+            let ty = props.and_then(|p| p.get(name)).map_or(
+                CellType {
+                    string: true,
+                    null: true,
+                    ..Default::default()
+                },
+                CellType::from_schema,
+            );
+            out.push(ColumnPlan {
+                index,
+                name: name.clone(),
+                ty,
+            });
+        }
+        for k in keys {
+            if !header.contains(k) {
+                return Err(anyhow!(
+                    "{path}: key column {k:?} is missing from the header"
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads one row into an inferrer; false at the end of the file.
+    ///
+    /// # Errors
+    /// A malformed row, with its line.
+    pub fn infer_next(&mut self, inf: &mut RecordInferrer) -> anyhow::Result<bool> {
+        match self {
+            RowReader::Csv {
+                path,
+                reader,
+                header,
+                row,
+            } => {
+                if !reader.read_record(row).map_err(|e| csv_error(path, &e))? {
+                    return Ok(false);
+                }
+                inf.add_row(header, row.iter());
+                Ok(true)
+            }
+            RowReader::Jsonl { .. } => match self.next_json()? {
+                Some((_, m)) => {
+                    inf.add(&m);
+                    Ok(true)
+                }
+                None => Ok(false),
+            },
+        }
+    }
+
+    fn next_json(&mut self) -> anyhow::Result<Option<(u64, Map<String, Value>)>> {
+        let RowReader::Jsonl {
+            path,
+            reader,
+            line,
+            buf,
+        } = self
+        else {
+            return Ok(None);
+        };
+        loop {
+            buf.clear();
+            if reader
+                .read_until(b'\n', buf)
+                .with_context(|| format!("reading {path}"))?
+                == 0
+            {
+                return Ok(None);
+            }
+            *line += 1;
+            let text = buf.trim_ascii();
+            if text.is_empty() {
+                continue;
+            }
+            return match serde_json::from_slice::<Value>(text) {
+                Ok(Value::Object(m)) => Ok(Some((*line, m))),
+                Ok(_) => Err(anyhow!(
+                    "{path} line {line}: each line must be a JSON object"
+                )),
+                Err(e) => Err(anyhow!("{path} line {line}: not valid JSON: {e}")),
+            };
+        }
+    }
+
+    /// Reads the next record; `columns` comes from [`RowReader::plan`] (CSV), `keep` filters
+    /// JSON properties (None keeps all). Returns the line number with the record.
+    ///
+    /// # Errors
+    /// A malformed row or a cell that does not convert to its schema type, with file, line and
+    /// column.
+    pub fn next_record(
+        &mut self,
+        columns: &[ColumnPlan],
+        keep: Option<&dyn Fn(&str) -> bool>,
+    ) -> anyhow::Result<Option<(u64, Map<String, Value>)>> {
+        match self {
+            RowReader::Csv {
+                path,
+                reader,
+                row,
+                header,
+            } => {
+                if !reader.read_record(row).map_err(|e| csv_error(path, &e))? {
+                    return Ok(None);
+                }
+                let line = row.position().map_or(0, csv::Position::line);
+                if row.len() != header.len() {
+                    return Err(anyhow!(
+                        "{path} line {line}: {} fields, but the header has {}",
+                        row.len(),
+                        header.len()
+                    ));
+                }
+                let mut m = Map::with_capacity(columns.len());
+                for c in columns {
+                    let cell = row.get(c.index).unwrap_or("");
+                    let v =
+                        c.ty.convert(cell)
+                            .map_err(|e| anyhow!("{path} line {line}, column {:?}: {e}", c.name))?;
+                    m.insert(c.name.clone(), v);
+                }
+                Ok(Some((line, m)))
+            }
+            RowReader::Jsonl { .. } => {
+                let Some((line, mut m)) = self.next_json()? else {
+                    return Ok(None);
+                };
+                if let Some(keep) = keep {
+                    m.retain(|k, _| keep(k));
+                }
+                Ok(Some((line, m)))
+            }
+        }
+    }
+}
+
+fn csv_error(path: &str, e: &csv::Error) -> anyhow::Error {
+    match e.position() {
+        Some(p) => anyhow!("{path} line {}: malformed CSV: {e}", p.line()),
+        None => anyhow!("{path}: malformed CSV: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn converts_cells_by_schema() {
+        let int = CellType::from_schema(&json!({"type": ["null", "integer"]}));
+        assert_eq!(int.convert("42").unwrap(), json!(42));
+        assert_eq!(int.convert("").unwrap(), Value::Null);
+        assert!(int.convert("4.2").unwrap_err().contains("not an integer"));
+        let num = CellType::from_schema(&json!({"type": "number"}));
+        assert_eq!(
+            num.convert("12345678901234567890.000000001")
+                .unwrap()
+                .to_string(),
+            "12345678901234567890.000000001"
+        );
+        assert!(num.convert("").is_err());
+        let b = CellType::from_schema(&json!({"type": "boolean"}));
+        assert_eq!(b.convert("TRUE").unwrap(), json!(true));
+        let s = CellType::from_schema(&json!({"type": "string", "format": "date-time"}));
+        assert_eq!(s.convert("").unwrap(), json!(""));
+        let obj = CellType::from_schema(&json!({"type": ["object", "null"]}));
+        assert_eq!(obj.convert("{\"a\": 1}").unwrap(), json!({"a": 1}));
+        let mixed =
+            CellType::from_schema(&json!({"anyOf": [{"type": "integer"}, {"type": "string"}]}));
+        assert_eq!(mixed.convert("7").unwrap(), json!(7));
+        assert_eq!(mixed.convert("x").unwrap(), json!("x"));
+    }
+}

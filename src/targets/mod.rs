@@ -1,0 +1,139 @@
+//! Built-in targets, dispatched by enum.
+//!
+//! A target sees messages in order and makes them durable on `commit`; the runner decides when
+//! to commit and writes the state only afterwards (see [`crate::runner`]). A target that can
+//! store the state in the same transaction as the data (`commit(Some(state))`) reports it back
+//! through `recover`, so a crash between its commit and the state file's can be rolled forward.
+//!
+//! To add one: a folder `src/targets/<name>/`, a variant here, its name in [`BUILTIN`], and arms
+//! in each `match` below.
+
+pub mod file;
+
+use serde_json::Value;
+
+use crate::about::About;
+use crate::error::config_error;
+use crate::singer::{ActivateVersionMessage, RecordMessage, SchemaMessage};
+
+/// Names of the built-in targets.
+pub const BUILTIN: &[&str] = &["csv", "jsonl"];
+
+/// A built-in target, configured.
+#[derive(Debug)]
+pub enum Target {
+    /// `csv` and `jsonl`: a file per stream in a folder.
+    File(file::FileTarget),
+}
+
+/// State a target committed together with its data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recovered {
+    /// The state committed before the last one.
+    pub prev: Value,
+    /// The last state committed with the data.
+    pub state: Value,
+}
+
+impl Target {
+    /// Builds a target from its name and config.
+    /// `scope` names the pipeline (in `ferry sync`), so targets that keep their own commit
+    /// records keep one per pipeline.
+    ///
+    /// # Errors
+    /// A config error for an unknown name or a bad config.
+    pub fn new(name: &str, config: &Value, scope: Option<&str>) -> anyhow::Result<Target> {
+        match name {
+            "csv" => Ok(Target::File(file::FileTarget::new(
+                file::Format::Csv,
+                config,
+                scope,
+            )?)),
+            "jsonl" => Ok(Target::File(file::FileTarget::new(
+                file::Format::Jsonl,
+                config,
+                scope,
+            )?)),
+            other => Err(unknown(other)),
+        }
+    }
+
+    /// The `--about` description of a built-in target.
+    ///
+    /// # Errors
+    /// A config error for an unknown name.
+    pub fn about(name: &str) -> anyhow::Result<About> {
+        match name {
+            "csv" => Ok(file::about(file::Format::Csv)),
+            "jsonl" => Ok(file::about(file::Format::Jsonl)),
+            other => Err(unknown(other)),
+        }
+    }
+
+    /// Applies a SCHEMA: creates or evolves the stream's destination.
+    ///
+    /// # Errors
+    /// When the destination cannot follow the schema.
+    pub async fn schema(&mut self, msg: &SchemaMessage) -> anyhow::Result<()> {
+        match self {
+            Target::File(t) => t.schema(msg),
+        }
+    }
+
+    /// Takes one record (validated by the runner).
+    ///
+    /// # Errors
+    /// When it cannot be written.
+    pub async fn record(&mut self, msg: RecordMessage) -> anyhow::Result<()> {
+        match self {
+            Target::File(t) => t.record(&msg),
+        }
+    }
+
+    /// Handles ACTIVATE_VERSION.
+    ///
+    /// # Errors
+    /// When the destination cannot apply it.
+    pub async fn activate_version(&mut self, msg: &ActivateVersionMessage) -> anyhow::Result<()> {
+        match self {
+            Target::File(t) => {
+                t.activate_version(msg);
+                Ok(())
+            }
+        }
+    }
+
+    /// Makes everything received so far durable, with `state` if the target keeps it.
+    ///
+    /// # Errors
+    /// When the data cannot be made durable; nothing of it may then be considered committed.
+    pub async fn commit(&mut self, state: Option<&Value>) -> anyhow::Result<()> {
+        match self {
+            Target::File(t) => t.commit(state),
+        }
+    }
+
+    /// The state this target last committed with its data, if it keeps one.
+    ///
+    /// # Errors
+    /// When the target's own record is unreadable.
+    pub fn recover(&self) -> anyhow::Result<Option<Recovered>> {
+        match self {
+            Target::File(t) => t.recover(),
+        }
+    }
+
+    /// Bytes written for a stream in this run.
+    pub fn bytes_written(&self, stream: &str) -> u64 {
+        match self {
+            Target::File(t) => t.bytes_written(stream),
+        }
+    }
+}
+
+fn unknown(name: &str) -> anyhow::Error {
+    config_error(format!(
+        "unknown target {name:?}; built-in targets: {}; for any other Singer target use `command: {name}` in ferry.yml",
+        BUILTIN.join(", ")
+    ))
+}
