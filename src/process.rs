@@ -69,6 +69,27 @@ impl ChildFiles {
     }
 }
 
+/// The argument list for a Singer executable: its extra arguments first (so `command: python,
+/// args: [-m, tap_x]` and `command: ferry, args: [tap, csv]` work), then `--config FILE`.
+///
+/// # Errors
+/// When the config file cannot be written.
+pub fn singer_args(
+    extra: &[String],
+    files: &ChildFiles,
+    config: &Value,
+) -> anyhow::Result<Vec<String>> {
+    let mut args = extra.to_vec();
+    args.push("--config".to_owned());
+    args.push(
+        files
+            .write_json("config.json", config)?
+            .display()
+            .to_string(),
+    );
+    Ok(args)
+}
+
 impl ChildConnector {
     /// Starts `program args…` with piped stdout, optionally piped stdin, and forwarded stderr.
     ///

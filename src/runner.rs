@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufRead, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -20,9 +20,9 @@ use anyhow::{anyhow, bail, Context};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-use crate::process::{ChildConnector, ChildFiles};
+use crate::process::{singer_args, ChildConnector, ChildFiles};
 use crate::progress::Progress;
 use crate::schema::Validator;
 use crate::singer::{codec, state, Catalog, Envelope, Message};
@@ -128,7 +128,7 @@ pub enum Source {
         state: Value,
     },
     /// JSON lines from stdin or a file (`ferry target`).
-    Lines(Box<dyn BufRead + Send>),
+    Lines(std::io::BufReader<Box<dyn std::io::Read + Send>>),
     /// An external Singer tap.
     Command(ExternalTap),
 }
@@ -180,13 +180,7 @@ impl Source {
             }
             Source::Command(ext) => {
                 let files = ChildFiles::new()?;
-                let mut args = vec![
-                    "--config".to_owned(),
-                    files
-                        .write_json("config.json", &ext.config)?
-                        .display()
-                        .to_string(),
-                ];
+                let mut args = singer_args(&ext.args, &files, &ext.config)?;
                 if let Some(cat) = &ext.catalog {
                     args.push(ext.catalog_flag.clone());
                     args.push(
@@ -200,7 +194,6 @@ impl Source {
                     args.push("--state".into());
                     args.push(files.write_json("state.json", st)?.display().to_string());
                 }
-                args.extend(ext.args.iter().cloned());
                 let mut child = ChildConnector::spawn(&ext.program, &args, files, false)?;
                 let stdout = child.child.stdout.take().context("child stdout")?;
                 let mut reader = tokio::io::BufReader::with_capacity(1 << 16, stdout);
@@ -208,6 +201,10 @@ impl Source {
                 let mut line = 0u64;
                 loop {
                     buf.clear();
+                    // About to wait on the tap: pass on what is queued first.
+                    if reader.buffer().is_empty() {
+                        emitter.flush().await?;
+                    }
                     let n = match reader.read_until(b'\n', &mut buf).await {
                         Ok(n) => n,
                         Err(e) => {
@@ -410,17 +407,25 @@ pub async fn run(
 ) -> anyhow::Result<(RunStats, StateOut)> {
     let started = Instant::now();
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-    let src = source.run(Emitter::new(tx));
-    let dst = sink.consume(rx, state_out, opts);
+    // The source's verdict: the sink makes its final commit only if the source succeeded
+    // (a closed channel alone cannot tell a finished source from a failed one).
+    let (verdict_tx, verdict_rx) = oneshot::channel::<bool>();
+    let src = async move {
+        let r = source.run(Emitter::new(tx)).await;
+        let _ = verdict_tx.send(r.is_ok());
+        r
+    };
+    let dst = sink.consume(rx, verdict_rx, state_out, opts);
     tokio::pin!(src);
     tokio::pin!(dst);
     let (outcome, (mut stats, state_out)) = tokio::select! {
-        d = &mut dst => {
-            // The sink finished: either it failed (drop the source, which kills a child tap)
-            // or the channel closed, so the source is finishing too.
-            let d = d?;
-            (src.await?, d)
-        }
+        d = &mut dst => match d {
+            Ok(d) => (src.await?, d),
+            // The sink stopped because the source failed: the source's error is the real one.
+            Err(e) if e.is::<SourceFailed>() => return Err(src.await.err().unwrap_or(e)),
+            // The sink failed: dropping the source stops it (and kills a child tap).
+            Err(e) => return Err(e),
+        },
         s = &mut src => match s {
             Ok(outcome) => (outcome, dst.await?),
             Err(e) if e.is::<ConsumerGone>() => {
@@ -428,12 +433,27 @@ pub async fn run(
                 dst.await?;
                 return Err(e);
             }
+            // Dropping the sink here means nothing after its last commit is committed.
             Err(e) => return Err(e),
         }
     };
     stats.failed_streams = outcome.failed_streams;
     stats.duration_secs = started.elapsed().as_secs_f64();
     Ok((stats, state_out))
+}
+
+/// The source failed; the sink stops without a final commit.
+#[derive(Debug, thiserror::Error)]
+#[error("the source failed")]
+pub struct SourceFailed;
+
+/// Waits for the source's verdict at the end of the channel.
+async fn source_succeeded(verdict: oneshot::Receiver<bool>) -> anyhow::Result<()> {
+    if verdict.await.unwrap_or(false) {
+        Ok(())
+    } else {
+        Err(anyhow::Error::new(SourceFailed))
+    }
 }
 
 fn at(line: u64) -> String {
@@ -530,18 +550,20 @@ impl Sink {
     async fn consume(
         self,
         rx: mpsc::Receiver<Chunk>,
+        verdict: oneshot::Receiver<bool>,
         state_out: StateOut,
         opts: RunOptions,
     ) -> anyhow::Result<(RunStats, StateOut)> {
         match self {
-            Sink::Load(target) => consume_load(target, rx, state_out, opts).await,
+            Sink::Load(target) => consume_load(target, rx, verdict, state_out, opts).await,
             Sink::Stdout => {
                 let stats = tokio::task::spawn_blocking(move || consume_stdout(rx))
                     .await
                     .context("the output writer thread failed")??;
+                source_succeeded(verdict).await?;
                 Ok((stats, state_out))
             }
-            Sink::Command(ext) => consume_command(ext, rx, state_out).await,
+            Sink::Command(ext) => consume_command(ext, rx, verdict, state_out).await,
         }
     }
 }
@@ -549,6 +571,7 @@ impl Sink {
 async fn consume_load(
     mut target: Target,
     mut rx: mpsc::Receiver<Chunk>,
+    verdict: oneshot::Receiver<bool>,
     mut state_out: StateOut,
     opts: RunOptions,
 ) -> anyhow::Result<(RunStats, StateOut)> {
@@ -640,29 +663,33 @@ async fn consume_load(
                         line,
                         "Ignoring a STATE message because {why}; the last good state is kept."
                     ),
-                    None => pending = Some(s.value),
+                    None => {
+                        pending = Some(s.value);
+                        // Commit only here, right after a STATE: the target then holds exactly
+                        // the records before it, so data and state stay in step.
+                        if rows_since_commit >= opts.commit_rows
+                            || last_commit.elapsed() >= opts.commit_interval
+                        {
+                            commit(
+                                &mut target,
+                                &mut rejects,
+                                &mut pending,
+                                &mut state_out,
+                                &mut stats,
+                            )
+                            .await?;
+                            rows_since_commit = 0;
+                            last_commit = Instant::now();
+                        }
+                    }
                 },
             }
         }
         for (i, n) in &chunk_counts {
             progress.add(&stats.streams[*i].stream, *n);
         }
-        if pending.is_some()
-            && (rows_since_commit >= opts.commit_rows
-                || last_commit.elapsed() >= opts.commit_interval)
-        {
-            commit(
-                &mut target,
-                &mut rejects,
-                &mut pending,
-                &mut state_out,
-                &mut stats,
-            )
-            .await?;
-            rows_since_commit = 0;
-            last_commit = Instant::now();
-        }
     }
+    source_succeeded(verdict).await?;
     commit(
         &mut target,
         &mut rejects,
@@ -735,17 +762,11 @@ fn consume_stdout(mut rx: mpsc::Receiver<Chunk>) -> anyhow::Result<RunStats> {
 async fn consume_command(
     ext: ExternalTarget,
     mut rx: mpsc::Receiver<Chunk>,
+    verdict: oneshot::Receiver<bool>,
     mut state_out: StateOut,
 ) -> anyhow::Result<(RunStats, StateOut)> {
     let files = ChildFiles::new()?;
-    let mut args = vec![
-        "--config".to_owned(),
-        files
-            .write_json("config.json", &ext.config)?
-            .display()
-            .to_string(),
-    ];
-    args.extend(ext.args.iter().cloned());
+    let args = singer_args(&ext.args, &files, &ext.config)?;
     let mut child = ChildConnector::spawn(&ext.program, &args, files, true)?;
     let stdin = child.child.stdin.take().context("child stdin")?;
     let stdout = child.child.stdout.take().context("child stdout")?;
@@ -783,7 +804,16 @@ async fn consume_command(
     let mut w = tokio::io::BufWriter::with_capacity(1 << 16, stdin);
     let mut buf = Vec::with_capacity(1 << 16);
     let mut counts: Vec<(usize, u64)> = Vec::new();
-    while let Some(chunk) = rx.recv().await {
+    loop {
+        // Watch the child while waiting for input: a target that dies must stop the run even
+        // when the tap is quiet.
+        let chunk = tokio::select! {
+            c = rx.recv() => c,
+            _ = child.child.wait() => {
+                return Err(child.died("exited before its input ended").await);
+            }
+        };
+        let Some(chunk) = chunk else { break };
         buf.clear();
         counts.clear();
         for env in &chunk {
@@ -808,6 +838,8 @@ async fn consume_command(
                 .await);
         }
     }
+    // A failed source must not let the target commit a partial batch: stop it unclosed.
+    source_succeeded(verdict).await?;
     if let Err(e) = w.shutdown().await {
         return Err(child
             .died(&format!("stopped reading its input ({e})"))

@@ -9,7 +9,7 @@ use super::sync::default_catalog_path;
 use super::{print_stdout, Globals};
 use crate::cli::{DiscoverArgs, SelectArgs};
 use crate::error::config_error;
-use crate::process::{ChildConnector, ChildFiles};
+use crate::process::{singer_args, ChildConnector, ChildFiles};
 use crate::project::{ConnectorKind, Pipeline, Project};
 use crate::singer::catalog::{carry_over_selection, keys};
 use crate::singer::Catalog;
@@ -62,15 +62,8 @@ async fn discover_external(
     config: &Value,
 ) -> anyhow::Result<Catalog> {
     let files = ChildFiles::new()?;
-    let mut argv = vec![
-        "--config".to_owned(),
-        files
-            .write_json("config.json", config)?
-            .display()
-            .to_string(),
-        "--discover".to_owned(),
-    ];
-    argv.extend(args.iter().cloned());
+    let mut argv = singer_args(args, &files, config)?;
+    argv.push("--discover".to_owned());
     let mut child = ChildConnector::spawn(program, &argv, files, false)?;
     let mut stdout = child.child.stdout.take().context("child stdout")?;
     let mut buf = Vec::new();

@@ -24,12 +24,12 @@ pub async fn run(a: TargetArgs, g: &Globals) -> anyhow::Result<i32> {
         Some(p) => {
             let f = std::fs::File::open(p)
                 .with_context(|| format!("cannot open --input {}", p.display()))?;
-            Source::Lines(Box::new(BufReader::with_capacity(1 << 16, f)))
+            Source::Lines(BufReader::with_capacity(1 << 16, Box::new(f)))
         }
-        None => Source::Lines(Box::new(BufReader::with_capacity(
+        None => Source::Lines(BufReader::with_capacity(
             1 << 16,
-            std::io::stdin(),
-        ))),
+            Box::new(std::io::stdin()),
+        )),
     };
     let opts = RunOptions {
         on_invalid: a.on_invalid,

@@ -330,8 +330,8 @@ pub fn write_message(w: &mut impl Write, msg: &Message) -> std::io::Result<()> {
 /// # Errors
 /// A [`DecodeError`] for the first bad line, an I/O error, or whatever `sink` returns (a closed
 /// channel when the consumer has stopped).
-pub fn read_lines<R: BufRead>(
-    mut reader: R,
+pub fn read_lines<R: std::io::Read>(
+    mut reader: std::io::BufReader<R>,
     chunk: usize,
     mut sink: impl FnMut(Vec<Envelope>) -> anyhow::Result<()>,
 ) -> anyhow::Result<u64> {
@@ -340,6 +340,11 @@ pub fn read_lines<R: BufRead>(
     let mut out = Vec::with_capacity(chunk);
     loop {
         buf.clear();
+        // About to wait on the input: hand over what is queued, so a slow producer's
+        // messages are not held back until a chunk fills.
+        if reader.buffer().is_empty() && !out.is_empty() {
+            sink(std::mem::replace(&mut out, Vec::with_capacity(chunk)))?;
+        }
         let n = reader.read_until(b'\n', &mut buf)?;
         if n == 0 {
             break;
@@ -459,7 +464,7 @@ mod tests {
     fn reader_counts_lines_and_skips_blanks() {
         let input = b"{\"type\":\"RECORD\",\"stream\":\"s\",\"record\":{}}\n\n{\"type\":\"RECORD\",\"stream\":\"s\",\"record\":{}}\nnope\n";
         let mut got = Vec::new();
-        let err = read_lines(&input[..], 10, |c| {
+        let err = read_lines(std::io::BufReader::new(&input[..]), 10, |c| {
             got.extend(c);
             Ok(())
         })

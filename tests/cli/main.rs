@@ -1,1 +1,17 @@
-fn main() {}
+//! Black-box tests of the `ferry` binary: one test binary, one module per area.
+
+// Helpers: a temp project folder and a runner for the real binary.
+mod util;
+
+// Singer tap/target commands in pipes, --about, --discover, inference.
+mod pipe;
+// `ferry sync` pipelines: state, increments, --select, --full-refresh, locks, reports.
+mod sync;
+// Every kind of bad input: exact messages, exit codes, nothing committed.
+mod bad_input;
+// Killing a run at random points: no loss, no duplicates after the re-run.
+mod kill;
+// External Singer executables as tap or target, and Python Singer packages from PyPI.
+mod interop;
+// Random bytes and random messages never make the parser or validator panic.
+mod fuzz;

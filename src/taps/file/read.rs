@@ -202,6 +202,7 @@ impl RowReader {
                     .delimiter(delim)
                     .quote(quote)
                     .has_headers(true)
+                    .flexible(true)
                     .from_reader(reader);
                 let header = reader
                     .headers()
@@ -285,6 +286,14 @@ impl RowReader {
             } => {
                 if !reader.read_record(row).map_err(|e| csv_error(path, &e))? {
                     return Ok(false);
+                }
+                if row.len() != header.len() {
+                    let line = row.position().map_or(0, csv::Position::line);
+                    return Err(anyhow!(
+                        "{path} line {line}: {} fields, but the header has {}",
+                        row.len(),
+                        header.len()
+                    ));
                 }
                 inf.add_row(header, row.iter());
                 Ok(true)

@@ -1,0 +1,147 @@
+//! A run killed with SIGKILL at any moment, then re-run, leaves exactly the source rows: the
+//! state is never ahead of the data, and the target cuts off what it wrote after its last commit.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use crate::util::Dir;
+
+const ROWS: u64 = 120_000;
+
+fn setup(target: &str) -> Dir {
+    let d = Dir::new();
+    let mut body = String::with_capacity(ROWS as usize * 60);
+    for i in 0..ROWS {
+        body.push_str(&format!(
+            "{{\"id\": {i}, \"name\": \"row {i}\", \"amount\": {i}.25}}\n"
+        ));
+    }
+    // Two files, so the bookmark also has to move across files.
+    let half = body
+        .match_indices('\n')
+        .nth(ROWS as usize / 2 - 1)
+        .unwrap()
+        .0
+        + 1;
+    d.write("src/a.jsonl", &body[..half]);
+    d.write("src/b.jsonl", &body[half..]);
+    let later = std::fs::File::options()
+        .write(true)
+        .open(d.join("src/b.jsonl"))
+        .unwrap();
+    later
+        .set_modified(std::time::SystemTime::now() + Duration::from_secs(5))
+        .unwrap();
+    d.write(
+        "ferry.yml",
+        &format!(
+            "pipelines:\n  p:\n    tap: {{ name: jsonl, config: {{ state_every_rows: 500, files: [{{ entity: rows, path: \"src/*.jsonl\", keys: [id] }}] }} }}\n    target: {{ name: {target}, config: {{ destination_path: out }} }}\n    commit_interval_secs: 0.005\n"
+        ),
+    );
+    d
+}
+
+fn committed_offset(d: &Dir) -> Option<u64> {
+    let text = std::fs::read_to_string(d.join("state/p.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let b = &v["bookmarks"]["rows"];
+    let base = if b["file"].as_str()?.ends_with("b.jsonl") {
+        ROWS / 2
+    } else {
+        0
+    };
+    Some(base + b["offset"].as_u64()?)
+}
+
+fn loaded_ids(d: &Dir, target: &str) -> Vec<u64> {
+    let text = std::fs::read_to_string(d.join(&format!("out/rows.{target}"))).unwrap_or_default();
+    match target {
+        "jsonl" => text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect(),
+        _ => text
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').next().unwrap().parse().unwrap())
+            .collect(),
+    }
+}
+
+fn trial(target: &str, kill_after: Option<u64>) {
+    let d = setup(target);
+    let mut child = d
+        .cmd(&["-q", "sync", "p"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Wait for the condition (a commit at or past `kill_after` rows), not for a fixed time.
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        match kill_after {
+            None => break,
+            Some(n) if committed_offset(&d).is_some_and(|o| o >= n) => break,
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no commit reached {kill_after:?} rows in time"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let _ = child.kill();
+    child.wait().unwrap();
+    // The state never claims more than the target holds.
+    let ids = loaded_ids(&d, target);
+    if let Some(off) = committed_offset(&d) {
+        assert!(
+            ids.len() as u64 >= off,
+            "state at {off} but only {} rows loaded",
+            ids.len()
+        );
+    }
+    let out = d.run(&["sync", "p"], None);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let ids = loaded_ids(&d, target);
+    let unique: BTreeSet<u64> = ids.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        ROWS as usize,
+        "rows lost (kill after {kill_after:?})"
+    );
+    assert_eq!(
+        ids.len(),
+        ROWS as usize,
+        "rows duplicated (kill after {kill_after:?})"
+    );
+    assert_eq!(ids, (0..ROWS).collect::<Vec<_>>(), "rows out of order");
+}
+
+#[test]
+fn killed_jsonl_load_resumes_exactly() {
+    for kill_after in [
+        None,
+        Some(1),
+        Some(7_000),
+        Some(59_500),
+        Some(61_000),
+        Some(100_000),
+    ] {
+        trial("jsonl", kill_after);
+    }
+}
+
+#[test]
+fn killed_csv_load_resumes_exactly() {
+    for kill_after in [None, Some(3_000), Some(80_000)] {
+        trial("csv", kill_after);
+    }
+}
