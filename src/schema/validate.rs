@@ -567,7 +567,7 @@ fn check_string(n: &Node, s: &str) -> Result<(), ValidationError> {
         Format::None => true,
         Format::DateTime => parse_date_time(s),
         Format::Date => parse_date(s.as_bytes()).is_some_and(|rest| rest.is_empty()),
-        Format::Time => parse_time(s.as_bytes()).is_some_and(|rest| parse_offset(rest)),
+        Format::Time => parse_time(s.as_bytes()).is_some_and(parse_offset),
         Format::Decimal => is_decimal(s),
     };
     if ok {

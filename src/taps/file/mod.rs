@@ -307,8 +307,8 @@ impl FileTap {
         'files: for f in &files {
             let mut reader = RowReader::open(self.format, spec, &f.path)?;
             if let Some(header) = reader.header() {
-                for h in header.to_vec() {
-                    inf.declare(&h);
+                for h in header {
+                    inf.declare(h);
                 }
             }
             while inf.records() < self.config.infer_max_rows {

@@ -192,7 +192,7 @@ impl FileTap {
                     extra: Map::new(),
                 }))?;
                 total += 1;
-                if !full && count % self.config.state_every_rows.max(1) == 0 {
+                if !full && count.is_multiple_of(self.config.state_every_rows.max(1)) {
                     let b = Bookmark {
                         mtime_ns: f.mtime_ns,
                         path: f.path.clone(),

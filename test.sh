@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The test command. On a fresh machine it installs what the tests need first:
+#   - the Python Singer packages the interop tests run (target-jsonl, the Meltano SDK's
+#     tap-jsonl), each in its own venv because their pins conflict;
+#   - a running PostgreSQL (started if it is down), for the database connectors.
+# Build output and venvs live outside the clone (~/.cache/ferry), so repeated runs are fast.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+CACHE="${FERRY_CACHE:-$HOME/.cache/ferry}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
+mkdir -p "$CACHE"
+
+# venv NAME PACKAGE...: a venv under the cache with exactly these packages; its bin/ goes on
+# PATH after everything else, so its python never shadows the system's.
+venv() {
+  local name=$1; shift
+  local dir="$CACHE/venv-$name"
+  local stamp
+  stamp="$dir/.installed-$(echo "$*" | sha1sum | cut -c1-12)"
+  if [ ! -f "$stamp" ]; then
+    echo "test.sh: installing $* into $dir" >&2
+    rm -rf "$dir"
+    python3 -m venv "$dir"
+    "$dir/bin/pip" install --quiet --disable-pip-version-check "$@"
+    touch "$stamp"
+  fi
+  PATH="$PATH:$dir/bin"
+}
+venv target-jsonl target-jsonl==0.1.4
+venv tap-jsonl tap-jsonl==0.3.1
+export PATH
+export FERRY_REQUIRE_INTEROP=1
+
+# PostgreSQL: start the cluster if it does not answer (later connectors' tests use it).
+if command -v pg_isready >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; then
+  if command -v pg_ctlcluster >/dev/null; then
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+  fi
+fi
+
+cargo test --locked --all-targets "$@"
