@@ -127,11 +127,14 @@ fn python_sdk_tap_into_ferry_target() {
     assert_eq!(rows[0]["id"], 1);
     assert_eq!(rows[0]["tags"], json!(["x"]));
     assert_eq!(rows[1]["name"], "ü");
-    assert!(d.read("out/things.jsonl")
+    assert!(
+        d.read("out/things.jsonl")
             .lines()
             .nth(1)
             .unwrap()
-            .contains("\"amount\":20000000000000000000001"), "big integers stay exact");
+            .contains("\"amount\":20000000000000000000001"),
+        "big integers stay exact"
+    );
     let st = d.json("state/p.json");
     assert!(
         st["bookmarks"]["things"]["replication_key_value"].is_string(),
