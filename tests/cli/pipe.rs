@@ -284,3 +284,62 @@ fn broken_pipe_is_not_an_error() {
     assert_eq!(out.stdout.lines().count(), 3);
     assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
 }
+
+#[test]
+fn csv_target_adds_columns_when_the_schema_grows() {
+    let d = Dir::new();
+    d.write("t.json", r#"{"destination_path": "out"}"#);
+    let schema = |props: Value| json!({"type": "SCHEMA", "stream": "s", "key_properties": ["id"], "schema": {"properties": props}});
+    let first = lines(&[
+        schema(json!({"id": {"type": "integer"}, "a": {"type": "string"}})),
+        json!({"type": "RECORD", "stream": "s", "record": {"id": 1, "a": "x"}}),
+        json!({"type": "STATE", "value": {"bookmarks": {"s": 1}}}),
+        schema(
+            json!({"id": {"type": "integer"}, "a": {"type": "string"}, "b": {"type": "boolean"}}),
+        ),
+        json!({"type": "RECORD", "stream": "s", "record": {"id": 2, "a": "", "b": true}}),
+        json!({"type": "STATE", "value": {"bookmarks": {"s": 2}}}),
+    ]);
+    d.run(&["target", "csv", "--config", "t.json"], Some(&first))
+        .ok();
+    assert_eq!(d.read("out/s.csv"), "id,a,b\n1,x,\n2,\"\",true\n");
+    // A later run with yet another property: old columns stay, the new one is appended.
+    let second = lines(&[
+        schema(json!({"id": {"type": "integer"}, "c": {"type": "string"}})),
+        json!({"type": "RECORD", "stream": "s", "record": {"id": 3, "c": "z, with comma"}}),
+        json!({"type": "STATE", "value": {"bookmarks": {"s": 3}}}),
+    ]);
+    let out = d
+        .run(&["target", "csv", "--config", "t.json"], Some(&second))
+        .ok();
+    assert_eq!(out.json_lines(), vec![json!({"bookmarks": {"s": 3}})]);
+    assert_eq!(
+        d.read("out/s.csv"),
+        "id,a,b,c\n1,x,,\n2,\"\",true,\n3,,,\"z, with comma\"\n"
+    );
+}
+
+#[test]
+fn json_logs_on_stderr() {
+    let d = Dir::new();
+    shop_csv(&d);
+    let out = d
+        .run(
+            &["--log-format", "json", "tap", "csv", "--config", "tap.json"],
+            None,
+        )
+        .ok();
+    let log_lines: Vec<Value> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let read = log_lines
+        .iter()
+        .find(|l| l["message"] == "Stream read.")
+        .expect("a structured log line");
+    assert_eq!(read["stream"], "customers");
+    assert_eq!(read["rows"], 3);
+    assert_eq!(read["level"], "INFO");
+}

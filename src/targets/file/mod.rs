@@ -413,7 +413,6 @@ impl FileTarget {
         let sf = self.streams.get_mut(stream).context("stream file")?;
         sf.drain()?;
         let path = dir.join(&sf.name);
-        let old_width = sf.columns.len();
         let mut columns = sf.columns.clone();
         columns.extend(new);
         let mut tmp = tempfile::Builder::new()
@@ -430,19 +429,34 @@ impl FileTarget {
             .has_headers(true)
             .from_reader(std::io::BufReader::new(&sf.file));
         r.headers()?;
+        // Old rows are copied byte for byte (so `""` stays distinct from an empty cell), with
+        // empty cells appended; the CSV reader only finds where each record ends.
+        let mut cur = r.position().byte();
+        let mut raw = std::io::BufReader::new(File::open(&path)?);
+        raw.seek(SeekFrom::Start(cur))?;
         let mut new_committed = None;
         let mut rec = csv::StringRecord::new();
+        let mut bytes = Vec::new();
         loop {
-            if new_committed.is_none() && r.position().byte() >= sf.committed {
+            if new_committed.is_none() && cur >= sf.committed {
                 new_committed = Some(out_len);
             }
             if !r.read_record(&mut rec)? {
                 break;
             }
-            let mut row: Vec<&str> = rec.iter().collect();
-            row.resize(old_width.max(row.len()), "");
-            row.resize(columns.len(), "");
-            push_row(&mut w, row.iter().map(|f| f.as_bytes()), delim, quote);
+            let end = r.position().byte();
+            bytes.resize(usize::try_from(end - cur)?, 0);
+            raw.read_exact(&mut bytes)?;
+            cur = end;
+            let mut body = &bytes[..];
+            while let [rest @ .., b'\n' | b'\r'] = body {
+                body = rest;
+            }
+            w.extend_from_slice(body);
+            for _ in rec.len()..columns.len() {
+                w.push(delim);
+            }
+            w.push(b'\n');
             out_len += w.len() as u64;
             tmp.write_all(&w)?;
             w.clear();
