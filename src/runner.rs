@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::process::{singer_args, ChildConnector, ChildFiles};
 use crate::progress::Progress;
 use crate::schema::Validator;
-use crate::singer::{codec, state, Catalog, Envelope, Message};
+use crate::singer::{codec, state, Catalog, Envelope, Message, Record};
 use crate::state_store::StateStore;
 use crate::taps::Tap;
 use crate::targets::Target;
@@ -469,10 +469,13 @@ struct StreamCtx {
     keys: Vec<String>,
 }
 
-fn key_desc(keys: &[String], record: &Map<String, Value>) -> String {
+fn key_desc(keys: &[String], record: &Record) -> String {
     if keys.is_empty() {
         return String::new();
     }
+    let Ok(record) = record.to_map() else {
+        return String::new();
+    };
     let parts: Vec<String> = keys
         .iter()
         .map(|k| {
@@ -487,16 +490,28 @@ fn key_desc(keys: &[String], record: &Map<String, Value>) -> String {
     format!(" (key {})", parts.join(", "))
 }
 
-fn check_record(ctx: &StreamCtx, record: &Map<String, Value>) -> Option<String> {
-    for k in &ctx.keys {
+fn check_keys(keys: &[String], record: &Map<String, Value>) -> Option<String> {
+    for k in keys {
         match record.get(k) {
             None => return Some(format!("key property {k:?} is missing")),
             Some(Value::Null) => return Some(format!("key property {k:?} is null")),
             _ => {}
         }
     }
-    let v = ctx.validator.as_ref()?;
-    v.validate_record(record).err().map(|e| e.to_string())
+    None
+}
+
+fn check_record(ctx: &StreamCtx, record: &Record) -> Option<String> {
+    match (record, &ctx.validator) {
+        (Record::Raw(raw), Some(v)) => v.validate_raw(raw, &ctx.keys).err().map(|e| e.to_string()),
+        (Record::Map(m), Some(v)) => {
+            check_keys(&ctx.keys, m).or_else(|| v.validate_record(m).err().map(|e| e.to_string()))
+        }
+        (_, None) => match record.to_map() {
+            Ok(m) => check_keys(&ctx.keys, &m),
+            Err(e) => Some(format!("not a JSON object: {e}")),
+        },
+    }
 }
 
 /// Quarantined records, one JSON-lines file per stream.
@@ -511,7 +526,7 @@ impl Rejects {
         stream: &str,
         line: u64,
         reason: &str,
-        record: &Map<String, Value>,
+        record: &Record,
     ) -> anyhow::Result<()> {
         if !self.files.contains_key(stream) {
             std::fs::create_dir_all(&self.dir)

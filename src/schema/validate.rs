@@ -63,6 +63,19 @@ struct Node {
 }
 
 impl Node {
+    /// A property's schema: a linear scan for the usual handful of properties (cheaper than
+    /// hashing the key), the index past that.
+    fn property(&self, name: &str) -> Option<&Node> {
+        if self.properties.len() <= 16 {
+            self.properties
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, n)| n)
+        } else {
+            self.index.get(name).map(|i| &self.properties[*i].1)
+        }
+    }
+
     fn any() -> Node {
         Node {
             never: false,
@@ -839,6 +852,79 @@ mod tests {
     }
 
     #[test]
+    fn raw_and_tree_validation_agree() {
+        let val = v(json!({"type": "object", "required": ["id"], "properties": {
+            "id": {"type": "integer"},
+            "amount": {"type": ["null", "number"], "minimum": 0},
+            "ts": {"type": "string", "format": "date-time"},
+            "e": {"enum": ["x", "y"]},
+            "items": {"type": "array", "items": {"type": "object", "properties": {"sku": {"type": "string"}}}},
+            "strict": {"type": "object", "properties": {"k": {}}, "additionalProperties": false}
+        }}));
+        let keys = vec!["id".to_string()];
+        let cases = [
+            (
+                r#"{"id": 1, "amount": 2.5, "ts": "2024-01-01T00:00:00Z", "e": "x"}"#,
+                None,
+            ),
+            (
+                r#"{"id": 123456789012345678901234567890, "amount": null}"#,
+                None,
+            ),
+            (r#"{"id": 1.0}"#, None),
+            (
+                r#"{"id": "x"}"#,
+                Some(("/id", "expected integer, got string \"x\"")),
+            ),
+            (
+                r#"{"amount": 1}"#,
+                Some(("", "key property \"id\" is missing")),
+            ),
+            (
+                r#"{"id": null}"#,
+                Some(("/id", "key property \"id\" is null")),
+            ),
+            (
+                r#"{"id": 2.5}"#,
+                Some(("/id", "expected integer, got number 2.5")),
+            ),
+            (
+                r#"{"id": 1, "amount": -1}"#,
+                Some(("/amount", "out of the schema's range")),
+            ),
+            (
+                r#"{"id": 1, "ts": "nope"}"#,
+                Some(("/ts", "is not a date-time")),
+            ),
+            (
+                r#"{"id": 1, "e": "z"}"#,
+                Some(("/e", "not one of the allowed values")),
+            ),
+            (
+                r#"{"id": 1, "items": [{"sku": "a"}, {"sku": 3}]}"#,
+                Some(("/items/1/sku", "expected string")),
+            ),
+            (
+                r#"{"id": 1, "strict": {"k": 1, "z": 2}}"#,
+                Some(("/strict", "not allowed")),
+            ),
+            (r#"{"id": 1, "other": {"deep": [1, {"x": null}]}}"#, None),
+        ];
+        for (text, want) in cases {
+            let raw = serde_json::value::RawValue::from_string(text.to_string()).unwrap();
+            let got = val.validate_raw(&raw, &keys);
+            match want {
+                None => assert!(got.is_ok(), "{text}: {got:?}"),
+                Some((path, msg)) => {
+                    let e = got.unwrap_err();
+                    assert_eq!(e.path, path, "{text}: {e}");
+                    assert!(e.message.contains(msg), "{text}: {e}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn unusable_schemas_are_named() {
         for (s, want) in [
             (json!({"type": "float"}), "unknown type"),
@@ -856,5 +942,350 @@ mod tests {
             let e = Validator::compile(&s).unwrap_err().to_string();
             assert!(e.contains(want), "{s}: {e}");
         }
+    }
+}
+
+mod raw {
+    //! Validation of raw JSON text by a small scanner: no tree, no allocation on the way
+    //! through a valid record. A `RawValue` is valid JSON by construction, so the scanner only
+    //! has to find where things end. A keyword that needs the whole value (`enum`, `const`,
+    //! `anyOf`, `oneOf`, `allOf`) gets that one value parsed.
+
+    use std::borrow::Cow;
+
+    use serde_json::value::RawValue;
+    use serde_json::Value;
+
+    use super::{
+        check, check_number, check_string, describe, expected, fail, is_integral, kind_name,
+        Additional, Node, ValidationError, ANY, ARRAY, BOOLEAN, INTEGER, NULL, NUMBER, OBJECT,
+        STRING,
+    };
+
+    /// The schema that admits anything, shared.
+    static ANY_NODE: std::sync::LazyLock<Node> = std::sync::LazyLock::new(Node::any);
+
+    type R = Result<(), ValidationError>;
+
+    fn ws(b: &[u8], i: &mut usize) {
+        while *i < b.len() && matches!(b[*i], b' ' | b'\t' | b'\n' | b'\r') {
+            *i += 1;
+        }
+    }
+
+    fn prefixed(mut e: ValidationError, seg: &str) -> ValidationError {
+        e.path = format!("/{seg}{}", e.path);
+        e
+    }
+
+    /// The end of the string starting at `b[i] == '"'`, and whether it has escapes.
+    fn string_end(b: &[u8], i: usize) -> (usize, bool) {
+        let mut j = i + 1;
+        let mut escaped = false;
+        while let Some(off) = b
+            .get(j..)
+            .and_then(|rest| memchr::memchr2(b'"', b'\\', rest))
+        {
+            j += off;
+            if b[j] == b'"' {
+                return (j + 1, escaped);
+            }
+            escaped = true;
+            j += 2;
+        }
+        (b.len(), escaped)
+    }
+
+    fn string_at<'a>(text: &'a str, i: &mut usize) -> Cow<'a, str> {
+        let (end, escaped) = string_end(text.as_bytes(), *i);
+        let s = if escaped {
+            Cow::Owned(serde_json::from_str::<String>(&text[*i..end]).unwrap_or_default())
+        } else {
+            Cow::Borrowed(&text[*i + 1..end - 1])
+        };
+        *i = end;
+        s
+    }
+
+    /// Moves `i` past the value starting there.
+    fn skip(b: &[u8], i: &mut usize) {
+        match b.get(*i) {
+            Some(b'"') => *i = string_end(b, *i).0,
+            Some(b'{' | b'[') => {
+                let mut depth = 0usize;
+                while *i < b.len() {
+                    match b[*i] {
+                        b'"' => {
+                            *i = string_end(b, *i).0;
+                            continue;
+                        }
+                        b'{' | b'[' => depth += 1,
+                        b'}' | b']' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                *i += 1;
+                                return;
+                            }
+                        }
+                        _ => {}
+                    }
+                    *i += 1;
+                }
+            }
+            _ => {
+                while *i < b.len()
+                    && !matches!(b[*i], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
+                {
+                    *i += 1;
+                }
+            }
+        }
+    }
+
+    fn type_ok(n: &Node, bit: u8, shown: impl FnOnce() -> Value) -> R {
+        if n.never {
+            return Err(fail(format!(
+                "no value is allowed here, got {}",
+                describe(&shown())
+            )));
+        }
+        if n.types != ANY && n.types & bit == 0 {
+            let v = shown();
+            return Err(fail(format!(
+                "expected {}, got {} {}",
+                expected(n.types),
+                kind_name(&v),
+                describe(&v)
+            )));
+        }
+        Ok(())
+    }
+
+    fn value(n: &Node, text: &str, i: &mut usize, key: Option<&str>) -> R {
+        let b = text.as_bytes();
+        ws(b, i);
+        let start = *i;
+        if n.enumeration.is_some()
+            || !n.any_of.is_empty()
+            || !n.one_of.is_empty()
+            || !n.all_of.is_empty()
+        {
+            skip(b, i);
+            let v: Value = serde_json::from_str(&text[start..*i]).unwrap_or(Value::Null);
+            if v.is_null() {
+                if let Some(k) = key {
+                    return Err(fail(format!("key property {k:?} is null")));
+                }
+            }
+            return check(n, &v);
+        }
+        match b.get(start) {
+            Some(b'{') => object(n, text, i, &[]),
+            Some(b'[') => {
+                type_ok(n, ARRAY, || Value::Array(Vec::new()))?;
+                let item = n.items.as_deref().unwrap_or(&ANY_NODE);
+                *i += 1;
+                ws(b, i);
+                if b.get(*i) == Some(&b']') {
+                    *i += 1;
+                    return Ok(());
+                }
+                let mut idx = 0usize;
+                loop {
+                    value(item, text, i, None).map_err(|e| prefixed(e, &idx.to_string()))?;
+                    ws(b, i);
+                    match b.get(*i) {
+                        Some(b',') => {
+                            *i += 1;
+                            idx += 1;
+                        }
+                        _ => {
+                            *i += 1;
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            Some(b'"') => {
+                let s = string_at(text, i);
+                type_ok(n, STRING, || Value::String(s.clone().into_owned()))?;
+                check_string(n, &s)
+            }
+            Some(b't') => {
+                *i += 4;
+                type_ok(n, BOOLEAN, || Value::Bool(true))
+            }
+            Some(b'f') => {
+                *i += 5;
+                type_ok(n, BOOLEAN, || Value::Bool(false))
+            }
+            Some(b'n') => {
+                *i += 4;
+                if let Some(k) = key {
+                    return Err(fail(format!("key property {k:?} is null")));
+                }
+                type_ok(n, NULL, || Value::Null)
+            }
+            _ => {
+                skip(b, i);
+                let digits = &text[start..*i];
+                let simple = n.minimum.is_none()
+                    && n.maximum.is_none()
+                    && n.exclusive_minimum.is_none()
+                    && n.exclusive_maximum.is_none();
+                if simple
+                    && !n.never
+                    && !digits.contains(['.', 'e', 'E'])
+                    && (n.types == ANY || n.types & INTEGER != 0)
+                {
+                    return Ok(());
+                }
+                let Ok(num) = digits.parse::<serde_json::Number>() else {
+                    return Err(fail(format!("{digits:?} is not a JSON number")));
+                };
+                let bit = if is_integral(&num) { INTEGER } else { NUMBER };
+                type_ok(n, bit, || Value::Number(num.clone()))?;
+                check_number(n, &num)
+            }
+        }
+    }
+
+    /// Which of a list of names were seen: a bitmask, or a vector past 64 names.
+    enum Seen {
+        Bits(u64),
+        Many(Vec<bool>),
+    }
+
+    impl Seen {
+        fn new(n: usize) -> Seen {
+            if n <= 64 {
+                Seen::Bits(0)
+            } else {
+                Seen::Many(vec![false; n])
+            }
+        }
+        fn set(&mut self, i: usize) {
+            match self {
+                Seen::Bits(b) => *b |= 1 << i,
+                Seen::Many(v) => v[i] = true,
+            }
+        }
+        fn get(&self, i: usize) -> bool {
+            match self {
+                Seen::Bits(b) => *b & (1 << i) != 0,
+                Seen::Many(v) => v[i],
+            }
+        }
+    }
+
+    fn object(n: &Node, text: &str, i: &mut usize, keys: &[String]) -> R {
+        let b = text.as_bytes();
+        type_ok(n, OBJECT, || Value::Object(serde_json::Map::new()))?;
+        let mut seen_required = Seen::new(n.required.len());
+        let mut seen_keys = Seen::new(keys.len());
+        let mut cursor = 0usize;
+        *i += 1;
+        ws(b, i);
+        if b.get(*i) == Some(&b'}') {
+            *i += 1;
+        } else {
+            loop {
+                ws(b, i);
+                let k = string_at(text, i);
+                ws(b, i);
+                *i += 1; // ':'
+                if let Some(r) = n.required.iter().position(|r| *r == k) {
+                    seen_required.set(r);
+                }
+                let key_name = keys.iter().position(|r| *r == k).map(|p| {
+                    seen_keys.set(p);
+                    keys[p].as_str()
+                });
+                // Records usually list properties in schema order: try the next one first.
+                let hit = match n.properties.get(cursor) {
+                    Some((name, c)) if *name == k => {
+                        cursor += 1;
+                        Some(c)
+                    }
+                    _ => n.property(&k),
+                };
+                let child = match hit {
+                    Some(c) => Some(c),
+                    None => match &n.additional {
+                        Additional::Any => key_name.map(|_| &*ANY_NODE),
+                        Additional::Deny => {
+                            return Err(fail(format!("property {k:?} is not allowed by the schema (additionalProperties: false)")));
+                        }
+                        Additional::Schema(s) => Some(&**s),
+                    },
+                };
+                match child {
+                    Some(c) => value(c, text, i, key_name).map_err(|e| prefixed(e, &k))?,
+                    None => {
+                        ws(b, i);
+                        skip(b, i);
+                    }
+                }
+                ws(b, i);
+                match b.get(*i) {
+                    Some(b',') => *i += 1,
+                    _ => {
+                        *i += 1;
+                        break;
+                    }
+                }
+            }
+        }
+        for (p, k) in keys.iter().enumerate() {
+            if !seen_keys.get(p) {
+                return Err(fail(format!("key property {k:?} is missing")));
+            }
+        }
+        for (p, r) in n.required.iter().enumerate() {
+            if !seen_required.get(p) {
+                return Err(fail(format!("required property {r:?} is missing")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Validates raw JSON object text; `keys` must be present and not null.
+    pub(super) fn validate(root: &Node, raw: &RawValue, keys: &[String]) -> R {
+        let text = raw.get();
+        let mut i = 0;
+        ws(text.as_bytes(), &mut i);
+        if root.enumeration.is_some()
+            || !root.any_of.is_empty()
+            || !root.one_of.is_empty()
+            || !root.all_of.is_empty()
+            || text.as_bytes().get(i) != Some(&b'{')
+        {
+            let v: Value =
+                serde_json::from_str(text).map_err(|e| fail(format!("not valid JSON: {e}")))?;
+            for k in keys {
+                match v.get(k) {
+                    None => return Err(fail(format!("key property {k:?} is missing"))),
+                    Some(Value::Null) => return Err(fail(format!("key property {k:?} is null"))),
+                    Some(_) => {}
+                }
+            }
+            return check(root, &v);
+        }
+        object(root, text, &mut i, keys)
+    }
+}
+
+impl Validator {
+    /// Validates a record given as raw JSON object text, without building a tree; `keys` (the
+    /// stream's key properties) must be present and not null.
+    ///
+    /// # Errors
+    /// The first mismatch found, with its path.
+    pub fn validate_raw(
+        &self,
+        raw: &serde_json::value::RawValue,
+        keys: &[String],
+    ) -> Result<(), ValidationError> {
+        raw::validate(&self.root, raw, keys)
     }
 }

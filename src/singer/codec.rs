@@ -5,9 +5,15 @@
 
 use std::io::{BufRead, Write};
 
+use std::borrow::Cow;
+
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::message::{ActivateVersionMessage, Message, RecordMessage, SchemaMessage, StateMessage};
+use super::message::{
+    ActivateVersionMessage, Message, Record, RecordMessage, SchemaMessage, StateMessage,
+};
 
 /// A message with the input line it came from (0 when it did not come from a line).
 #[derive(Debug, Clone, PartialEq)]
@@ -131,9 +137,121 @@ fn as_version(v: &Value, msg_type: &'static str) -> Result<i64, DecodeErrorKind>
 /// # Errors
 /// A [`DecodeErrorKind`] saying what is wrong; the caller adds the line number.
 pub fn decode(bytes: &[u8]) -> Result<Message, DecodeErrorKind> {
-    let value: Value = serde_json::from_slice(bytes)
-        .map_err(|e| DecodeErrorKind::NotJson(e.to_string(), excerpt(bytes)))?;
+    let not_json =
+        |e: &dyn std::fmt::Display| DecodeErrorKind::NotJson(e.to_string(), excerpt(bytes));
+    // The hot path: a RECORD is split into its top-level fields without building a tree, and
+    // the record object is kept as raw text (validated and parsed later, only as needed).
+    if bytes.first() == Some(&b'{') {
+        let text = std::str::from_utf8(bytes).map_err(|e| not_json(&e))?;
+        let fields: Fields<'_> = serde_json::from_str(text).map_err(|e| not_json(&e))?;
+        if let Some(msg) = fields.into_record()? {
+            return Ok(msg);
+        }
+    }
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| not_json(&e))?;
     decode_value(value)
+}
+
+/// The top-level fields of a message, each as borrowed raw JSON.
+struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Fields<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Fields<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
+                let mut out = Vec::with_capacity(6);
+                while let Some(k) = map.next_key::<Key<'de>>()? {
+                    out.push((k.0, map.next_value::<&'de RawValue>()?));
+                }
+                Ok(Fields(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// A map key, borrowed from the input when it has no escapes.
+pub(crate) struct Key<'a>(pub Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl Fields<'_> {
+    /// The message, if this is a well-formed RECORD; `None` sends the line down the general
+    /// path (other types, and every malformed RECORD, which that path reports precisely).
+    fn into_record(self) -> Result<Option<Message>, DecodeErrorKind> {
+        let is_record = self.0.iter().rev().find(|(k, _)| k == "type").is_some_and(|(_, v)| {
+            matches!(serde_json::from_str::<Cow<'_, str>>(v.get()), Ok(t) if t.eq_ignore_ascii_case("RECORD"))
+        });
+        if !is_record {
+            return Ok(None);
+        }
+        let mut stream = None;
+        let mut record = None;
+        let mut version = None;
+        let mut time_extracted = None;
+        let mut extra = Map::new();
+        for (k, v) in self.0 {
+            match k.as_ref() {
+                "type" => {}
+                "stream" => match serde_json::from_str::<String>(v.get()) {
+                    Ok(s) => stream = Some(s),
+                    Err(_) => return Ok(None),
+                },
+                "record" if v.get().starts_with('{') => record = Some(v),
+                "record" => return Ok(None),
+                "version" => match serde_json::from_str::<Value>(v.get()) {
+                    Ok(Value::Null) => version = None,
+                    Ok(n) => version = Some(as_version(&n, "RECORD")?),
+                    Err(_) => return Ok(None),
+                },
+                "time_extracted" => match serde_json::from_str::<Option<String>>(v.get()) {
+                    Ok(t) => time_extracted = t,
+                    Err(_) => return Ok(None),
+                },
+                _ => {
+                    let Ok(val) = serde_json::from_str::<Value>(v.get()) else {
+                        return Ok(None);
+                    };
+                    extra.insert(k.into_owned(), val);
+                }
+            }
+        }
+        let (Some(stream), Some(record)) = (stream, record) else {
+            return Ok(None);
+        };
+        Ok(Some(Message::Record(RecordMessage {
+            stream,
+            record: Record::Raw(record.to_owned()),
+            version,
+            time_extracted,
+            extra,
+        })))
+    }
 }
 
 /// Decodes an already-parsed JSON value into a message.
@@ -218,7 +336,7 @@ pub fn decode_value(value: Value) -> Result<Message, DecodeErrorKind> {
         keep("value", value);
         Ok(Message::Record(RecordMessage {
             stream,
-            record,
+            record: Record::Map(record),
             version,
             time_extracted,
             extra,
@@ -407,6 +525,23 @@ mod tests {
             let orig: Value = serde_json::from_str(l).unwrap();
             assert_eq!(roundtrip(l), orig, "{l}");
         }
+    }
+
+    #[test]
+    fn records_take_the_raw_path() {
+        let line = r#"{"type":"RECORD","stream":"s","record":{"id":1,"n":"ü \" x"},"version":3,"time_extracted":"2024-01-01T00:00:00Z","x":[1]}"#;
+        let Message::Record(r) = decode(line.as_bytes()).unwrap() else {
+            panic!()
+        };
+        assert!(matches!(r.record, Record::Raw(_)));
+        assert_eq!(r.version, Some(3));
+        assert_eq!(r.extra["x"], json!([1]));
+        assert_eq!(r.record.to_map().unwrap()["n"], json!("ü \" x"));
+        // A malformed record goes down the general path, which names the problem.
+        let err = decode(br#"{"type":"RECORD","stream":1,"record":{}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"stream\" must be a string"), "{err}");
     }
 
     #[test]

@@ -1,7 +1,69 @@
 //! The Singer message types (SCHEMA, RECORD, STATE, ACTIVATE_VERSION) and their JSON form.
 
+use std::borrow::Cow;
+
 use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+
+/// A record's data: parsed (built-in taps make them so) or the raw JSON object text it arrived
+/// as on a pipe, validated without building a tree and parsed only if a target needs fields.
+/// A JSON-lines target writes the raw text straight through.
+#[derive(Debug, Clone)]
+pub enum Record {
+    /// A parsed object.
+    Map(Map<String, Value>),
+    /// The text of a JSON object, exactly as received.
+    Raw(Box<RawValue>),
+}
+
+impl Record {
+    /// The record as a map, parsing raw text if needed.
+    ///
+    /// # Errors
+    /// Never for a record made by the decoder (it checked the text is an object).
+    pub fn to_map(&self) -> Result<Cow<'_, Map<String, Value>>, serde_json::Error> {
+        match self {
+            Record::Map(m) => Ok(Cow::Borrowed(m)),
+            Record::Raw(r) => serde_json::from_str(r.get()).map(Cow::Owned),
+        }
+    }
+
+    /// The record as an owned map.
+    ///
+    /// # Errors
+    /// As [`Record::to_map`].
+    pub fn into_map(self) -> Result<Map<String, Value>, serde_json::Error> {
+        match self {
+            Record::Map(m) => Ok(m),
+            Record::Raw(r) => serde_json::from_str(r.get()),
+        }
+    }
+}
+
+impl From<Map<String, Value>> for Record {
+    fn from(m: Map<String, Value>) -> Self {
+        Record::Map(m)
+    }
+}
+
+impl PartialEq for Record {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Record::Raw(a), Record::Raw(b)) if a.get() == b.get() => true,
+            _ => matches!((self.to_map(), other.to_map()), (Ok(a), Ok(b)) if a == b),
+        }
+    }
+}
+
+impl Serialize for Record {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Record::Map(m) => m.serialize(s),
+            Record::Raw(r) => r.serialize(s),
+        }
+    }
+}
 
 /// One Singer message.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,7 +99,7 @@ pub struct RecordMessage {
     /// The stream the record belongs to.
     pub stream: String,
     /// The record itself.
-    pub record: Map<String, Value>,
+    pub record: Record,
     /// The table version (full-table replication), if any.
     pub version: Option<i64>,
     /// When the tap read the record (RFC 3339), if given.
@@ -91,7 +153,7 @@ impl Message {
     pub fn record(stream: impl Into<String>, record: Map<String, Value>) -> Message {
         Message::Record(RecordMessage {
             stream: stream.into(),
-            record,
+            record: Record::Map(record),
             version: None,
             time_extracted: None,
             extra: Map::new(),

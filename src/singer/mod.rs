@@ -10,4 +10,6 @@ pub mod state;
 
 pub use catalog::{Catalog, CatalogStream};
 pub use codec::{DecodeError, Envelope};
-pub use message::{ActivateVersionMessage, Message, RecordMessage, SchemaMessage, StateMessage};
+pub use message::{
+    ActivateVersionMessage, Message, Record, RecordMessage, SchemaMessage, StateMessage,
+};

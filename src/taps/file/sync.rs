@@ -7,7 +7,8 @@ use serde_json::{json, Map, Value};
 use super::{FileTap, SourceFile, SOURCE_FILE, SOURCE_LINENO};
 use crate::runner::{ConsumerGone, Emitter, SourceOutcome};
 use crate::singer::{
-    state, ActivateVersionMessage, Catalog, CatalogStream, Message, RecordMessage, SchemaMessage,
+    state, ActivateVersionMessage, Catalog, CatalogStream, Message, Record, RecordMessage,
+    SchemaMessage,
 };
 
 /// Where an entity's incremental read stopped: the last file (by mtime and path) and how many
@@ -186,7 +187,7 @@ impl FileTap {
                 }
                 emitter.emit_blocking(Message::Record(RecordMessage {
                     stream: id.to_owned(),
-                    record: rec,
+                    record: Record::Map(rec),
                     version,
                     time_extracted: Some(time_extracted.clone()),
                     extra: Map::new(),

@@ -499,12 +499,13 @@ impl FileTarget {
                 sf.buf.push(b'\n');
             }
             Format::Csv => {
+                let record = msg.record.to_map()?;
                 let (delim, quote) = (self.delimiter, self.quote);
                 for (i, c) in sf.columns.iter().enumerate() {
                     if i > 0 {
                         sf.buf.push(delim);
                     }
-                    match msg.record.get(c) {
+                    match record.get(c) {
                         None | Some(Value::Null) => {}
                         // Quoted empty text, so readers can tell it from null (an empty cell).
                         Some(Value::String(s)) if s.is_empty() => {
@@ -527,8 +528,8 @@ impl FileTarget {
                     }
                 }
                 sf.buf.push(b'\n');
-                if !sf.warned_extra && msg.record.len() > sf.columns.len() {
-                    if let Some(k) = msg.record.keys().find(|k| !sf.columns.contains(k)) {
+                if !sf.warned_extra && record.len() > sf.columns.len() {
+                    if let Some(k) = record.keys().find(|k| !sf.columns.contains(k)) {
                         sf.warned_extra = true;
                         tracing::warn!(stream = %msg.stream, property = %k, "A record has a property its SCHEMA does not declare; CSV keeps only declared columns.");
                     }
