@@ -45,7 +45,8 @@ YML
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; $(date -u +%F); N=$N records, $(du -m "$W/msgs.jsonl" | cut -f1) MB of messages"
 
 PY_TARGET=""
-for v in "${FERRY_CACHE:-$HOME/.cache/ferry}/venv-target-jsonl/bin/target-jsonl" "$(command -v target-jsonl || true)"; do
+# SKIP_PYTHON=1 leaves out the (slow: over a minute per run) Python target.
+[ -n "${SKIP_PYTHON:-}" ] || for v in "${FERRY_CACHE:-$HOME/.cache/ferry}/venv-target-jsonl/bin/target-jsonl" "$(command -v target-jsonl || true)"; do
   [ -x "$v" ] && PY_TARGET="$v" && break
 done
 

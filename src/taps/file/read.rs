@@ -4,7 +4,10 @@ use std::fs::File;
 use std::io::{BufRead, BufReader};
 
 use anyhow::{anyhow, Context};
+use serde_json::value::RawValue;
 use serde_json::{Map, Number, Value};
+
+use crate::singer::Record;
 
 use super::{FileSpec, Format};
 use crate::schema::infer::RecordInferrer;
@@ -114,6 +117,99 @@ impl CellType {
     }
 }
 
+/// Appends `s` as a JSON string literal.
+pub fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let esc: Option<&str> = match b {
+            b'"' => Some("\\\""),
+            b'\\' => Some("\\\\"),
+            b'\n' => Some("\\n"),
+            b'\r' => Some("\\r"),
+            b'\t' => Some("\\t"),
+            0..=0x1f => None,
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        match esc {
+            Some(e) => out.push_str(e),
+            None => out.push_str(&format!("\\u{b:04x}")),
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
+}
+
+/// Whether `s` is a number exactly as JSON writes one.
+fn is_json_number(s: &str) -> bool {
+    let b = s.as_bytes();
+    let mut i = usize::from(b.first() == Some(&b'-'));
+    let digits = |i: &mut usize| {
+        let st = *i;
+        while *i < b.len() && b[*i].is_ascii_digit() {
+            *i += 1;
+        }
+        *i - st
+    };
+    let int_start = i;
+    let n = digits(&mut i);
+    if n == 0 || (n > 1 && b[int_start] == b'0') {
+        return false;
+    }
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        if digits(&mut i) == 0 {
+            return false;
+        }
+    }
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(b.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        if digits(&mut i) == 0 {
+            return false;
+        }
+    }
+    i == b.len()
+}
+
+impl CellType {
+    /// Appends one cell as JSON text: the fast path of [`CellType::convert`], same rules.
+    ///
+    /// # Errors
+    /// As [`CellType::convert`].
+    pub fn write_json(self, cell: &str, out: &mut String) -> Result<(), String> {
+        if cell.is_empty() {
+            if self.null {
+                out.push_str("null");
+                return Ok(());
+            }
+            if self.string {
+                out.push_str("\"\"");
+                return Ok(());
+            }
+        }
+        let trimmed = cell.trim();
+        if (self.integer && is_integer_text(trimmed) || self.number && is_number_text(trimmed))
+            && is_json_number(trimmed)
+        {
+            out.push_str(trimmed);
+            return Ok(());
+        }
+        if self.string && !self.integer && !self.number && !self.boolean && !self.json {
+            push_json_str(out, cell);
+            return Ok(());
+        }
+        // Everything rarer goes through the tree conversion.
+        let v = self.convert(cell)?;
+        out.push_str(&v.to_string());
+        Ok(())
+    }
+}
+
 fn excerpt(s: &str) -> &str {
     let mut end = s.len().min(40);
     while !s.is_char_boundary(end) {
@@ -152,6 +248,8 @@ pub struct ColumnPlan {
     index: usize,
     name: String,
     ty: CellType,
+    /// `"name":`, escaped once per file rather than once per row.
+    key_json: String,
 }
 
 /// An open file being read.
@@ -256,10 +354,14 @@ impl RowReader {
                 },
                 CellType::from_schema,
             );
+            let mut key_json = String::new();
+            push_json_str(&mut key_json, name);
+            key_json.push(':');
             out.push(ColumnPlan {
                 index,
                 name: name.clone(),
                 ty,
+                key_json,
             });
         }
         for k in keys {
@@ -343,7 +445,8 @@ impl RowReader {
     }
 
     /// Reads the next record; `columns` comes from [`RowReader::plan`] (CSV), `keep` filters
-    /// JSON properties (None keeps all). Returns the line number with the record.
+    /// JSON properties (None keeps all), `meta_file` adds the metadata columns. Returns the line
+    /// number with the record, which is raw JSON text unless properties had to be filtered.
     ///
     /// # Errors
     /// A malformed row or a cell that does not convert to its schema type, with file, line and
@@ -352,7 +455,8 @@ impl RowReader {
         &mut self,
         columns: &[ColumnPlan],
         keep: Option<&dyn Fn(&str) -> bool>,
-    ) -> anyhow::Result<Option<(u64, Map<String, Value>)>> {
+        meta_file: Option<&str>,
+    ) -> anyhow::Result<Option<(u64, Record)>> {
         match self {
             RowReader::Csv {
                 path,
@@ -371,16 +475,25 @@ impl RowReader {
                         header.len()
                     ));
                 }
-                let mut m = Map::with_capacity(columns.len());
-                for c in columns {
+                // The record is written as JSON text directly: no map, no per-row key strings.
+                let mut text = String::with_capacity(row.as_slice().len() + columns.len() * 16 + 2);
+                text.push('{');
+                for (j, c) in columns.iter().enumerate() {
+                    if j > 0 {
+                        text.push(',');
+                    }
+                    text.push_str(&c.key_json);
                     let cell = row.get(c.index).unwrap_or("");
-                    let v =
-                        c.ty.convert(cell)
-                            .map_err(|e| anyhow!("{path} line {line}, column {:?}: {e}", c.name))?;
-                    m.insert(c.name.clone(), v);
+                    c.ty.write_json(cell, &mut text)
+                        .map_err(|e| anyhow!("{path} line {line}, column {:?}: {e}", c.name))?;
                 }
-                Ok(Some((line, m)))
+                if let Some(f) = meta_file {
+                    push_meta(&mut text, !columns.is_empty(), f, line);
+                }
+                text.push('}');
+                Ok(Some((line, Record::Raw(RawValue::from_string(text)?))))
             }
+            RowReader::Jsonl { .. } if keep.is_none() => self.next_raw_json(meta_file),
             RowReader::Jsonl { .. } => {
                 let Some((line, mut m)) = self.next_json()? else {
                     return Ok(None);
@@ -388,10 +501,74 @@ impl RowReader {
                 if let Some(keep) = keep {
                     m.retain(|k, _| keep(k));
                 }
-                Ok(Some((line, m)))
+                if let Some(f) = meta_file {
+                    m.insert(super::SOURCE_FILE.into(), Value::String(f.to_owned()));
+                    m.insert(super::SOURCE_LINENO.into(), Value::from(line));
+                }
+                Ok(Some((line, Record::Map(m))))
             }
         }
     }
+
+    /// The next JSON line kept as text (checked to be an object).
+    fn next_raw_json(&mut self, meta_file: Option<&str>) -> anyhow::Result<Option<(u64, Record)>> {
+        let RowReader::Jsonl {
+            path,
+            reader,
+            line,
+            buf,
+        } = self
+        else {
+            return Ok(None);
+        };
+        loop {
+            buf.clear();
+            if reader
+                .read_until(b'\n', buf)
+                .with_context(|| format!("reading {path}"))?
+                == 0
+            {
+                return Ok(None);
+            }
+            *line += 1;
+            let bytes = buf.trim_ascii();
+            if bytes.is_empty() {
+                continue;
+            }
+            let text = std::str::from_utf8(bytes)
+                .map_err(|e| anyhow!("{path} line {line}: not UTF-8: {e}"))?;
+            if !text.starts_with('{') {
+                return Err(match serde_json::from_str::<Value>(text) {
+                    Ok(_) => anyhow!("{path} line {line}: each line must be a JSON object"),
+                    Err(e) => anyhow!("{path} line {line}: not valid JSON: {e}"),
+                });
+            }
+            let text = match meta_file {
+                None => text.to_owned(),
+                Some(f) => {
+                    let body = text[..text.len() - 1].trim_end();
+                    let mut t = String::with_capacity(text.len() + f.len() + 48);
+                    t.push_str(body);
+                    push_meta(&mut t, body != "{", f, *line);
+                    t.push('}');
+                    t
+                }
+            };
+            let raw = RawValue::from_string(text)
+                .map_err(|e| anyhow!("{path} line {line}: not valid JSON: {e}"))?;
+            return Ok(Some((*line, Record::Raw(raw))));
+        }
+    }
+}
+
+fn push_meta(text: &mut String, comma: bool, file: &str, line: u64) {
+    if comma {
+        text.push(',');
+    }
+    text.push_str("\"_sdc_source_file\":");
+    push_json_str(text, file);
+    text.push_str(",\"_sdc_source_lineno\":");
+    text.push_str(&line.to_string());
 }
 
 fn csv_error(path: &str, e: &csv::Error) -> anyhow::Error {
@@ -405,6 +582,53 @@ fn csv_error(path: &str, e: &csv::Error) -> anyhow::Error {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn writes_cells_as_json_text() {
+        let cases = [
+            (json!({"type": ["null", "integer"]}), "42", "42"),
+            (json!({"type": ["null", "integer"]}), "", "null"),
+            (
+                json!({"type": "number"}),
+                "12345678901234567890.000000001",
+                "12345678901234567890.000000001",
+            ),
+            (
+                json!({"type": "string"}),
+                "a \"q\" \\ \n\t\u{1}é",
+                r#""a \"q\" \\ \n\tu0001é""#,
+            ),
+            (json!({"type": "string"}), "", r#""""#),
+            (json!({"type": "boolean"}), "TRUE", "true"),
+            (
+                json!({"type": ["object", "null"]}),
+                "{\"a\": 1}",
+                r#"{"a":1}"#,
+            ),
+            (
+                json!({"anyOf": [{"type": "integer"}, {"type": "string"}]}),
+                "007",
+                r#""007""#,
+            ),
+        ];
+        for (schema, cell, want) in cases {
+            let mut out = String::new();
+            CellType::from_schema(&schema)
+                .write_json(cell, &mut out)
+                .unwrap();
+            let want = want.replace("\\tu0001", "\\t\\u0001");
+            assert_eq!(out, want, "{cell:?}");
+            assert_eq!(
+                serde_json::from_str::<Value>(&out).unwrap(),
+                CellType::from_schema(&schema).convert(cell).unwrap(),
+                "{cell:?}"
+            );
+        }
+        assert!(is_json_number("-0.5e+3"));
+        assert!(!is_json_number("007"));
+        assert!(!is_json_number("+1"));
+        assert!(!is_json_number("1."));
+    }
 
     #[test]
     fn converts_cells_by_schema() {

@@ -7,8 +7,7 @@ use serde_json::{json, Map, Value};
 use super::{FileTap, SourceFile, SOURCE_FILE, SOURCE_LINENO};
 use crate::runner::{ConsumerGone, Emitter, SourceOutcome};
 use crate::singer::{
-    state, ActivateVersionMessage, Catalog, CatalogStream, Message, Record, RecordMessage,
-    SchemaMessage,
+    state, ActivateVersionMessage, Catalog, CatalogStream, Message, RecordMessage, SchemaMessage,
 };
 
 /// Where an entity's incremental read stopped: the last file (by mtime and path) and how many
@@ -176,18 +175,15 @@ impl FileTap {
             let keep_json: Option<&dyn Fn(&str) -> bool> =
                 if all_selected { None } else { Some(&keep) };
             let mut count = 0u64;
-            while let Some((line, mut rec)) = reader.next_record(&columns, keep_json)? {
+            let meta = self.config.add_metadata_columns.then_some(f.path.as_str());
+            while let Some((_, rec)) = reader.next_record(&columns, keep_json, meta)? {
                 count += 1;
                 if count <= skip {
                     continue;
                 }
-                if self.config.add_metadata_columns {
-                    rec.insert(SOURCE_FILE.into(), json!(f.path));
-                    rec.insert(SOURCE_LINENO.into(), json!(line));
-                }
                 emitter.emit_blocking(Message::Record(RecordMessage {
                     stream: id.to_owned(),
-                    record: Record::Map(rec),
+                    record: rec,
                     version,
                     time_extracted: Some(time_extracted.clone()),
                     extra: Map::new(),
