@@ -39,4 +39,4 @@ if command -v pg_isready >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; the
   fi
 fi
 
-cargo test --locked --all-targets "$@"
+cargo test --locked "$@"
