@@ -73,12 +73,14 @@ impl Progress {
             let bar = bars().map(|m| {
                 let bar = match totals.get(stream) {
                     Some(t) => ProgressBar::new(*t).with_style(
-                        ProgressStyle::with_template("{prefix:>20} {bar:30} {human_pos}/{human_len} rows {per_sec} eta {eta}")
-                            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                        ProgressStyle::with_template("{prefix:>20} {bar:30} {human_pos}/{human_len} rows {rate} eta {eta}")
+                            .unwrap_or_else(|_| ProgressStyle::default_bar())
+                            .with_key("rate", rate),
                     ),
                     None => ProgressBar::new_spinner().with_style(
-                        ProgressStyle::with_template("{prefix:>20} {spinner} {human_pos} rows {per_sec} {elapsed}")
-                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                        ProgressStyle::with_template("{prefix:>20} {spinner} {human_pos} rows {rate} {elapsed}")
+                            .unwrap_or_else(|_| ProgressStyle::default_spinner())
+                            .with_key("rate", rate),
                     ),
                 };
                 let bar = m.add(bar);
@@ -114,6 +116,11 @@ impl Progress {
             }
         }
     }
+}
+
+/// Rows per second, whole.
+fn rate(state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write) {
+    let _ = write!(w, "{:.0} rows/s", state.per_sec());
 }
 
 /// A `tracing` writer that keeps log lines from tearing through the bars.
