@@ -11,6 +11,7 @@
 //! - [`taps`] and [`targets`]: built-in connectors (enum dispatch), plus external Singer
 //!   executables run as child processes.
 //! - [`project`]: `ferry.yml`, `${ENV}` interpolation and pipeline resolution.
+//! - [`sql`]: quoting of identifiers and literals built from source names.
 //! - [`state_store`]: the state file: atomic writes, sorted keys, a lock against overlapping runs.
 //! - [`cli`] and [`commands`]: clap types and one module per subcommand.
 //! - [`about`]: `--about` descriptions of connectors.
@@ -29,6 +30,7 @@ pub mod runner;
 pub mod schema;
 pub mod secrets;
 pub mod singer;
+pub mod sql;
 pub mod state_store;
 pub mod taps;
 pub mod targets;

@@ -73,14 +73,18 @@ impl Progress {
             let bar = bars().map(|m| {
                 let bar = match totals.get(stream) {
                     Some(t) => ProgressBar::new(*t).with_style(
-                        ProgressStyle::with_template("{prefix:>20} {bar:30} {human_pos}/{human_len} rows {rate} eta {eta}")
-                            .unwrap_or_else(|_| ProgressStyle::default_bar())
-                            .with_key("rate", rate),
+                        ProgressStyle::with_template(
+                            "{prefix:>20} {bar:30} {human_pos}/{human_len} rows {rate} eta {eta}",
+                        )
+                        .unwrap_or_else(|_| ProgressStyle::default_bar())
+                        .with_key("rate", rate),
                     ),
                     None => ProgressBar::new_spinner().with_style(
-                        ProgressStyle::with_template("{prefix:>20} {spinner} {human_pos} rows {rate} {elapsed}")
-                            .unwrap_or_else(|_| ProgressStyle::default_spinner())
-                            .with_key("rate", rate),
+                        ProgressStyle::with_template(
+                            "{prefix:>20} {spinner} {human_pos} rows {rate} {elapsed}",
+                        )
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner())
+                        .with_key("rate", rate),
                     ),
                 };
                 let bar = m.add(bar);
@@ -88,7 +92,12 @@ impl Progress {
                 bar
             });
             let now = Instant::now();
-            StreamProgress { bar, rows: 0, started: now, last_log: now }
+            StreamProgress {
+                bar,
+                rows: 0,
+                started: now,
+                last_log: now,
+            }
         });
         sp.rows += rows;
         match &sp.bar {

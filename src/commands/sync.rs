@@ -262,8 +262,8 @@ async fn run_pipeline(
             if a.dry_run {
                 None
             } else {
-                let target = Target::new(name, &p.target.config, Some(&p.name))?;
-                if let Some(rec) = target.recover()? {
+                let target = Target::new(name, &p.target.config, Some(&p.name)).await?;
+                if let Some(rec) = target.recover().await? {
                     if rec.state != saved && rec.prev == saved {
                         tracing::info!(pipeline = %p.name, "The target committed a newer state than the state file holds (the last run stopped between the two); rolling the state file forward.");
                         store.write(&rec.state)?;

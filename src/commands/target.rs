@@ -19,7 +19,7 @@ pub async fn run(a: TargetArgs, g: &Globals) -> anyhow::Result<i32> {
         return print_about(&Target::about(&a.name)?, a.format);
     }
     let config = load_config(a.config.as_deref())?;
-    let target = Target::new(&a.name, &config, None)?;
+    let target = Target::new(&a.name, &config, None).await?;
     let source = match &a.input {
         Some(p) => {
             let f = std::fs::File::open(p)

@@ -9,6 +9,7 @@
 //! in each `match` below.
 
 pub mod file;
+pub mod postgres;
 
 use serde_json::Value;
 
@@ -17,13 +18,15 @@ use crate::error::config_error;
 use crate::singer::{ActivateVersionMessage, RecordMessage, SchemaMessage};
 
 /// Names of the built-in targets.
-pub const BUILTIN: &[&str] = &["csv", "jsonl"];
+pub const BUILTIN: &[&str] = &["csv", "jsonl", "postgres"];
 
 /// A built-in target, configured.
 #[derive(Debug)]
 pub enum Target {
     /// `csv` and `jsonl`: a file per stream in a folder.
     File(file::FileTarget),
+    /// `postgres`: a table per stream.
+    Postgres(Box<postgres::PostgresTarget>),
 }
 
 /// State a target committed together with its data.
@@ -42,8 +45,11 @@ impl Target {
     ///
     /// # Errors
     /// A config error for an unknown name or a bad config.
-    pub fn new(name: &str, config: &Value, scope: Option<&str>) -> anyhow::Result<Target> {
+    pub async fn new(name: &str, config: &Value, scope: Option<&str>) -> anyhow::Result<Target> {
         match name {
+            "postgres" => Ok(Target::Postgres(Box::new(
+                postgres::PostgresTarget::new(config, scope).await?,
+            ))),
             "csv" => Ok(Target::File(file::FileTarget::new(
                 file::Format::Csv,
                 config,
@@ -66,6 +72,7 @@ impl Target {
         match name {
             "csv" => Ok(file::about(file::Format::Csv)),
             "jsonl" => Ok(file::about(file::Format::Jsonl)),
+            "postgres" => Ok(postgres::about()),
             other => Err(unknown(other)),
         }
     }
@@ -77,6 +84,7 @@ impl Target {
     pub async fn schema(&mut self, msg: &SchemaMessage) -> anyhow::Result<()> {
         match self {
             Target::File(t) => t.schema(msg),
+            Target::Postgres(t) => t.schema(msg).await,
         }
     }
 
@@ -87,6 +95,7 @@ impl Target {
     pub async fn record(&mut self, msg: RecordMessage) -> anyhow::Result<()> {
         match self {
             Target::File(t) => t.record(&msg),
+            Target::Postgres(t) => t.record(&msg).await,
         }
     }
 
@@ -100,6 +109,10 @@ impl Target {
                 t.activate_version(msg);
                 Ok(())
             }
+            Target::Postgres(t) => {
+                t.activate_version(msg);
+                Ok(())
+            }
         }
     }
 
@@ -110,6 +123,7 @@ impl Target {
     pub async fn commit(&mut self, state: Option<&Value>) -> anyhow::Result<()> {
         match self {
             Target::File(t) => t.commit(state),
+            Target::Postgres(t) => t.commit(state).await,
         }
     }
 
@@ -117,9 +131,10 @@ impl Target {
     ///
     /// # Errors
     /// When the target's own record is unreadable.
-    pub fn recover(&self) -> anyhow::Result<Option<Recovered>> {
+    pub async fn recover(&self) -> anyhow::Result<Option<Recovered>> {
         match self {
             Target::File(t) => t.recover(),
+            Target::Postgres(t) => t.recover().await,
         }
     }
 
@@ -127,6 +142,7 @@ impl Target {
     pub fn bytes_written(&self, stream: &str) -> u64 {
         match self {
             Target::File(t) => t.bytes_written(stream),
+            Target::Postgres(t) => t.bytes_written(stream),
         }
     }
 }

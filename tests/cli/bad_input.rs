@@ -145,7 +145,7 @@ fn bad_files_and_names_are_config_errors() {
         .stderr_has("unknown tap \"postgresx\"; built-in taps: csv, jsonl");
     d.run(&["target", "nope"], None)
         .code(2)
-        .stderr_has("unknown target \"nope\"; built-in targets: csv, jsonl");
+        .stderr_has("unknown target \"nope\"; built-in targets: csv, jsonl, postgres");
     d.write("typo.json", r#"{"files": [], "fles": 1}"#);
     d.run(&["tap", "csv", "--config", "typo.json"], None)
         .code(2)

@@ -13,5 +13,7 @@ mod bad_input;
 mod kill;
 // External Singer executables as tap or target, and Python Singer packages from PyPI.
 mod interop;
+// The Postgres target against the real server: types, upserts, evolution, versions, kills.
+mod postgres;
 // Random bytes and random messages never make the parser or validator panic.
 mod fuzz;

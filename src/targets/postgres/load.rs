@@ -1,0 +1,918 @@
+//! The loader: connection, DDL from schemas, COPY text encoding, staging, merge, commit.
+
+use std::collections::HashMap;
+
+use anyhow::{anyhow, bail, Context};
+use bytes::Bytes;
+use futures_util::SinkExt;
+use serde_json::{Map, Value};
+use tokio_postgres::{Client, NoTls};
+
+use super::names::{column_names, fold, source_schema, table_name};
+use super::PostgresTargetConfig;
+use crate::error::config_error;
+use crate::schema::{self, ColumnType};
+use crate::singer::{ActivateVersionMessage, RecordMessage, SchemaMessage};
+use crate::sql::{qualified, quote_ident};
+use crate::targets::Recovered;
+
+const EXTRACTED_AT: &str = "_sdc_extracted_at";
+const RECEIVED_AT: &str = "_sdc_received_at";
+const BATCHED_AT: &str = "_sdc_batched_at";
+const DELETED_AT: &str = "_sdc_deleted_at";
+const TABLE_VERSION: &str = "_sdc_table_version";
+
+/// Where a column's value comes from.
+#[derive(Debug, Clone, PartialEq)]
+enum Source {
+    /// A record property.
+    Prop(String),
+    /// `time_extracted` of the message.
+    Extracted,
+    /// When ferry received the record.
+    Received,
+    /// `version` of the message.
+    Version,
+}
+
+#[derive(Debug, Clone)]
+struct Col {
+    name: String,
+    ty: String,
+    source: Source,
+}
+
+#[derive(Debug)]
+struct PgStream {
+    schema: String,
+    table: String,
+    cols: Vec<Col>,
+    key_cols: Vec<String>,
+    keys: Vec<String>,
+    buf: Vec<u8>,
+    buffered: u64,
+    staging: Option<String>,
+    staged: u64,
+    activate: Option<i64>,
+    versions: Vec<i64>,
+    bytes: u64,
+}
+
+/// The `postgres` target.
+pub struct PostgresTarget {
+    cfg: PostgresTargetConfig,
+    client: Client,
+    conn: tokio::task::JoinHandle<()>,
+    streams: HashMap<String, PgStream>,
+    in_txn: bool,
+    staging_seq: u64,
+    scope: String,
+    received_at: String,
+}
+
+impl std::fmt::Debug for PostgresTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresTarget")
+            .field("streams", &self.streams.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PostgresTarget {
+    fn drop(&mut self) {
+        // An open transaction dies with the connection: nothing uncommitted survives.
+        self.conn.abort();
+    }
+}
+
+/// The Postgres type for a logical column type.
+fn pg_type(ty: &ColumnType, hint: Option<&str>, double: bool) -> String {
+    if let Some(h) = hint.filter(|h| is_safe_type(h)) {
+        return h.to_lowercase();
+    }
+    match ty {
+        ColumnType::Integer => "bigint".into(),
+        ColumnType::Number if double => "double precision".into(),
+        ColumnType::Number => "numeric".into(),
+        ColumnType::Decimal {
+            precision: Some(p),
+            scale,
+        } => format!("numeric({p},{})", scale.unwrap_or(0)),
+        ColumnType::Decimal { .. } => "numeric".into(),
+        ColumnType::Boolean => "boolean".into(),
+        ColumnType::String { .. } => "text".into(),
+        ColumnType::DateTime => "timestamp with time zone".into(),
+        ColumnType::Date => "date".into(),
+        ColumnType::Time => "time without time zone".into(),
+        ColumnType::Json => "jsonb".into(),
+    }
+}
+
+/// An `x-sql-datatype` hint is used only when it is a plain type name (`uuid`, `numeric(12,2)`,
+/// `inet`, `text[]`): it goes into DDL, so nothing else is let through.
+fn is_safe_type(h: &str) -> bool {
+    let b = h.as_bytes();
+    !b.is_empty()
+        && b.len() < 64
+        && b[0].is_ascii_alphabetic()
+        && b.iter().all(|c| {
+            c.is_ascii_alphanumeric() || matches!(c, b' ' | b'_' | b'(' | b')' | b',' | b'[' | b']')
+        })
+}
+
+/// The logical type of an existing Postgres column, for widening decisions.
+fn logical(pg: &str) -> Option<ColumnType> {
+    Some(match pg {
+        "bigint" | "integer" | "smallint" => ColumnType::Integer,
+        "double precision" | "real" => ColumnType::Number,
+        t if t.starts_with("numeric") => ColumnType::Number,
+        "boolean" => ColumnType::Boolean,
+        "text" => ColumnType::String { max_length: None },
+        t if t.starts_with("character") => ColumnType::String { max_length: None },
+        "timestamp with time zone" | "timestamp without time zone" => ColumnType::DateTime,
+        "date" => ColumnType::Date,
+        t if t.starts_with("time") => ColumnType::Time,
+        "jsonb" | "json" => ColumnType::Json,
+        _ => return None,
+    })
+}
+
+/// How an existing column of type `have` takes values of type `want`: `None` to keep it,
+/// `Some(type)` to alter it in place.
+///
+/// # Errors
+/// When no change keeps every value (e.g. text to jsonb), with what to do.
+fn evolve(
+    table: &str,
+    col: &str,
+    have: &str,
+    want: &str,
+    double: bool,
+) -> anyhow::Result<Option<String>> {
+    if have == want {
+        return Ok(None);
+    }
+    let (Some(h), Some(w)) = (logical(have), logical(want)) else {
+        // A type ferry does not reason about (uuid, inet, …): keep it if the new one is text
+        // (its values have a text form), else leave it and let Postgres check each value.
+        return Ok(None);
+    };
+    let wide = schema::widen(&h, &w);
+    if wide == h
+        || (h == ColumnType::Number
+            && matches!(w, ColumnType::Integer | ColumnType::Decimal { .. }))
+    {
+        return Ok(None);
+    }
+    if wide == ColumnType::Json {
+        bail!(
+            "table {table}, column {col:?} is {have} but the schema now says {want}; ferry cannot convert it without losing \
+             values. Rename or drop the column (ALTER TABLE … RENAME COLUMN …) and run again, or keep the old schema"
+        );
+    }
+    Ok(Some(pg_type(&wide, None, double)))
+}
+
+/// Appends a value to a COPY text row.
+fn push_text(buf: &mut Vec<u8>, s: &str) -> Result<(), &'static str> {
+    if s.as_bytes().contains(&0) {
+        return Err("a NUL byte (\\u0000), which Postgres text cannot hold");
+    }
+    let mut start = 0;
+    let b = s.as_bytes();
+    for (i, c) in b.iter().enumerate() {
+        let esc: &[u8] = match c {
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            _ => continue,
+        };
+        buf.extend_from_slice(&b[start..i]);
+        buf.extend_from_slice(esc);
+        start = i + 1;
+    }
+    buf.extend_from_slice(&b[start..]);
+    Ok(())
+}
+
+fn excerpt(v: &Value) -> String {
+    let s = v.to_string();
+    let mut end = s.len().min(60);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
+impl PostgresTarget {
+    /// Connects.
+    ///
+    /// # Errors
+    /// A config error for a bad config; a connection error naming host, port, database and user
+    /// (never the password).
+    pub async fn new(config: &Value, scope: Option<&str>) -> anyhow::Result<PostgresTarget> {
+        let cfg: PostgresTargetConfig = serde_json::from_value(config.clone())
+            .map_err(|e| config_error(format!("target postgres config: {e}")))?;
+        if cfg.data_flattening_max_level != 0 {
+            return Err(config_error("target postgres: data_flattening_max_level > 0 is not supported yet; objects and arrays load as jsonb"));
+        }
+        match cfg.sslmode.as_deref() {
+            None | Some("disable" | "prefer" | "allow") => {}
+            Some(m) => return Err(config_error(format!("target postgres: sslmode {m:?} needs TLS, which this build does not include yet; use disable or prefer"))),
+        }
+        let mut pg = match &cfg.url {
+            Some(u) => u
+                .parse::<tokio_postgres::Config>()
+                .map_err(|e| config_error(format!("target postgres: bad url: {e}")))?,
+            None => tokio_postgres::Config::new(),
+        };
+        if let Some(h) = &cfg.host {
+            pg.host(h);
+        }
+        if cfg.url.is_none() || cfg.host.is_some() {
+            pg.port(cfg.port);
+        }
+        if let Some(u) = &cfg.user {
+            pg.user(u);
+        }
+        if let Some(p) = &cfg.password {
+            pg.password(p);
+        }
+        if let Some(d) = &cfg.dbname {
+            pg.dbname(d);
+        }
+        pg.application_name("ferry");
+        let where_ = format!(
+            "{}:{}/{} as {}",
+            cfg.host.as_deref().unwrap_or("(url)"),
+            cfg.port,
+            cfg.dbname.as_deref().unwrap_or("(default)"),
+            cfg.user.as_deref().unwrap_or("(default)")
+        );
+        let (client, connection) = pg.connect(NoTls).await.with_context(|| {
+            format!("cannot connect to Postgres at {where_}; check host, port, user and password")
+        })?;
+        let conn = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::error!(error = %e, "The Postgres connection failed.");
+            }
+        });
+        Ok(PostgresTarget {
+            cfg,
+            client,
+            conn,
+            streams: HashMap::new(),
+            in_txn: false,
+            staging_seq: 0,
+            scope: scope.unwrap_or("pipe").to_owned(),
+            received_at: chrono::Utc::now().to_rfc3339(),
+        })
+    }
+
+    async fn begin(&mut self) -> anyhow::Result<()> {
+        if !self.in_txn {
+            self.client.batch_execute("BEGIN").await.context("BEGIN")?;
+            self.in_txn = true;
+        }
+        Ok(())
+    }
+
+    fn target_schema(&self, stream: &str) -> String {
+        source_schema(stream)
+            .and_then(|s| {
+                self.cfg
+                    .schema_mapping
+                    .as_ref()?
+                    .get(s)?
+                    .get("target_schema")?
+                    .as_str()
+            })
+            .map_or_else(|| self.cfg.default_target_schema.clone(), str::to_owned)
+    }
+
+    async fn existing_columns(
+        &self,
+        schema: &str,
+        table: &str,
+    ) -> anyhow::Result<Option<Vec<(String, String)>>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) \
+                 FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+                &[&schema, &table],
+            )
+            .await
+            .context("reading the table's columns")?;
+        if rows.is_empty() {
+            let exists = self
+                .client
+                .query_opt("SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2", &[&schema, &table])
+                .await?;
+            return Ok(exists.map(|_| Vec::new()));
+        }
+        Ok(Some(
+            rows.iter()
+                .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+                .collect(),
+        ))
+    }
+
+    /// Creates or evolves the stream's table (in the open transaction).
+    ///
+    /// # Errors
+    /// A stream without keys when they are required, a change that cannot be made safely, SQL
+    /// errors.
+    pub async fn schema(&mut self, msg: &SchemaMessage) -> anyhow::Result<()> {
+        if msg.key_properties.is_empty() && self.cfg.primary_key_required {
+            bail!(
+                "stream {:?} has no key properties and primary_key_required is on; set key properties in the tap \
+                 (or the catalog), or set primary_key_required: false to append",
+                msg.stream
+            );
+        }
+        // Rows buffered under the old schema are merged first, in the old layout.
+        if self
+            .streams
+            .get(&msg.stream)
+            .is_some_and(|s| s.buffered > 0 || s.staging.is_some())
+        {
+            self.flush_stream(&msg.stream, true).await?;
+        }
+        let columns = schema::columns(&msg.schema)?;
+        let props: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
+        let mut taken = Vec::new();
+        let names = column_names(&props, &mut taken);
+        let double = self.cfg.use_double_for_number;
+        let mut cols: Vec<Col> = columns
+            .iter()
+            .zip(names)
+            .map(|(c, name)| Col {
+                name,
+                ty: pg_type(&c.ty, c.sql_hint.as_deref(), double),
+                source: Source::Prop(c.name.clone()),
+            })
+            .collect();
+        if self.cfg.add_metadata_columns {
+            for (name, ty, source) in [
+                (EXTRACTED_AT, "timestamp with time zone", Source::Extracted),
+                (RECEIVED_AT, "timestamp with time zone", Source::Received),
+                (
+                    DELETED_AT,
+                    "timestamp with time zone",
+                    Source::Prop(DELETED_AT.into()),
+                ),
+                (TABLE_VERSION, "bigint", Source::Version),
+            ] {
+                cols.retain(|c| c.name != name);
+                cols.push(Col {
+                    name: name.into(),
+                    ty: ty.into(),
+                    source,
+                });
+            }
+        }
+        let mut key_cols = Vec::new();
+        for k in &msg.key_properties {
+            let Some(c) = cols.iter().find(|c| c.source == Source::Prop(k.clone())) else {
+                bail!(
+                    "stream {:?}: key property {k:?} is not in the schema's properties",
+                    msg.stream
+                );
+            };
+            key_cols.push(c.name.clone());
+        }
+        let schema_name = self.target_schema(&msg.stream);
+        let table = table_name(&msg.stream);
+        let qt = qualified(&schema_name, &table);
+        self.begin().await?;
+        self.client
+            .batch_execute(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {}",
+                quote_ident(&schema_name)
+            ))
+            .await
+            .with_context(|| format!("creating schema {schema_name:?}"))?;
+        match self.existing_columns(&schema_name, &table).await? {
+            None => {
+                let mut defs: Vec<String> = cols
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{} {}{}",
+                            quote_ident(&c.name),
+                            c.ty,
+                            if key_cols.contains(&c.name) {
+                                " NOT NULL"
+                            } else {
+                                ""
+                            }
+                        )
+                    })
+                    .collect();
+                if self.cfg.add_metadata_columns {
+                    defs.push(format!(
+                        "{} timestamp with time zone DEFAULT now()",
+                        quote_ident(BATCHED_AT)
+                    ));
+                }
+                if !key_cols.is_empty() {
+                    defs.push(format!(
+                        "PRIMARY KEY ({})",
+                        key_cols
+                            .iter()
+                            .map(|k| quote_ident(k))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
+                self.client
+                    .batch_execute(&format!("CREATE TABLE {qt} ({})", defs.join(", ")))
+                    .await
+                    .with_context(|| format!("creating table {qt}"))?;
+                tracing::info!(stream = %msg.stream, table = %qt, "Table created.");
+            }
+            Some(existing) => {
+                for c in &mut cols {
+                    match existing.iter().find(|(n, _)| *n == c.name) {
+                        None => {
+                            self.client
+                                .batch_execute(&format!(
+                                    "ALTER TABLE {qt} ADD COLUMN {} {}",
+                                    quote_ident(&c.name),
+                                    c.ty
+                                ))
+                                .await
+                                .with_context(|| format!("adding column {:?} to {qt}", c.name))?;
+                            tracing::info!(table = %qt, column = %c.name, ty = %c.ty, "Column added.");
+                        }
+                        Some((_, have)) => match evolve(&qt, &c.name, have, &c.ty, double)? {
+                            None => c.ty.clone_from(have),
+                            Some(to) => {
+                                self.client
+                                    .batch_execute(&format!(
+                                        "ALTER TABLE {qt} ALTER COLUMN {col} TYPE {to} USING {col}::{to}",
+                                        col = quote_ident(&c.name)
+                                    ))
+                                    .await
+                                    .with_context(|| format!("widening column {:?} of {qt} from {have} to {to}", c.name))?;
+                                tracing::info!(table = %qt, column = %c.name, from = %have, to = %to, "Column widened in place.");
+                                c.ty = to;
+                            }
+                        },
+                    }
+                }
+                if self.cfg.add_metadata_columns && !existing.iter().any(|(n, _)| n == BATCHED_AT) {
+                    self.client
+                        .batch_execute(&format!(
+                            "ALTER TABLE {qt} ADD COLUMN {} timestamp with time zone DEFAULT now()",
+                            quote_ident(BATCHED_AT)
+                        ))
+                        .await?;
+                }
+            }
+        }
+        let prev = self.streams.remove(&msg.stream);
+        self.streams.insert(
+            msg.stream.clone(),
+            PgStream {
+                schema: schema_name,
+                table,
+                cols,
+                key_cols,
+                keys: msg.key_properties.clone(),
+                buf: Vec::with_capacity(1 << 16),
+                buffered: 0,
+                staging: None,
+                staged: 0,
+                activate: prev.as_ref().and_then(|p| p.activate),
+                versions: prev
+                    .as_ref()
+                    .map(|p| p.versions.clone())
+                    .unwrap_or_default(),
+                bytes: prev.map_or(0, |p| p.bytes),
+            },
+        );
+        Ok(())
+    }
+
+    /// Encodes one record into the stream's COPY buffer.
+    ///
+    /// # Errors
+    /// A value Postgres cannot hold (a NUL byte), with stream, key and column.
+    pub async fn record(&mut self, msg: &RecordMessage) -> anyhow::Result<()> {
+        let received_at = &self.received_at;
+        let s = self
+            .streams
+            .get_mut(&msg.stream)
+            .ok_or_else(|| anyhow!("no SCHEMA seen for stream {:?}", msg.stream))?;
+        let record = msg.record.to_map()?;
+        if let Some(v) = msg.version {
+            if !s.versions.contains(&v) {
+                s.versions.push(v);
+            }
+        }
+        let start = s.buf.len();
+        for (i, c) in s.cols.iter().enumerate() {
+            if i > 0 {
+                s.buf.push(b'\t');
+            }
+            let v: Option<std::borrow::Cow<'_, str>> = match &c.source {
+                Source::Prop(p) => match record.get(p) {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(t)) => Some(t.as_str().into()),
+                    Some(Value::Number(n)) => Some(n.as_str().into()),
+                    Some(Value::Bool(b)) => Some(if *b { "t" } else { "f" }.into()),
+                    Some(other) => Some(other.to_string().into()),
+                },
+                Source::Extracted => msg.time_extracted.as_deref().map(Into::into),
+                Source::Received => Some(received_at.as_str().into()),
+                Source::Version => msg.version.map(|v| v.to_string().into()),
+            };
+            match v {
+                None => s.buf.extend_from_slice(b"\\N"),
+                Some(text) => {
+                    if let Err(why) = push_text(&mut s.buf, &text) {
+                        s.buf.truncate(start);
+                        let key = key_text(&s.keys, &record);
+                        bail!("stream {:?}{key}, column {:?}: value {} has {why}; clean it at the source", msg.stream, c.name, excerpt(&Value::String(text.into_owned())));
+                    }
+                }
+            }
+        }
+        s.buf.push(b'\n');
+        s.buffered += 1;
+        if s.buffered >= self.cfg.batch_size_rows || s.buf.len() as u64 >= self.cfg.batch_size_bytes
+        {
+            let stream = msg.stream.clone();
+            self.flush_stream(&stream, false).await?;
+        }
+        Ok(())
+    }
+
+    /// Copies the buffer into the stream's staging table; with `merge`, merges staging into the
+    /// table too. Everything stays inside the open transaction.
+    async fn flush_stream(&mut self, stream: &str, merge: bool) -> anyhow::Result<()> {
+        self.begin().await?;
+        let Some(s) = self.streams.get_mut(stream) else {
+            return Ok(());
+        };
+        let qt = qualified(&s.schema, &s.table);
+        if s.buffered > 0 {
+            let stg = match &s.staging {
+                Some(n) => n.clone(),
+                None => {
+                    self.staging_seq += 1;
+                    let n = format!("_ferry_stg_{}", self.staging_seq);
+                    let defs: Vec<String> = s
+                        .cols
+                        .iter()
+                        .map(|c| format!("{} {}", quote_ident(&c.name), c.ty))
+                        .collect();
+                    self.client
+                        .batch_execute(&format!(
+                            "CREATE TEMP TABLE {} ({}, _ferry_seq bigserial) ON COMMIT DROP",
+                            quote_ident(&n),
+                            defs.join(", ")
+                        ))
+                        .await
+                        .context("creating a staging table")?;
+                    s.staging = Some(n.clone());
+                    n
+                }
+            };
+            let cols = s
+                .cols
+                .iter()
+                .map(|c| quote_ident(&c.name))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sink = self
+                .client
+                .copy_in::<_, Bytes>(&format!("COPY {} ({cols}) FROM STDIN", quote_ident(&stg)))
+                .await
+                .with_context(|| format!("stream {stream:?}: starting COPY"))?;
+            futures_util::pin_mut!(sink);
+            let data = Bytes::from(std::mem::replace(&mut s.buf, Vec::with_capacity(1 << 16)));
+            s.bytes += data.len() as u64;
+            sink.send(data)
+                .await
+                .map_err(|e| copy_error(stream, &qt, &e))?;
+            sink.as_mut()
+                .finish()
+                .await
+                .map_err(|e| copy_error(stream, &qt, &e))?;
+            s.staged += s.buffered;
+            s.buffered = 0;
+        }
+        if merge {
+            if let Some(stg) = s.staging.take() {
+                let cols: Vec<String> = s.cols.iter().map(|c| quote_ident(&c.name)).collect();
+                let list = cols.join(", ");
+                let sql = if s.key_cols.is_empty() {
+                    format!(
+                        "INSERT INTO {qt} ({list}) SELECT {list} FROM {} ORDER BY _ferry_seq",
+                        quote_ident(&stg)
+                    )
+                } else {
+                    let keys = s
+                        .key_cols
+                        .iter()
+                        .map(|k| quote_ident(k))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    let updates: Vec<String> = s
+                        .cols
+                        .iter()
+                        .filter(|c| !s.key_cols.contains(&c.name))
+                        .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(&c.name)))
+                        .chain(
+                            self.cfg
+                                .add_metadata_columns
+                                .then(|| format!("{} = now()", quote_ident(BATCHED_AT))),
+                        )
+                        .collect();
+                    let action = if updates.is_empty() {
+                        "DO NOTHING".to_owned()
+                    } else {
+                        format!("DO UPDATE SET {}", updates.join(", "))
+                    };
+                    // Within a batch the last record of a key wins.
+                    format!(
+                        "INSERT INTO {qt} ({list}) SELECT {list} FROM (SELECT DISTINCT ON ({keys}) * FROM {} ORDER BY {keys}, _ferry_seq DESC) s \
+                         ON CONFLICT ({keys}) {action}",
+                        quote_ident(&stg)
+                    )
+                };
+                self.client
+                    .batch_execute(&sql)
+                    .await
+                    .map_err(|e| copy_error(stream, &qt, &e))?;
+                self.client
+                    .batch_execute(&format!("DROP TABLE {}", quote_ident(&stg)))
+                    .await?;
+                s.staged = 0;
+            }
+            if self.cfg.hard_delete && self.cfg.add_metadata_columns {
+                self.client
+                    .batch_execute(&format!(
+                        "DELETE FROM {qt} WHERE {} IS NOT NULL",
+                        quote_ident(DELETED_AT)
+                    ))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Remembers an ACTIVATE_VERSION; applied at commit, after the version's records.
+    pub fn activate_version(&mut self, msg: &ActivateVersionMessage) {
+        if let Some(s) = self.streams.get_mut(&msg.stream) {
+            s.activate = Some(msg.version);
+        }
+    }
+
+    async fn apply_activate(&mut self, stream: &str) -> anyhow::Result<()> {
+        let Some(s) = self.streams.get_mut(stream) else {
+            return Ok(());
+        };
+        let Some(v) = s.activate.take() else {
+            return Ok(());
+        };
+        // A tap may send ACTIVATE_VERSION before the version's records: acting on it then would
+        // empty the table while the reload runs. It counts only once records of it arrived.
+        if !s.versions.contains(&v) {
+            tracing::debug!(
+                stream,
+                version = v,
+                "ACTIVATE_VERSION before any record of that version; nothing to replace yet."
+            );
+            return Ok(());
+        }
+        let qt = qualified(&s.schema, &s.table);
+        if !s.cols.iter().any(|c| c.name == TABLE_VERSION) {
+            tracing::warn!(stream, "ACTIVATE_VERSION needs add_metadata_columns (the _sdc_table_version column); rows of older versions are kept.");
+            return Ok(());
+        }
+        let ver = quote_ident(TABLE_VERSION);
+        let n = if self.cfg.hard_delete {
+            self.client
+                .execute(
+                    &format!("DELETE FROM {qt} WHERE {ver} IS DISTINCT FROM $1"),
+                    &[&v],
+                )
+                .await?
+        } else {
+            self.client
+                .execute(
+                    &format!(
+                        "UPDATE {qt} SET {} = now() WHERE {ver} IS DISTINCT FROM $1 AND {} IS NULL",
+                        quote_ident(DELETED_AT),
+                        quote_ident(DELETED_AT)
+                    ),
+                    &[&v],
+                )
+                .await?
+        };
+        tracing::info!(
+            stream,
+            version = v,
+            rows = n,
+            "Rows of older table versions removed."
+        );
+        Ok(())
+    }
+
+    /// Commits: stages what is buffered, merges, applies ACTIVATE_VERSION and the state table,
+    /// then COMMIT.
+    ///
+    /// # Errors
+    /// SQL errors; the transaction is then rolled back and nothing of it is visible.
+    pub async fn commit(&mut self, state: Option<&Value>) -> anyhow::Result<()> {
+        let work = self
+            .streams
+            .values()
+            .any(|s| s.buffered > 0 || s.staging.is_some() || s.activate.is_some());
+        if !work && !self.in_txn && (state.is_none() || self.cfg.state_table.is_none()) {
+            return Ok(());
+        }
+        self.begin().await?;
+        let names: Vec<String> = self.streams.keys().cloned().collect();
+        for n in &names {
+            self.flush_stream(n, true).await?;
+            self.apply_activate(n).await?;
+        }
+        if let (Some(st), Some(table)) = (state, self.cfg.state_table.clone()) {
+            let qt = qualified(&self.cfg.default_target_schema, &fold(&table));
+            self.client
+                .batch_execute(&format!(
+                    "CREATE SCHEMA IF NOT EXISTS {}; CREATE TABLE IF NOT EXISTS {qt} (pipeline text PRIMARY KEY, state jsonb NOT NULL, \
+                     prev_state jsonb, committed_at timestamptz NOT NULL DEFAULT now())",
+                    quote_ident(&self.cfg.default_target_schema)
+                ))
+                .await?;
+            let text = st.to_string();
+            self.client
+                .execute(
+                    &format!(
+                        "INSERT INTO {qt} (pipeline, state) VALUES ($1, $2::text::jsonb) ON CONFLICT (pipeline) DO UPDATE \
+                         SET prev_state = {qt}.state, state = EXCLUDED.state, committed_at = now()"
+                    ),
+                    &[&self.scope, &text],
+                )
+                .await
+                .context("writing the state table")?;
+        }
+        self.client
+            .batch_execute("COMMIT")
+            .await
+            .context("COMMIT")?;
+        self.in_txn = false;
+        Ok(())
+    }
+
+    /// The state committed with the data (`state_table`), and the one before it.
+    ///
+    /// # Errors
+    /// SQL errors other than a missing table.
+    pub async fn recover(&self) -> anyhow::Result<Option<Recovered>> {
+        let Some(table) = &self.cfg.state_table else {
+            return Ok(None);
+        };
+        let qt = qualified(&self.cfg.default_target_schema, &fold(table));
+        let exists = self
+            .client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&qt])
+            .await?
+            .get::<_, bool>(0);
+        if !exists {
+            return Ok(None);
+        }
+        let row = self
+            .client
+            .query_opt(
+                &format!("SELECT state::text, prev_state::text FROM {qt} WHERE pipeline = $1"),
+                &[&self.scope],
+            )
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let state: Value = serde_json::from_str(&row.get::<_, String>(0))?;
+        let prev: Value = row
+            .get::<_, Option<String>>(1)
+            .map_or(Ok(crate::singer::state::empty()), |t| {
+                serde_json::from_str(&t)
+            })?;
+        Ok(Some(Recovered { prev, state }))
+    }
+
+    /// Bytes copied for a stream.
+    pub fn bytes_written(&self, stream: &str) -> u64 {
+        self.streams.get(stream).map_or(0, |s| s.bytes)
+    }
+}
+
+fn key_text(keys: &[String], record: &Map<String, Value>) -> String {
+    if keys.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = keys
+        .iter()
+        .map(|k| {
+            format!(
+                "{k}={}",
+                record.get(k).map_or_else(|| "(missing)".into(), excerpt)
+            )
+        })
+        .collect();
+    format!(" (key {})", parts.join(", "))
+}
+
+/// A COPY or merge error with the stream, the table and what Postgres said (column and line
+/// included when it says them).
+fn copy_error(stream: &str, table: &str, e: &tokio_postgres::Error) -> anyhow::Error {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut msg = format!(
+                "stream {stream:?}: Postgres rejected the batch for {table}: {}",
+                db.message()
+            );
+            if let Some(c) = db.column() {
+                msg.push_str(&format!(" (column {c})"));
+            }
+            if let Some(w) = db.where_() {
+                msg.push_str(&format!("; {w}"));
+            }
+            if let Some(d) = db.detail() {
+                msg.push_str(&format!("; {d}"));
+            }
+            msg.push_str("; nothing of this batch was committed");
+            anyhow!(msg)
+        }
+        None => anyhow!(
+            "stream {stream:?}: loading {table} failed: {e}; nothing of this batch was committed"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn types_and_evolution() {
+        assert_eq!(pg_type(&ColumnType::Integer, None, false), "bigint");
+        assert_eq!(pg_type(&ColumnType::Number, None, false), "numeric");
+        assert_eq!(pg_type(&ColumnType::Number, None, true), "double precision");
+        assert_eq!(
+            pg_type(
+                &ColumnType::Decimal {
+                    precision: Some(12),
+                    scale: Some(2)
+                },
+                None,
+                false
+            ),
+            "numeric(12,2)"
+        );
+        assert_eq!(
+            pg_type(
+                &ColumnType::String { max_length: None },
+                Some("uuid"),
+                false
+            ),
+            "uuid"
+        );
+        assert_eq!(
+            pg_type(
+                &ColumnType::String { max_length: None },
+                Some("uuid; drop table x"),
+                false
+            ),
+            "text"
+        );
+        assert_eq!(
+            evolve("t", "c", "bigint", "numeric", false).unwrap(),
+            Some("numeric".into())
+        );
+        assert_eq!(evolve("t", "c", "numeric", "bigint", false).unwrap(), None);
+        assert_eq!(
+            evolve("t", "c", "boolean", "text", false).unwrap(),
+            Some("text".into())
+        );
+        assert_eq!(evolve("t", "c", "text", "bigint", false).unwrap(), None);
+        assert_eq!(
+            evolve("t", "c", "date", "timestamp with time zone", false).unwrap(),
+            Some("timestamp with time zone".into())
+        );
+        assert!(evolve("t", "c", "text", "jsonb", false)
+            .unwrap_err()
+            .to_string()
+            .contains("cannot convert"));
+        let mut b = Vec::new();
+        push_text(&mut b, "a\tb\\c\nd").unwrap();
+        assert_eq!(b, b"a\\tb\\\\c\\nd");
+        assert!(push_text(&mut b, "x\0").is_err());
+    }
+}

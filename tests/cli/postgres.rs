@@ -1,0 +1,497 @@
+//! `ferry target postgres` against the PostgreSQL on the machine (127.0.0.1:5432, user
+//! postgres, database test, or FERRY_PG_* variables). Each test works in its own schema and
+//! drops it at the end.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::util::{lines, Dir};
+
+fn pg_env(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+/// A schema of its own for one test, dropped when the test ends.
+struct Pg {
+    schema: String,
+}
+
+impl Pg {
+    fn new(tag: &str) -> Pg {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let schema = format!(
+            "ferry_t_{tag}_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        );
+        let pg = Pg { schema };
+        pg.sql(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", pg.schema));
+        pg
+    }
+
+    /// Runs SQL with psql; rows as `a|b|c` lines.
+    fn sql(&self, sql: &str) -> Vec<String> {
+        let out = Command::new("psql")
+            .args(["-X", "-q", "-At", "-F", "|", "-v", "ON_ERROR_STOP=1"])
+            .args([
+                "-h",
+                &pg_env("FERRY_PG_HOST", "127.0.0.1"),
+                "-p",
+                &pg_env("FERRY_PG_PORT", "5432"),
+            ])
+            .args([
+                "-U",
+                &pg_env("FERRY_PG_USER", "postgres"),
+                "-d",
+                &pg_env("FERRY_PG_DB", "test"),
+            ])
+            .args(["-c", sql])
+            .output()
+            .expect("psql runs");
+        assert!(
+            out.status.success(),
+            "psql failed for {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn config(&self, extra: Value) -> String {
+        let mut c = json!({
+            "host": pg_env("FERRY_PG_HOST", "127.0.0.1"),
+            "port": pg_env("FERRY_PG_PORT", "5432").parse::<u16>().unwrap(),
+            "user": pg_env("FERRY_PG_USER", "postgres"),
+            "password": "not-needed-with-trust",
+            "dbname": pg_env("FERRY_PG_DB", "test"),
+            "default_target_schema": self.schema,
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c.to_string()
+    }
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args([
+                "-X",
+                "-q",
+                "-h",
+                &pg_env("FERRY_PG_HOST", "127.0.0.1"),
+                "-U",
+                &pg_env("FERRY_PG_USER", "postgres"),
+                "-d",
+                &pg_env("FERRY_PG_DB", "test"),
+            ])
+            .args([
+                "-c",
+                &format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.schema),
+            ])
+            .output();
+    }
+}
+
+fn schema_msg(stream: &str, keys: &[&str], props: Value) -> Value {
+    json!({"type": "SCHEMA", "stream": stream, "key_properties": keys, "schema": {"type": "object", "properties": props}})
+}
+
+fn rec(stream: &str, r: Value) -> Value {
+    json!({"type": "RECORD", "stream": stream, "record": r})
+}
+
+fn state(n: i64) -> Value {
+    json!({"type": "STATE", "value": {"bookmarks": {"s": n}}})
+}
+
+#[test]
+fn types_values_and_upserts() {
+    let pg = Pg::new("types");
+    let d = Dir::new();
+    d.write("t.json", &pg.config(json!({})));
+    let props = json!({
+        "id": {"type": "integer"},
+        "amount": {"type": ["null", "number"]},
+        "dec": {"type": ["null", "string"], "format": "x-singer.decimal", "precision": 38, "scale": 9},
+        "at": {"type": ["null", "string"], "format": "date-time"},
+        "d": {"type": ["null", "string"], "format": "date"},
+        "ok": {"type": ["null", "boolean"]},
+        "meta": {"type": ["null", "object"]},
+        "tags": {"type": ["null", "array"], "items": {"type": "string"}},
+        "name": {"type": ["null", "string"]},
+        "Mixed Case \"Col\"": {"type": ["null", "string"]},
+        "uid": {"type": ["null", "string"], "x-sql-datatype": "uuid"}
+    });
+    // Written as text: a Rust float literal would round the decimal before ferry saw it.
+    let big = r#"{"type": "RECORD", "stream": "public-orders", "record": {"id": 1, "amount": 12345678901234567890.123456789, "dec": "-0.000000001", "at": "2024-02-29T23:59:59.123456+02:00", "d": "2024-01-31", "ok": true, "meta": {"a": [1, {"b": null}]}, "tags": ["x", "y"], "name": "Ann\ttab\nnewline \\ back", "Mixed Case \"Col\"": "m", "uid": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"}}"#;
+    let first = format!(
+        "{}{big}\n{}",
+        lines(&[schema_msg("public-orders", &["id"], props.clone())]),
+        lines(&[
+            rec("public-orders", json!({"id": 2, "name": "first version"})),
+            rec("public-orders", json!({"id": 3, "name": "Ünïcödé ✓ 日本"})),
+            rec(
+                "public-orders",
+                json!({"id": 2, "name": "second version", "amount": 2})
+            ),
+            state(1),
+        ])
+    );
+    let out = d
+        .run(&["target", "postgres", "--config", "t.json"], Some(&first))
+        .ok();
+    assert_eq!(out.json_lines(), vec![json!({"bookmarks": {"s": 1}})]);
+    let t = format!("\"{}\".orders", pg.schema);
+    assert_eq!(
+        pg.sql(&format!("SELECT id, amount::text, dec::text, to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US'), d, ok, meta::text, tags::text, name, \"mixed case \"\"col\"\"\", uid FROM {t} ORDER BY id")),
+        [
+            // psql prints the newline inside `name` as a line break.
+            "1|12345678901234567890.123456789|-0.000000001|2024-02-29 21:59:59.123456|2024-01-31|t|{\"a\": [1, {\"b\": null}]}|[\"x\", \"y\"]|Ann\ttab",
+            "newline \\ back|m|a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+            "2|2|||||||second version||",
+            "3||||||||Ünïcödé ✓ 日本||",
+        ]
+    );
+    let types = pg.sql(&format!(
+        "SELECT column_name || ':' || data_type FROM information_schema.columns WHERE table_schema = '{}' AND table_name = 'orders' ORDER BY ordinal_position",
+        pg.schema
+    ));
+    assert_eq!(
+        types,
+        [
+            "id:bigint",
+            "amount:numeric",
+            "dec:numeric",
+            "at:timestamp with time zone",
+            "d:date",
+            "ok:boolean",
+            "meta:jsonb",
+            "tags:jsonb",
+            "name:text",
+            "mixed case \"col\":text",
+            "uid:uuid"
+        ]
+    );
+    // A later run upserts: id 2 changes, id 4 arrives, nothing is duplicated.
+    let second = lines(&[
+        schema_msg("public-orders", &["id"], props),
+        rec("public-orders", json!({"id": 4, "name": "new"})),
+        rec("public-orders", json!({"id": 2, "name": "third version"})),
+        state(2),
+    ]);
+    d.run(&["target", "postgres", "--config", "t.json"], Some(&second))
+        .ok();
+    assert_eq!(
+        pg.sql(&format!("SELECT id, name FROM {t} ORDER BY id")),
+        [
+            "1|Ann\ttab",
+            "newline \\ back",
+            "2|third version",
+            "3|Ünïcödé ✓ 日本",
+            "4|new"
+        ]
+    );
+}
+
+#[test]
+fn schema_evolution_keeps_values() {
+    let pg = Pg::new("evo");
+    let d = Dir::new();
+    d.write("t.json", &pg.config(json!({})));
+    let run1 = lines(&[
+        schema_msg(
+            "s",
+            &["id"],
+            json!({"id": {"type": "integer"}, "n": {"type": "integer"}, "flag": {"type": "boolean"}, "gone": {"type": "string"}}),
+        ),
+        rec("s", json!({"id": 1, "n": 10, "flag": true, "gone": "x"})),
+        state(1),
+        // Mid-stream: n widens to number, flag to string, a column appears, `gone` disappears.
+        schema_msg(
+            "s",
+            &["id"],
+            json!({"id": {"type": "integer"}, "n": {"type": "number"}, "flag": {"type": ["string", "boolean"]}, "added": {"type": "string"}}),
+        ),
+        rec(
+            "s",
+            json!({"id": 2, "n": 2.5, "flag": "maybe", "added": "new"}),
+        ),
+        state(2),
+    ]);
+    d.run(&["target", "postgres", "--config", "t.json"], Some(&run1))
+        .ok();
+    let t = format!("\"{}\".s", pg.schema);
+    assert_eq!(
+        pg.sql(&format!(
+            "SELECT id, n, flag, gone, added FROM {t} ORDER BY id"
+        )),
+        ["1|10|true|x|", "2|2.5|maybe||new"]
+    );
+    let types = pg.sql(&format!("SELECT column_name || ':' || data_type FROM information_schema.columns WHERE table_schema = '{}' AND table_name = 's' ORDER BY ordinal_position", pg.schema));
+    assert_eq!(
+        types,
+        [
+            "id:bigint",
+            "n:numeric",
+            "flag:text",
+            "gone:text",
+            "added:text"
+        ]
+    );
+    // A change that cannot be made safely fails with what to do, and commits nothing.
+    let run2 = lines(&[rec("s", json!({"id": 3, "n": 1})), state(3)]);
+    let run2 = format!(
+        "{}{}",
+        lines(&[schema_msg(
+            "s",
+            &["id"],
+            json!({"id": {"type": "integer"}, "gone": {"type": "object"}})
+        )]),
+        run2
+    );
+    let out = d
+        .run(&["target", "postgres", "--config", "t.json"], Some(&run2))
+        .code(1);
+    assert!(
+        out.stderr
+            .contains("column \"gone\" is text but the schema now says jsonb"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stdout.is_empty());
+    assert_eq!(pg.sql(&format!("SELECT count(*) FROM {t}")), ["2"]);
+}
+
+#[test]
+fn activate_version_replaces_only_after_the_reload() {
+    let pg = Pg::new("ver");
+    let d = Dir::new();
+    d.write(
+        "t.json",
+        &pg.config(json!({"add_metadata_columns": true, "hard_delete": true})),
+    );
+    let v = |version: i64, ids: &[i64], activate_first: bool| {
+        let mut m = vec![schema_msg("s", &["id"], json!({"id": {"type": "integer"}}))];
+        if activate_first {
+            m.push(json!({"type": "ACTIVATE_VERSION", "stream": "s", "version": version}));
+        }
+        for id in ids {
+            m.push(json!({"type": "RECORD", "stream": "s", "record": {"id": id}, "version": version, "time_extracted": "2026-11-22T00:00:00Z"}));
+        }
+        m.push(json!({"type": "ACTIVATE_VERSION", "stream": "s", "version": version}));
+        m.push(state(version));
+        lines(&m)
+    };
+    let t = format!("\"{}\".s", pg.schema);
+    d.run(
+        &["target", "postgres", "--config", "t.json"],
+        Some(&v(1, &[1, 2, 3], true)),
+    )
+    .ok();
+    assert_eq!(
+        pg.sql(&format!(
+            "SELECT id, _sdc_table_version FROM {t} ORDER BY id"
+        )),
+        ["1|1", "2|1", "3|1"]
+    );
+    d.run(
+        &["target", "postgres", "--config", "t.json"],
+        Some(&v(2, &[1, 3], true)),
+    )
+    .ok();
+    assert_eq!(
+        pg.sql(&format!(
+            "SELECT id, _sdc_table_version, _sdc_extracted_at IS NOT NULL FROM {t} ORDER BY id"
+        )),
+        ["1|2|t", "3|2|t"]
+    );
+    // An ACTIVATE_VERSION that arrives before any record of its version empties nothing.
+    let early = lines(&[
+        schema_msg("s", &["id"], json!({"id": {"type": "integer"}})),
+        json!({"type": "ACTIVATE_VERSION", "stream": "s", "version": 9}),
+        state(9),
+    ]);
+    d.run(&["target", "postgres", "--config", "t.json"], Some(&early))
+        .ok();
+    assert_eq!(pg.sql(&format!("SELECT count(*) FROM {t}")), ["2"]);
+}
+
+#[test]
+fn bad_values_roll_back_the_batch() {
+    let pg = Pg::new("bad");
+    let d = Dir::new();
+    d.write("t.json", &pg.config(json!({})));
+    let props = json!({"id": {"type": "integer"}, "price": {"type": "number", "x-sql-datatype": "numeric(5,2)"}, "s": {"type": "string"}});
+    let good = lines(&[
+        schema_msg("s", &["id"], props.clone()),
+        rec("s", json!({"id": 1, "price": 1.5, "s": "a"})),
+        state(1),
+    ]);
+    d.run(&["target", "postgres", "--config", "t.json"], Some(&good))
+        .ok();
+    let t = format!("\"{}\".s", pg.schema);
+    for (bad, want) in [
+        (
+            rec("s", json!({"id": 2, "price": 123456.7, "s": "b"})),
+            "numeric field overflow",
+        ),
+        (
+            rec("s", json!({"id": 3, "price": 1, "s": "nul \u{0} byte"})),
+            "stream \"s\" (key id=3), column \"s\": value \"nul \\u0000 byte\" has a NUL byte",
+        ),
+    ] {
+        let input = lines(&[
+            schema_msg("s", &["id"], props.clone()),
+            rec("s", json!({"id": 10, "price": 1, "s": "ok"})),
+            bad,
+            state(2),
+        ]);
+        let out = d
+            .run(&["target", "postgres", "--config", "t.json"], Some(&input))
+            .code(1);
+        assert!(out.stderr.contains(want), "want {want}: {}", out.stderr);
+        assert!(out.stderr.contains("stream \"s\""), "{}", out.stderr);
+        assert!(out.stdout.is_empty());
+        assert_eq!(
+            pg.sql(&format!("SELECT id FROM {t} ORDER BY id")),
+            ["1"],
+            "nothing of the failed batch is visible"
+        );
+    }
+}
+
+#[test]
+fn names_are_quoted_folded_and_cut() {
+    let pg = Pg::new("names");
+    let d = Dir::new();
+    d.write("t.json", &pg.config(json!({"primary_key_required": false})));
+    let long = "c".repeat(70);
+    let input = lines(&[
+        schema_msg(
+            "src-Weird \"Table\"; drop",
+            &[],
+            json!({"Id": {"type": "integer"}, "id": {"type": "integer"}, long.clone(): {"type": "string"}, format!("{long}2"): {"type": "string"}}),
+        ),
+        rec(
+            "src-Weird \"Table\"; drop",
+            json!({"Id": 1, "id": 2, long.clone(): "a", format!("{long}2"): "b"}),
+        ),
+        state(1),
+    ]);
+    d.run(&["target", "postgres", "--config", "t.json"], Some(&input))
+        .ok();
+    let cols = pg.sql(&format!(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = '{}' AND table_name = 'weird \"table\"; drop' ORDER BY ordinal_position",
+        pg.schema
+    ));
+    assert_eq!(
+        cols,
+        [
+            "id".to_string(),
+            "id_2".to_string(),
+            "c".repeat(63),
+            format!("{}_2", "c".repeat(61))
+        ]
+    );
+    assert_eq!(
+        pg.sql(&format!(
+            "SELECT * FROM \"{}\".\"weird \"\"table\"\"; drop\"",
+            pg.schema
+        )),
+        ["1|2|a|b"]
+    );
+}
+
+#[test]
+fn connection_errors_name_the_host_not_the_password() {
+    let d = Dir::new();
+    d.write("t.json", r#"{"host": "127.0.0.1", "port": 1, "user": "u", "password": "sup3r-s3cret-pw", "dbname": "x"}"#);
+    let out = d
+        .run(&["target", "postgres", "--config", "t.json"], Some(""))
+        .code(1);
+    assert!(
+        out.stderr
+            .contains("cannot connect to Postgres at 127.0.0.1:1/x as u"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("sup3r"), "{}", out.stderr);
+}
+
+fn kill_trial(pg: &Pg, keyed: bool, kill_after: Option<u64>) {
+    const ROWS: u64 = 60_000;
+    let d = Dir::new();
+    let mut body = String::from("id,name,amount\n");
+    for i in 0..ROWS {
+        body.push_str(&format!("{i},name {i},{i}.5\n"));
+    }
+    d.write("src/rows.csv", &body);
+    let keys = if keyed { "[id]" } else { "[]" };
+    d.write(
+        "ferry.yml",
+        &format!(
+            "pipelines:\n  p:\n    tap: {{ name: csv, config: {{ state_every_rows: 1000, files: [{{ entity: rows, path: src/rows.csv, keys: {keys} }}] }} }}\n    target: {{ name: postgres, config: {} }}\n    commit_interval_secs: 0.01\n",
+            pg.config(json!({"state_table": "_ferry_state", "batch_size_rows": 2000, "primary_key_required": keyed}))
+        ),
+    );
+    let t = format!("\"{}\".rows", pg.schema);
+    pg.sql(&format!(
+        "DROP TABLE IF EXISTS {t}; DROP TABLE IF EXISTS \"{}\"._ferry_state",
+        pg.schema
+    ));
+    let mut child = d
+        .cmd(&["-q", "sync", "p"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        let offset = std::fs::read_to_string(d.join("state/p.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|v| v["bookmarks"]["rows"]["offset"].as_u64());
+        match kill_after {
+            None => break,
+            Some(n) if offset.is_some_and(|o| o >= n) => break,
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no commit reached {kill_after:?}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let _ = child.kill();
+    child.wait().unwrap();
+    let out = d.run(&["sync", "p"], None);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let got = pg.sql(&format!(
+        "SELECT count(*), count(DISTINCT id), min(id), max(id), sum(amount) FROM {t}"
+    ));
+    let sum: f64 = (0..ROWS).map(|i| i as f64 + 0.5).sum();
+    assert_eq!(
+        got,
+        [format!("{ROWS}|{ROWS}|0|{}|{sum:.1}", ROWS - 1)],
+        "keyed={keyed} kill_after={kill_after:?}"
+    );
+}
+
+#[test]
+fn killed_loads_resume_exactly_keyed_and_append_only() {
+    let pg = Pg::new("kill");
+    for kill_after in [None, Some(1_000), Some(23_000), Some(47_000)] {
+        kill_trial(&pg, true, kill_after);
+        kill_trial(&pg, false, kill_after);
+    }
+}
