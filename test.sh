@@ -29,6 +29,7 @@ venv() {
 }
 venv target-jsonl target-jsonl==0.1.4
 venv tap-jsonl tap-jsonl==0.3.1
+venv pipelinewise-target-postgres pipelinewise-target-postgres==2.1.2
 export PATH
 export FERRY_REQUIRE_INTEROP=1
 

@@ -16,7 +16,7 @@ fn find(prog: &str) -> Option<PathBuf> {
 
 /// The path of a Python Singer executable; ./test.sh sets FERRY_REQUIRE_INTEROP=1 so that a
 /// missing one fails instead of skipping.
-fn require(prog: &str) -> Option<PathBuf> {
+pub fn require(prog: &str) -> Option<PathBuf> {
     match find(prog) {
         Some(p) => Some(p),
         None if std::env::var("FERRY_REQUIRE_INTEROP").as_deref() == Ok("1") => {
