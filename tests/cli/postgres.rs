@@ -499,8 +499,12 @@ fn killed_loads_resume_exactly_keyed_and_append_only() {
 /// A Python SDK tap's stream, loaded by ferry and by pipelinewise-target-postgres: the same rows.
 #[test]
 fn same_rows_as_pipelinewise_target_postgres() {
-    let Some(tap) = crate::interop::require("tap-jsonl") else { return };
-    let Some(pw) = crate::interop::require("target-postgres") else { return };
+    let Some(tap) = crate::interop::require("tap-jsonl") else {
+        return;
+    };
+    let Some(pw) = crate::interop::require("target-postgres") else {
+        return;
+    };
     let ours = Pg::new("pw_ferry");
     let theirs = Pg::new("pw_python");
     let d = Dir::new();
@@ -511,20 +515,40 @@ fn same_rows_as_pipelinewise_target_postgres() {
          {\"id\": 1, \"name\": \"a2\", \"amount\": 3, \"meta\": {}}\n\
          {\"id\": 3, \"name\": null, \"amount\": -0.5, \"meta\": {\"nested\": {\"x\": \"y\"}}}\n",
     );
-    d.write("c.json", &json!({"path": d.join("src/*.jsonl"), "stream_name": "things", "primary_keys": ["id"]}).to_string());
+    d.write(
+        "c.json",
+        &json!({"path": d.join("src/*.jsonl"), "stream_name": "things", "primary_keys": ["id"]})
+            .to_string(),
+    );
     let mut c = Command::new(&tap);
     c.current_dir(d.path()).args(["--config", "c.json"]);
     let msgs = crate::util::run(c, None).ok().stdout;
     d.write("ours.json", &ours.config(json!({})));
     d.write("theirs.json", &theirs.config(json!({})));
-    d.run(&["target", "postgres", "--config", "ours.json"], Some(&msgs)).ok();
+    d.run(
+        &["target", "postgres", "--config", "ours.json"],
+        Some(&msgs),
+    )
+    .ok();
     let mut c = Command::new(&pw);
     c.current_dir(d.path()).args(["--config", "theirs.json"]);
     crate::util::run(c, Some(&msgs)).ok();
-    let q = |pg: &Pg| pg.sql(&format!("SELECT id::bigint, coalesce(name, '<null>'), amount::numeric, coalesce(meta::text, '<null>') FROM \"{}\".things ORDER BY id", pg.schema));
+    let q = |pg: &Pg| {
+        pg.sql(&format!("SELECT id::bigint, coalesce(name, '<null>'), amount::numeric, coalesce(meta::text, '<null>') FROM \"{}\".things ORDER BY id", pg.schema))
+    };
     let (a, b) = (q(&ours), q(&theirs));
     // (No tab in the text: pipelinewise-target-postgres 2.1.2 stores a tab as the two
     // characters `\t`; ferry keeps the tab, see types_values_and_upserts.)
-    assert_eq!(a, ["1|a2|3|{}", "2|ü \\ \"q\"|20000000000.25|<null>", "3|<null>|-0.5|{\"nested\": {\"x\": \"y\"}}"]);
-    assert_eq!(a, b, "ferry and pipelinewise-target-postgres load the same rows");
+    assert_eq!(
+        a,
+        [
+            "1|a2|3|{}",
+            "2|ü \\ \"q\"|20000000000.25|<null>",
+            "3|<null>|-0.5|{\"nested\": {\"x\": \"y\"}}"
+        ]
+    );
+    assert_eq!(
+        a, b,
+        "ferry and pipelinewise-target-postgres load the same rows"
+    );
 }
