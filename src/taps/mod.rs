@@ -5,6 +5,7 @@
 //! taps need none of this: a pipeline names them with `command:`.
 
 pub mod file;
+pub mod postgres;
 
 use serde_json::Value;
 
@@ -14,13 +15,15 @@ use crate::runner::{Emitter, SourceOutcome};
 use crate::singer::Catalog;
 
 /// Names of the built-in taps.
-pub const BUILTIN: &[&str] = &["csv", "jsonl"];
+pub const BUILTIN: &[&str] = &["csv", "jsonl", "postgres"];
 
 /// A built-in tap, configured.
 #[derive(Debug)]
 pub enum Tap {
     /// `csv` and `jsonl`: files, folders or globs.
     File(file::FileTap),
+    /// `postgres`: tables and views.
+    Postgres(Box<postgres::PostgresTap>),
 }
 
 /// One line of a `--dry-run` plan.
@@ -45,6 +48,7 @@ impl Tap {
         match name {
             "csv" => Ok(Tap::File(file::FileTap::new(file::Format::Csv, config)?)),
             "jsonl" => Ok(Tap::File(file::FileTap::new(file::Format::Jsonl, config)?)),
+            "postgres" => Ok(Tap::Postgres(Box::new(postgres::PostgresTap::new(config)?))),
             other => Err(unknown(other)),
         }
     }
@@ -57,6 +61,7 @@ impl Tap {
         match name {
             "csv" => Ok(file::about(file::Format::Csv)),
             "jsonl" => Ok(file::about(file::Format::Jsonl)),
+            "postgres" => Ok(postgres::about()),
             other => Err(unknown(other)),
         }
     }
@@ -68,6 +73,7 @@ impl Tap {
     pub async fn discover(&self) -> anyhow::Result<Catalog> {
         match self {
             Tap::File(t) => t.discover().await,
+            Tap::Postgres(t) => t.discover().await,
         }
     }
 
@@ -84,6 +90,7 @@ impl Tap {
     ) -> anyhow::Result<SourceOutcome> {
         match self {
             Tap::File(t) => t.sync(catalog, state, emitter).await,
+            Tap::Postgres(t) => t.sync(catalog, state, emitter).await,
         }
     }
 
@@ -94,6 +101,7 @@ impl Tap {
     pub fn plan(&self, catalog: &Catalog, state: &Value) -> anyhow::Result<Vec<PlanStep>> {
         match self {
             Tap::File(t) => t.plan(catalog, state),
+            Tap::Postgres(t) => t.plan(catalog, state),
         }
     }
 }

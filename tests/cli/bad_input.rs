@@ -142,7 +142,7 @@ fn bad_files_and_names_are_config_errors() {
     .stderr_has("is not valid JSON");
     d.run(&["tap", "postgresx", "--config", "tap.json"], None)
         .code(2)
-        .stderr_has("unknown tap \"postgresx\"; built-in taps: csv, jsonl");
+        .stderr_has("unknown tap \"postgresx\"; built-in taps: csv, jsonl, postgres");
     d.run(&["target", "nope"], None)
         .code(2)
         .stderr_has("unknown target \"nope\"; built-in targets: csv, jsonl, postgres");

@@ -15,5 +15,7 @@ mod kill;
 mod interop;
 // The Postgres target against the real server: types, upserts, evolution, versions, kills.
 mod postgres;
+// The Postgres tap against the real server: types, methods, resume, PG to PG.
+mod postgres_tap;
 // Random bytes and random messages never make the parser or validator panic.
 mod fuzz;

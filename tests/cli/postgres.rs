@@ -15,12 +15,12 @@ fn pg_env(name: &str, default: &str) -> String {
 }
 
 /// A schema of its own for one test, dropped when the test ends.
-struct Pg {
-    schema: String,
+pub struct Pg {
+    pub schema: String,
 }
 
 impl Pg {
-    fn new(tag: &str) -> Pg {
+    pub fn new(tag: &str) -> Pg {
         static N: AtomicU32 = AtomicU32::new(0);
         let schema = format!(
             "ferry_t_{tag}_{}_{}",
@@ -33,7 +33,7 @@ impl Pg {
     }
 
     /// Runs SQL with psql; rows as `a|b|c` lines.
-    fn sql(&self, sql: &str) -> Vec<String> {
+    pub fn sql(&self, sql: &str) -> Vec<String> {
         let out = Command::new("psql")
             .args(["-X", "-q", "-At", "-F", "|", "-v", "ON_ERROR_STOP=1"])
             .args([
@@ -62,7 +62,7 @@ impl Pg {
             .collect()
     }
 
-    fn config(&self, extra: Value) -> String {
+    pub fn config(&self, extra: Value) -> String {
         let mut c = json!({
             "host": pg_env("FERRY_PG_HOST", "127.0.0.1"),
             "port": pg_env("FERRY_PG_PORT", "5432").parse::<u16>().unwrap(),

@@ -87,7 +87,7 @@ impl Drop for PostgresTarget {
 
 /// The Postgres type for a logical column type.
 fn pg_type(ty: &ColumnType, hint: Option<&str>, double: bool) -> String {
-    if let Some(h) = hint.filter(|h| is_safe_type(h)) {
+    if let Some(h) = hint.filter(|h| *ty != ColumnType::Json && is_safe_type(h)) {
         return h.to_lowercase();
     }
     match ty {
@@ -108,16 +108,53 @@ fn pg_type(ty: &ColumnType, hint: Option<&str>, double: bool) -> String {
     }
 }
 
-/// An `x-sql-datatype` hint is used only when it is a plain type name (`uuid`, `numeric(12,2)`,
-/// `inet`, `text[]`): it goes into DDL, so nothing else is let through.
+/// An `x-sql-datatype` hint is used only when it names a built-in scalar type (`uuid`,
+/// `numeric(12,2)`, `inet`, `interval`, …): it goes into DDL, and a custom type or an array
+/// type of the source may not exist here or take the JSON form of the value.
 fn is_safe_type(h: &str) -> bool {
-    let b = h.as_bytes();
-    !b.is_empty()
-        && b.len() < 64
-        && b[0].is_ascii_alphabetic()
-        && b.iter().all(|c| {
-            c.is_ascii_alphanumeric() || matches!(c, b' ' | b'_' | b'(' | b')' | b',' | b'[' | b']')
-        })
+    const BUILTIN: [&str; 29] = [
+        "smallint",
+        "integer",
+        "bigint",
+        "real",
+        "double precision",
+        "numeric",
+        "decimal",
+        "character varying",
+        "varchar",
+        "character",
+        "char",
+        "text",
+        "boolean",
+        "date",
+        "time without time zone",
+        "time with time zone",
+        "time",
+        "timestamp without time zone",
+        "timestamp with time zone",
+        "timestamp",
+        "interval",
+        "uuid",
+        "inet",
+        "cidr",
+        "macaddr",
+        "macaddr8",
+        "money",
+        "bytea",
+        "xml",
+    ];
+    let h = h.trim().to_ascii_lowercase();
+    let base = h.split('(').next().unwrap_or("").trim();
+    let args_ok = h[base.len()..].trim().is_empty()
+        || h[base.len()..]
+            .trim()
+            .strip_prefix('(')
+            .and_then(|r| r.strip_suffix(')'))
+            .is_some_and(|a| {
+                a.chars()
+                    .all(|c| c.is_ascii_digit() || c == ',' || c == ' ')
+            });
+    BUILTIN.contains(&base) && args_ok
 }
 
 /// The logical type of an existing Postgres column, for widening decisions.

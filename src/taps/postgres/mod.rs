@@ -1,0 +1,195 @@
+//! Tap `postgres`: discovery of tables, views and materialized views, and extraction by
+//! FULL_TABLE (key-range chunks, resumable), INCREMENTAL (by a replication key) or XMIN (by
+//! transaction id), each stream in one read-only REPEATABLE READ snapshot.
+//!
+//! Rows are rendered as JSON by Postgres itself (`row_to_json` over per-column expressions that
+//! fix the representation of decimals, non-finite floats and dates) and streamed with
+//! `COPY … TO STDOUT`; each line becomes a raw record with no re-encoding.
+
+mod discover;
+mod sync;
+
+use serde::Deserialize;
+use serde_json::Value;
+use tokio_postgres::{Client, NoTls};
+
+use crate::about::{About, ConfigKey};
+use crate::error::config_error;
+
+const fn default_port() -> u16 {
+    5432
+}
+const fn default_state_every() -> u64 {
+    10_000
+}
+const fn default_chunk_rows() -> u64 {
+    100_000
+}
+
+/// The tap's config: pipelinewise-tap-postgres' keys plus `url`, `schemas`, `sslmode`,
+/// `application_name`, `statement_timeout_secs`, `state_every_rows`, `chunk_rows`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresTapConfig {
+    /// Server host.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Server port.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// User.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Password.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Database.
+    #[serde(default)]
+    pub dbname: Option<String>,
+    /// A `postgres://` URL instead of the fields.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// `disable` or `prefer` (TLS is not built in yet).
+    #[serde(default)]
+    pub sslmode: Option<String>,
+    /// PipelineWise: comma-separated schemas to discover.
+    #[serde(default)]
+    pub filter_schemas: Option<String>,
+    /// Schemas to discover (default: every non-system schema).
+    #[serde(default)]
+    pub schemas: Option<Vec<String>>,
+    /// `application_name` of the session.
+    #[serde(default)]
+    pub application_name: Option<String>,
+    /// Statement timeout, seconds (default: the server's).
+    #[serde(default)]
+    pub statement_timeout_secs: Option<u64>,
+    /// Emit a STATE at least every N rows.
+    #[serde(default = "default_state_every")]
+    pub state_every_rows: u64,
+    /// Rows per key-range chunk of a FULL_TABLE read.
+    #[serde(default = "default_chunk_rows")]
+    pub chunk_rows: u64,
+    /// PipelineWise key, accepted (ssl is decided by `sslmode`).
+    #[serde(default)]
+    pub ssl: Option<Value>,
+    /// PipelineWise keys accepted and ignored.
+    #[serde(default)]
+    pub tap_id: Option<String>,
+    /// Accepted and ignored.
+    #[serde(default)]
+    pub max_run_seconds: Option<u64>,
+    /// Accepted and ignored (logical replication is not used).
+    #[serde(default)]
+    pub logical_poll_total_seconds: Option<u64>,
+    /// Accepted and ignored.
+    #[serde(default)]
+    pub break_at_end_lsn: Option<bool>,
+    /// Accepted and ignored.
+    #[serde(default)]
+    pub debug_lsn: Option<Value>,
+    /// Accepted; ferry uses `max_parallel_streams` semantics later.
+    #[serde(default)]
+    pub max_parallel_streams: Option<u32>,
+}
+
+/// The `postgres` tap.
+#[derive(Debug)]
+pub struct PostgresTap {
+    cfg: PostgresTapConfig,
+}
+
+/// The `--about` of the Postgres tap.
+pub fn about() -> About {
+    About {
+        name: "postgres".into(),
+        description: "Reads PostgreSQL tables and views: FULL_TABLE (resumable key-range chunks), INCREMENTAL by a replication key, XMIN.",
+        capabilities: vec!["catalog", "discover", "state", "about"],
+        settings: vec![
+            ConfigKey { name: "host, port, user, password, dbname", ty: "string", required: true, description: "Connection (or `url`). The password is never logged." },
+            ConfigKey { name: "url", ty: "string", required: false, description: "`postgres://user:pass@host:port/db` instead of the fields." },
+            ConfigKey { name: "schemas", ty: "array", required: false, description: "Schemas to discover (or PipelineWise's `filter_schemas`, comma-separated); default every non-system schema." },
+            ConfigKey { name: "sslmode", ty: "string", required: false, description: "`disable` or `prefer` (TLS is not built in yet)." },
+            ConfigKey { name: "application_name", ty: "string", required: false, description: "Session application_name (default `ferry`)." },
+            ConfigKey { name: "statement_timeout_secs", ty: "integer", required: false, description: "Statement timeout for the tap's queries." },
+            ConfigKey { name: "state_every_rows", ty: "integer", required: false, description: "Emit a STATE at least every N rows (default 10000)." },
+            ConfigKey { name: "chunk_rows", ty: "integer", required: false, description: "Rows per key-range chunk of a FULL_TABLE read (default 100000)." },
+        ],
+    }
+}
+
+impl PostgresTap {
+    /// Parses the config.
+    ///
+    /// # Errors
+    /// A config error naming the problem.
+    pub fn new(config: &Value) -> anyhow::Result<PostgresTap> {
+        let cfg: PostgresTapConfig = serde_json::from_value(config.clone())
+            .map_err(|e| config_error(format!("tap postgres config: {e}")))?;
+        match cfg.sslmode.as_deref() {
+            None | Some("disable" | "prefer" | "allow") => {}
+            Some(m) => return Err(config_error(format!("tap postgres: sslmode {m:?} needs TLS, which this build does not include yet; use disable or prefer"))),
+        }
+        Ok(PostgresTap { cfg })
+    }
+
+    fn schemas(&self) -> Option<Vec<String>> {
+        if let Some(s) = &self.cfg.schemas {
+            return Some(s.clone());
+        }
+        self.cfg.filter_schemas.as_ref().map(|f| {
+            f.split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+    }
+
+    /// Connects, with the session settings every query relies on (UTC, ISO dates).
+    async fn connect(&self) -> anyhow::Result<(Client, tokio::task::JoinHandle<()>)> {
+        let c = &self.cfg;
+        let mut pg = match &c.url {
+            Some(u) => u
+                .parse::<tokio_postgres::Config>()
+                .map_err(|e| config_error(format!("tap postgres: bad url: {e}")))?,
+            None => tokio_postgres::Config::new(),
+        };
+        if let Some(h) = &c.host {
+            pg.host(h);
+        }
+        if c.url.is_none() || c.host.is_some() {
+            pg.port(c.port);
+        }
+        if let Some(u) = &c.user {
+            pg.user(u);
+        }
+        if let Some(p) = &c.password {
+            pg.password(p);
+        }
+        if let Some(d) = &c.dbname {
+            pg.dbname(d);
+        }
+        pg.application_name(c.application_name.as_deref().unwrap_or("ferry"));
+        let where_ = format!(
+            "{}:{}/{} as {}",
+            c.host.as_deref().unwrap_or("(url)"),
+            c.port,
+            c.dbname.as_deref().unwrap_or("(default)"),
+            c.user.as_deref().unwrap_or("(default)")
+        );
+        let (client, conn) = anyhow::Context::with_context(pg.connect(NoTls).await, || {
+            format!("cannot connect to Postgres at {where_}; check host, port, user and password")
+        })?;
+        let task = tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::error!(error = %e, "The Postgres connection failed.");
+            }
+        });
+        let mut setup = String::from("SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'iso_8601'; SET extra_float_digits = 3;");
+        if let Some(t) = c.statement_timeout_secs {
+            setup.push_str(&format!(" SET statement_timeout = '{}s';", t));
+        }
+        client.batch_execute(&setup).await?;
+        Ok((client, task))
+    }
+}

@@ -1,0 +1,559 @@
+//! Extraction: FULL_TABLE, INCREMENTAL and XMIN, each stream in one snapshot.
+
+use anyhow::{anyhow, bail, Context};
+use futures_util::StreamExt;
+use serde_json::value::RawValue;
+use serde_json::{json, Map, Value};
+use tokio_postgres::Client;
+
+use super::discover::{tables, ColumnInfo, TableInfo};
+use super::PostgresTap;
+use crate::runner::{ConsumerGone, Emitter, SourceOutcome};
+use crate::singer::{
+    state, ActivateVersionMessage, Catalog, CatalogStream, Message, Record, RecordMessage,
+    SchemaMessage,
+};
+use crate::sql::{qualified, quote_ident, quote_literal};
+use crate::taps::PlanStep;
+
+/// How a column is rendered so that its JSON matches its discovered schema: decimals as exact
+/// strings, non-finite floats as null, infinite and BC dates as null.
+fn expr(c: &ColumnInfo) -> String {
+    let q = quote_ident(&c.name);
+    let e = if c.category == "A" {
+        q.clone()
+    } else {
+        match c.base.as_str() {
+            "numeric" => format!("{q}::text"),
+            "float4" | "float8" => {
+                format!("CASE WHEN {q} IN ('NaN', 'Infinity', '-Infinity') THEN NULL ELSE {q} END")
+            }
+            "date" | "timestamp" | "timestamptz" => {
+                format!("CASE WHEN isfinite({q}) AND {q} >= '0001-01-01' THEN {q} END")
+            }
+            _ => q.clone(),
+        }
+    };
+    format!("{e} AS {q}")
+}
+
+fn literal(v: &Value, sql_type: &str) -> String {
+    let text = match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    format!("{}::{sql_type}", quote_literal(&text))
+}
+
+/// Splits COPY output into lines and undoes COPY's text escaping (JSON text holds no raw
+/// control characters, so only doubled backslashes occur).
+#[derive(Default)]
+struct Lines {
+    pending: Vec<u8>,
+}
+
+impl Lines {
+    fn push(&mut self, chunk: &[u8], out: &mut Vec<String>) -> anyhow::Result<()> {
+        self.pending.extend_from_slice(chunk);
+        let mut start = 0;
+        while let Some(off) = memchr::memchr(b'\n', &self.pending[start..]) {
+            let line = &self.pending[start..start + off];
+            let mut s = Vec::with_capacity(line.len());
+            let mut i = 0;
+            while i < line.len() {
+                if line[i] == b'\\' && i + 1 < line.len() {
+                    s.push(line[i + 1]);
+                    i += 2;
+                } else {
+                    s.push(line[i]);
+                    i += 1;
+                }
+            }
+            out.push(String::from_utf8(s).context("Postgres sent text that is not UTF-8")?);
+            start += off + 1;
+        }
+        self.pending.drain(..start);
+        Ok(())
+    }
+}
+
+struct Ctx<'a> {
+    id: &'a str,
+    table: TableInfo,
+    cols: Vec<ColumnInfo>,
+    time_extracted: String,
+}
+
+impl Ctx<'_> {
+    fn qualified(&self) -> String {
+        qualified(&self.table.schema, &self.table.name)
+    }
+
+    fn select(&self, where_: &str, order: &str, limit: Option<u64>) -> String {
+        let exprs: Vec<String> = self.cols.iter().map(expr).collect();
+        format!(
+            "COPY (SELECT row_to_json(_ferry_row)::text FROM (SELECT {} FROM {} {where_} {order}{}) _ferry_row) TO STDOUT",
+            exprs.join(", "),
+            self.qualified(),
+            limit.map(|l| format!(" LIMIT {l}")).unwrap_or_default()
+        )
+    }
+
+    fn column(&self, name: &str) -> anyhow::Result<&ColumnInfo> {
+        self.table
+            .columns
+            .iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| anyhow!("stream {:?}: column {name:?} no longer exists in {}; run `ferry discover` and choose again", self.id, self.qualified()))
+    }
+
+    fn record(&self, line: String, version: Option<i64>) -> anyhow::Result<Message> {
+        let raw =
+            RawValue::from_string(line).context("Postgres rendered a row that is not JSON")?;
+        Ok(Message::Record(RecordMessage {
+            stream: self.id.to_owned(),
+            record: Record::Raw(raw),
+            version,
+            time_extracted: Some(self.time_extracted.clone()),
+            extra: Map::new(),
+        }))
+    }
+}
+
+fn field(line: &str, name: &str) -> anyhow::Result<Value> {
+    let m: Map<String, Value> = serde_json::from_str(line)?;
+    Ok(m.get(name).cloned().unwrap_or(Value::Null))
+}
+
+impl PostgresTap {
+    /// Reads the selected streams, each in its own snapshot.
+    ///
+    /// # Errors
+    /// Connection failures and [`ConsumerGone`]; a failure confined to one stream (a dropped
+    /// table, permission denied) is reported in the outcome and the other streams go on.
+    pub async fn sync(
+        self,
+        catalog: Catalog,
+        mut st: Value,
+        mut emitter: Emitter,
+    ) -> anyhow::Result<SourceOutcome> {
+        let (client, _conn) = self.connect().await?;
+        let mut outcome = SourceOutcome::default();
+        for s in catalog.selected() {
+            let id = s.tap_stream_id().to_owned();
+            if let Value::Object(m) = &mut st {
+                m.insert(state::CURRENTLY_SYNCING.into(), json!(id));
+            }
+            let r = self.sync_stream(&client, s, &mut st, &mut emitter).await;
+            if let Err(e) = r {
+                // Leave the failed stream's snapshot, so the next stream starts clean.
+                let _ = client.batch_execute("ROLLBACK").await;
+                if e.is::<ConsumerGone>() {
+                    return Err(e);
+                }
+                let msg = format!("{e:#}");
+                tracing::error!(stream = %id, error = %crate::secrets::redact(&msg), "Stream failed; the other streams go on.");
+                outcome.failed_streams.push((id, msg));
+            }
+        }
+        if let Value::Object(m) = &mut st {
+            m.insert(state::CURRENTLY_SYNCING.into(), Value::Null);
+        }
+        if state::rejection(&st).is_none() {
+            emitter.emit(Message::state(st)).await?;
+        }
+        emitter.flush().await?;
+        Ok(outcome)
+    }
+
+    async fn sync_stream(
+        &self,
+        client: &Client,
+        s: &CatalogStream,
+        st: &mut Value,
+        emitter: &mut Emitter,
+    ) -> anyhow::Result<()> {
+        let id = s.tap_stream_id();
+        let schema = s
+            .stream_meta("schema-name")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let table = s
+            .stream_meta("table-name")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let (Some(schema), Some(table)) = (schema, table) else {
+            bail!("stream {id:?}: the catalog lacks schema-name/table-name metadata; run `ferry discover` again");
+        };
+        client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?;
+        let info = tables(client, Some(std::slice::from_ref(&schema)), Some(&table))
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow!("stream {id:?}: {schema}.{table} no longer exists; deselect it or run `ferry discover` again"))?;
+        let method = s
+            .replication_method()
+            .unwrap_or("FULL_TABLE")
+            .to_ascii_uppercase();
+        let rk = s.replication_key().map(str::to_owned);
+        let mut keys = s.key_properties();
+        if keys.is_empty() {
+            keys.clone_from(&info.key);
+        }
+        let mut wanted: Vec<String> = info
+            .columns
+            .iter()
+            .filter(|c| s.is_property_selected(&c.name))
+            .map(|c| c.name.clone())
+            .collect();
+        for k in keys.iter().chain(rk.iter()) {
+            if !wanted.contains(k) {
+                wanted.push(k.clone());
+            }
+        }
+        let mut ctx = Ctx {
+            id,
+            table: info,
+            cols: Vec::new(),
+            time_extracted: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        };
+        for w in &wanted {
+            let c = ctx.column(w)?.clone();
+            ctx.cols.push(c);
+        }
+        let props: Map<String, Value> = s
+            .schema()
+            .get("properties")
+            .and_then(Value::as_object)
+            .map(|p| {
+                p.iter()
+                    .filter(|(k, _)| wanted.contains(k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        emitter
+            .emit(Message::Schema(SchemaMessage {
+                stream: id.to_owned(),
+                schema: json!({"type": "object", "properties": props}),
+                key_properties: keys.clone(),
+                bookmark_properties: rk.clone().map(|k| vec![k]),
+                extra: Map::new(),
+            }))
+            .await?;
+        let rows = match method.as_str() {
+            "INCREMENTAL" => {
+                let rk = rk.ok_or_else(|| anyhow!("stream {id:?}: INCREMENTAL needs a replication-key; set one with `ferry select … --key COLUMN`"))?;
+                self.incremental(client, &ctx, &rk, st, emitter).await?
+            }
+            "XMIN" => self.xmin(client, &ctx, st, emitter).await?,
+            "FULL_TABLE" => self.full_table(client, &ctx, &keys, st, emitter).await?,
+            other => bail!("stream {id:?}: replication method {other:?} is not supported (FULL_TABLE, INCREMENTAL, XMIN)"),
+        };
+        client.batch_execute("COMMIT").await?;
+        tracing::info!(stream = %id, rows, method = %method, "Stream read.");
+        Ok(())
+    }
+
+    async fn emit_rows(
+        &self,
+        client: &Client,
+        ctx: &Ctx<'_>,
+        sql: &str,
+        version: Option<i64>,
+        emitter: &mut Emitter,
+    ) -> anyhow::Result<(u64, Option<String>)> {
+        // Lines are collected per COPY chunk and emitted after; the last one is kept so the
+        // caller can read its bookmark without another copy.
+        let mut held: Vec<String> = Vec::new();
+        let stream = client
+            .copy_out(sql)
+            .await
+            .with_context(|| format!("stream {:?}: reading {}", ctx.id, ctx.qualified()))?;
+        futures_util::pin_mut!(stream);
+        let mut lines = Lines::default();
+        let mut n = 0u64;
+        let mut last: Option<String> = None;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.with_context(|| format!("stream {:?}: reading rows", ctx.id))?;
+            lines.push(&chunk, &mut held)?;
+            for l in held.drain(..) {
+                if let Some(prev) = last.replace(l) {
+                    emitter.emit(ctx.record(prev, version)?).await?;
+                    n += 1;
+                }
+            }
+        }
+        Ok((n, last))
+    }
+
+    async fn full_table(
+        &self,
+        client: &Client,
+        ctx: &Ctx<'_>,
+        keys: &[String],
+        st: &mut Value,
+        emitter: &mut Emitter,
+    ) -> anyhow::Result<u64> {
+        let id = ctx.id;
+        let mark = state::bookmark(st, id).cloned().unwrap_or(Value::Null);
+        let resume: Option<Vec<Value>> = mark.get("last_pk").and_then(Value::as_array).cloned();
+        let version = match (mark.get("version").and_then(Value::as_i64), &resume) {
+            (Some(v), Some(_)) => v,
+            _ => chrono::Utc::now().timestamp_millis(),
+        };
+        let mut total = 0u64;
+        if keys.is_empty() {
+            let sql = ctx.select("", "", None);
+            let (n, last) = self
+                .emit_rows(client, ctx, &sql, Some(version), emitter)
+                .await?;
+            if let Some(l) = last {
+                emitter.emit(ctx.record(l, Some(version))?).await?;
+            }
+            total += n + 1;
+        } else {
+            let key_cols: Vec<&ColumnInfo> = keys
+                .iter()
+                .map(|k| ctx.column(k))
+                .collect::<anyhow::Result<_>>()?;
+            let key_list = key_cols
+                .iter()
+                .map(|c| quote_ident(&c.name))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut after = resume;
+            if after.is_some() {
+                tracing::info!(stream = %id, "Resuming an interrupted full-table read after its last key.");
+            }
+            loop {
+                let where_ = match &after {
+                    Some(vals) => format!(
+                        "WHERE ({key_list}) > ({})",
+                        key_cols
+                            .iter()
+                            .zip(vals)
+                            .map(|(c, v)| literal(v, &c.sql_type))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    None => String::new(),
+                };
+                let sql = ctx.select(
+                    &where_,
+                    &format!("ORDER BY {key_list}"),
+                    Some(self.cfg.chunk_rows),
+                );
+                let (n, last) = self
+                    .emit_rows(client, ctx, &sql, Some(version), emitter)
+                    .await?;
+                let Some(last) = last else { break };
+                let vals: Vec<Value> = keys
+                    .iter()
+                    .map(|k| field(&last, k))
+                    .collect::<anyhow::Result<_>>()?;
+                emitter.emit(ctx.record(last, Some(version))?).await?;
+                total += n + 1;
+                after = Some(vals.clone());
+                // A chunk ends at a key: a crash resumes after it, not from the start.
+                state::set_bookmark(st, id, Some(json!({"version": version, "last_pk": vals})));
+                emitter.emit(Message::state(st.clone())).await?;
+                if n + 1 < self.cfg.chunk_rows {
+                    break;
+                }
+            }
+        }
+        state::set_bookmark(st, id, Some(json!({"version": version})));
+        emitter
+            .emit(Message::ActivateVersion(ActivateVersionMessage {
+                stream: id.to_owned(),
+                version,
+                extra: Map::new(),
+            }))
+            .await?;
+        emitter.emit(Message::state(st.clone())).await?;
+        Ok(total)
+    }
+
+    async fn incremental(
+        &self,
+        client: &Client,
+        ctx: &Ctx<'_>,
+        rk: &str,
+        st: &mut Value,
+        emitter: &mut Emitter,
+    ) -> anyhow::Result<u64> {
+        let id = ctx.id;
+        let col = ctx.column(rk)?.clone();
+        let q = quote_ident(rk);
+        // The signpost: the key's maximum when reading starts. Rows written later wait for the
+        // next run instead of being half-read now.
+        let signpost: Option<String> = client
+            .query_one(
+                &format!("SELECT to_json(max({q}))::text FROM {}", ctx.qualified()),
+                &[],
+            )
+            .await?
+            .get(0);
+        let signpost: Value = match signpost {
+            Some(t) => serde_json::from_str(&t)?,
+            None => Value::Null,
+        };
+        if signpost.is_null() {
+            tracing::info!(stream = %id, "The replication key has no values yet; nothing to read.");
+            return Ok(0);
+        }
+        let bm = state::bookmark(st, id)
+            .and_then(|b| b.get("replication_key_value"))
+            .cloned();
+        let upper = format!("{q} <= {}", literal(&signpost, &col.sql_type));
+        let where_ = match &bm {
+            // `>=`: rows sharing the bookmark's value are read again rather than skipped.
+            Some(v) => format!("WHERE {q} >= {} AND {upper}", literal(v, &col.sql_type)),
+            // The first run also takes rows whose key is NULL; later runs cannot find them.
+            None => format!("WHERE {upper} OR {q} IS NULL"),
+        };
+        // Ties on the key are ordered by the primary key, so output is deterministic.
+        let mut order = format!("ORDER BY {q} NULLS FIRST");
+        for k in ctx.table.key.iter().filter(|k| *k != rk) {
+            order.push_str(&format!(", {}", quote_ident(k)));
+        }
+        let sql = ctx.select(&where_, &order, None);
+        let stream = client
+            .copy_out(&sql)
+            .await
+            .with_context(|| format!("stream {id:?}: reading {}", ctx.qualified()))?;
+        futures_util::pin_mut!(stream);
+        let mut lines = Lines::default();
+        let mut held = Vec::new();
+        let mut n = 0u64;
+        let every = self.cfg.state_every_rows.max(1);
+        while let Some(chunk) = stream.next().await {
+            lines.push(&chunk.context("reading rows")?, &mut held)?;
+            for l in held.drain(..) {
+                n += 1;
+                let mark = if n.is_multiple_of(every) {
+                    Some(field(&l, rk)?)
+                } else {
+                    None
+                };
+                emitter.emit(ctx.record(l, None)?).await?;
+                if let Some(v) = mark.filter(|v| !v.is_null()) {
+                    state::set_bookmark(
+                        st,
+                        id,
+                        Some(json!({"replication_key": rk, "replication_key_value": v})),
+                    );
+                    emitter.emit(Message::state(st.clone())).await?;
+                }
+            }
+        }
+        // Every row up to the signpost was read: it is the bookmark now.
+        state::set_bookmark(
+            st,
+            id,
+            Some(json!({"replication_key": rk, "replication_key_value": signpost})),
+        );
+        emitter.emit(Message::state(st.clone())).await?;
+        Ok(n)
+    }
+
+    async fn xmin(
+        &self,
+        client: &Client,
+        ctx: &Ctx<'_>,
+        st: &mut Value,
+        emitter: &mut Emitter,
+    ) -> anyhow::Result<u64> {
+        let id = ctx.id;
+        if ctx.table.kind == "v" {
+            bail!("stream {id:?}: a view has no xmin; use FULL_TABLE or INCREMENTAL");
+        }
+        // The horizon of this snapshot: every transaction below it is committed or aborted and
+        // visible (or not) now; anything at or above it may still commit later.
+        let horizon: i64 = client
+            .query_one(
+                "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+                &[],
+            )
+            .await?
+            .get(0);
+        let bm = state::bookmark(st, id)
+            .and_then(|b| b.get("xmin"))
+            .and_then(Value::as_i64);
+        let epoch = |x: i64| x >> 32;
+        let low = |x: i64| x & 0xFFFF_FFFF;
+        let where_ = match bm {
+            Some(b) if epoch(b) == epoch(horizon) => {
+                format!("WHERE xmin::text::bigint >= {}", low(b))
+            }
+            Some(_) => {
+                tracing::warn!(stream = %id, "The transaction counter wrapped around since the last run; reading the whole table once.");
+                String::new()
+            }
+            None => String::new(),
+        };
+        let sql = ctx.select(&where_, "ORDER BY xmin::text::bigint", None);
+        let (n, last) = self.emit_rows(client, ctx, &sql, None, emitter).await?;
+        let mut total = n;
+        if let Some(l) = last {
+            emitter.emit(ctx.record(l, None)?).await?;
+            total += 1;
+        }
+        state::set_bookmark(st, id, Some(json!({"xmin": horizon})));
+        emitter.emit(Message::state(st.clone())).await?;
+        Ok(total)
+    }
+
+    /// What a run would read.
+    ///
+    /// # Errors
+    /// Never; the plan needs no connection.
+    pub fn plan(&self, catalog: &Catalog, st: &Value) -> anyhow::Result<Vec<PlanStep>> {
+        Ok(catalog
+            .selected()
+            .map(|s| {
+                let method = s
+                    .replication_method()
+                    .unwrap_or("FULL_TABLE")
+                    .to_ascii_uppercase();
+                let mark = state::bookmark(st, s.tap_stream_id()).cloned();
+                let table = format!(
+                    "{}.{}",
+                    s.stream_meta("schema-name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("?"),
+                    s.stream_meta("table-name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("?")
+                );
+                let detail = match (method.as_str(), &mark) {
+                    ("INCREMENTAL", Some(m)) => format!(
+                        "{table} WHERE {} >= {} (up to its current maximum)",
+                        s.replication_key().unwrap_or("?"),
+                        m.get("replication_key_value").unwrap_or(&Value::Null)
+                    ),
+                    ("INCREMENTAL", None) => format!("{table}: every row (first run)"),
+                    ("XMIN", Some(m)) => format!(
+                        "{table} WHERE xmin >= {}",
+                        m.get("xmin")
+                            .and_then(Value::as_i64)
+                            .map_or(0, |x| x & 0xFFFF_FFFF)
+                    ),
+                    ("FULL_TABLE", Some(m)) if m.get("last_pk").is_some() => {
+                        format!("{table} after key {} (resuming)", m["last_pk"])
+                    }
+                    _ => format!("{table}: every row"),
+                };
+                PlanStep {
+                    stream: s.tap_stream_id().to_owned(),
+                    method,
+                    bookmark: mark,
+                    detail,
+                }
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,332 @@
+//! `ferry tap postgres` against the PostgreSQL on the machine: discovery, every type, the three
+//! replication methods, resume after a kill, and a Postgres-to-Postgres pipeline.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::postgres::Pg;
+use crate::util::Dir;
+
+/// A project with one pipeline from `pg`'s schema into a JSON-lines folder (or another target).
+fn project(d: &Dir, pg: &Pg, tap_extra: Value, target: &str) {
+    let mut tap: Value = serde_json::from_str(&pg.config(tap_extra)).unwrap();
+    tap.as_object_mut().unwrap().remove("default_target_schema");
+    tap["schemas"] = json!([pg.schema]);
+    d.write(
+        "ferry.yml",
+        &format!("pipelines:\n  p:\n    tap: {{ name: postgres, config: {tap}, catalog: catalogs/p.json }}\n    target: {target}\n    commit_interval_secs: 0.01\n"),
+    );
+}
+
+fn jsonl_target() -> &'static str {
+    "{ name: jsonl, config: { destination_path: out } }"
+}
+
+fn stream_rows(d: &Dir, file: &str) -> Vec<Value> {
+    if !d.exists(file) {
+        return Vec::new();
+    }
+    d.jsonl(file)
+}
+
+const TYPES: &str = r#"
+CREATE TYPE {s}.mood AS ENUM ('sad', 'ok', 'happy');
+CREATE DOMAIN {s}.posint AS integer CHECK (VALUE > 0);
+CREATE TABLE {s}."Mixed Case" (id bigint PRIMARY KEY, n numeric(12,3), f float8, t text, b boolean, d date, ts timestamp, tz timestamptz,
+  tm time, iv interval, u uuid, jb jsonb, arr int[], tarr text[], m {s}.mood, p {s}.posint, by bytea, ip inet, mo money, si smallint);
+INSERT INTO {s}."Mixed Case" VALUES
+ (1, 123456789.123, 1.5, 'hello "world"\ back', true, '2024-02-29', '2024-01-01 10:00:00.123456', '2024-01-01 10:00:00.5+02', '23:59:59', '1 day 2 hours',
+  'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{"b":[1,2.50]}', '{1,2,3}', '{"a","b c"}', 'happy', 5, '\x0102', '192.168.0.1/24', 12.34, 7),
+ (2, 'NaN', 'NaN', E'tab\there\nnewline ünï', NULL, 'infinity', '-infinity', '0044-03-15 BC', NULL, NULL, NULL, NULL, '{}', NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+ (3, -0.001, '-Infinity', '', false, '12345-01-01', NULL, NULL, NULL, NULL, NULL, 'null', NULL, '{}', 'sad', NULL, NULL, NULL, NULL, NULL);
+CREATE TABLE {s}.empty (id int PRIMARY KEY);
+CREATE VIEW {s}.v AS SELECT id, t FROM {s}."Mixed Case";
+"#;
+
+#[test]
+fn discovery_types_and_pg_to_pg() {
+    let pg = Pg::new("tap_types");
+    let out_pg = Pg::new("tap_types_out");
+    pg.sql(&format!(
+        "CREATE SCHEMA \"{0}\"; {1}",
+        pg.schema,
+        TYPES.replace("{s}", &format!("\"{}\"", pg.schema))
+    ));
+    let d = Dir::new();
+    project(&d, &pg, json!({}), jsonl_target());
+    d.run(&["discover", "p"], None).ok();
+    let cat = d.json("catalogs/p.json");
+    let ids: Vec<&str> = cat["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["tap_stream_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            format!("{}-Mixed Case", pg.schema),
+            format!("{}-empty", pg.schema),
+            format!("{}-v", pg.schema)
+        ]
+    );
+    let mixed = &cat["streams"][0];
+    assert_eq!(
+        mixed["metadata"][0]["metadata"]["table-key-properties"],
+        json!(["id"])
+    );
+    assert_eq!(
+        mixed["metadata"][0]["metadata"]["selected-by-default"],
+        false
+    );
+    assert_eq!(
+        cat["streams"][2]["metadata"][0]["metadata"]["is-view"],
+        true
+    );
+    let props = &mixed["schema"]["properties"];
+    assert_eq!(
+        props["n"],
+        json!({"type": ["null", "string"], "format": "x-singer.decimal", "precision": 12, "scale": 3, "x-sql-datatype": "numeric(12,3)"})
+    );
+    assert_eq!(
+        props["tz"],
+        json!({"type": ["null", "string"], "format": "date-time", "x-sql-datatype": "timestamp with time zone"})
+    );
+    assert_eq!(props["m"]["enum"], json!(["sad", "ok", "happy", null]));
+    assert_eq!(
+        props["p"]["type"],
+        json!(["null", "integer"]),
+        "a domain takes its base type"
+    );
+    assert_eq!(props["arr"]["items"], json!({"type": "integer"}));
+    // Nothing is selected until chosen.
+    d.run(&["sync", "p"], None).ok();
+    assert!(!d.exists(&format!("out/{}-Mixed_Case.jsonl", pg.schema)));
+    d.run(&["select", "p", "*"], None).ok();
+    d.run(&["sync", "p"], None).ok();
+    let rows = stream_rows(&d, &format!("out/{}-Mixed_Case.jsonl", pg.schema));
+    assert_eq!(
+        rows[0],
+        json!({"id": 1, "n": "123456789.123", "f": 1.5, "t": "hello \"world\"\\ back", "b": true, "d": "2024-02-29", "ts": "2024-01-01T10:00:00.123456",
+               "tz": "2024-01-01T08:00:00.5+00:00", "tm": "23:59:59", "iv": "P1DT2H", "u": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "jb": serde_json::from_str::<Value>(r#"{"b": [1, 2.50]}"#).unwrap(),
+               "arr": [1, 2, 3], "tarr": ["a", "b c"], "m": "happy", "p": 5, "by": "\\x0102", "ip": "192.168.0.1/24", "mo": "$12.34", "si": 7})
+    );
+    // Non-finite floats and infinite or BC dates become null; years past 9999 stay.
+    assert_eq!(rows[1]["n"], "NaN");
+    assert_eq!(rows[1]["f"], Value::Null);
+    assert_eq!(
+        (&rows[1]["d"], &rows[1]["ts"], &rows[1]["tz"]),
+        (&Value::Null, &Value::Null, &Value::Null)
+    );
+    assert_eq!(rows[1]["t"], "tab\there\nnewline ünï");
+    assert_eq!(rows[2]["d"], "12345-01-01");
+    assert_eq!(rows[2]["n"], "-0.001");
+    assert_eq!(
+        stream_rows(&d, &format!("out/{}-v.jsonl", pg.schema)).len(),
+        3
+    );
+    assert!(d.exists(&format!("out/{}-empty.jsonl", pg.schema)));
+
+    // The same tables into Postgres: the rows compare equal to the source, type by type.
+    let d2 = Dir::new();
+    project(
+        &d2,
+        &pg,
+        json!({}),
+        &format!("{{ name: postgres, config: {} }}", out_pg.config(json!({}))),
+    );
+    std::fs::create_dir_all(d2.join("catalogs")).unwrap();
+    std::fs::copy(d.join("catalogs/p.json"), d2.join("catalogs/p.json")).unwrap();
+    d2.run(&["sync", "p", "--select", "*-Mixed Case"], None)
+        .ok();
+    // A jsonb `null` travels as JSON null and lands as SQL NULL: compare them as equal.
+    let cols = "id, n::text, t, b, d, ts, tz, tm, u, coalesce(jb, 'null'::jsonb), m::text, p, si";
+    let diff = pg.sql(&format!(
+        "SELECT count(*) FROM ((SELECT {cols} FROM \"{0}\".\"Mixed Case\" WHERE id <> 2 EXCEPT SELECT {cols} FROM \"{1}\".\"mixed case\") UNION ALL \
+         (SELECT {cols} FROM \"{1}\".\"mixed case\" WHERE id <> 2 EXCEPT SELECT {cols} FROM \"{0}\".\"Mixed Case\")) x",
+        pg.schema, out_pg.schema
+    ));
+    assert_eq!(
+        diff,
+        ["0"],
+        "rows differ between source and target:\n{:?}\n{:?}",
+        pg.sql(&format!(
+            "SELECT {cols} FROM \"{}\".\"Mixed Case\" ORDER BY id",
+            pg.schema
+        )),
+        pg.sql(&format!(
+            "SELECT {cols} FROM \"{}\".\"mixed case\" ORDER BY id",
+            out_pg.schema
+        ))
+    );
+    assert_eq!(
+        pg.sql(&format!(
+            "SELECT n::text, t FROM \"{}\".\"mixed case\" WHERE id = 2",
+            out_pg.schema
+        )),
+        ["NaN|tab\there", "newline ünï"]
+    );
+}
+
+#[test]
+fn incremental_reads_ties_again_and_stops_at_the_signpost() {
+    let pg = Pg::new("tap_inc");
+    pg.sql(&format!(
+        "CREATE SCHEMA \"{0}\"; CREATE TABLE \"{0}\".t (id int PRIMARY KEY, v text, updated_at timestamptz);
+         INSERT INTO \"{0}\".t SELECT i, 'v' || i, timestamptz '2024-01-01' + (i / 2) * interval '1 hour' FROM generate_series(1, 10) i;
+         INSERT INTO \"{0}\".t VALUES (11, 'no key', NULL);",
+        pg.schema
+    ));
+    let d = Dir::new();
+    project(&d, &pg, json!({"state_every_rows": 3}), jsonl_target());
+    d.run(&["discover", "p"], None).ok();
+    d.run(
+        &[
+            "select",
+            "p",
+            "*",
+            "--method",
+            "INCREMENTAL",
+            "--key",
+            "updated_at",
+        ],
+        None,
+    )
+    .ok();
+    d.run(&["sync", "p"], None).ok();
+    let file = format!("out/{}-t.jsonl", pg.schema);
+    let ids = |d: &Dir| -> Vec<i64> {
+        stream_rows(d, &file)
+            .iter()
+            .map(|r| r["id"].as_i64().unwrap())
+            .collect()
+    };
+    assert_eq!(
+        ids(&d),
+        [11, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+        "first run: everything, the NULL key first"
+    );
+    let st = d.json("state/p.json");
+    assert_eq!(
+        st["bookmarks"][format!("{}-t", pg.schema)]["replication_key_value"],
+        "2024-01-01T05:00:00+00:00"
+    );
+    // An update, a new row tied with the bookmark, a new later row.
+    pg.sql(&format!(
+        "UPDATE \"{0}\".t SET v = 'changed', updated_at = '2024-02-01' WHERE id = 3;
+         INSERT INTO \"{0}\".t VALUES (12, 'tie', '2024-01-01T05:00:00+00'), (13, 'later', '2024-03-01');",
+        pg.schema
+    ));
+    d.run(&["sync", "p"], None).ok();
+    // Rows at the bookmark's value are read again (10 and the new 12), then the changes.
+    assert_eq!(&ids(&d)[11..], [10, 12, 3, 13]);
+    let dry = d.run(&["sync", "p", "--dry-run"], None).ok().stdout;
+    assert!(
+        dry.contains("WHERE updated_at >= \"2024-03-01T00:00:00+00:00\""),
+        "{dry}"
+    );
+}
+
+#[test]
+fn xmin_reads_inserts_and_updates_only() {
+    let pg = Pg::new("tap_xmin");
+    pg.sql(&format!("CREATE SCHEMA \"{0}\"; CREATE TABLE \"{0}\".t (id int PRIMARY KEY, v text); INSERT INTO \"{0}\".t SELECT i, 'v' FROM generate_series(1, 100) i;", pg.schema));
+    let d = Dir::new();
+    project(&d, &pg, json!({}), jsonl_target());
+    d.run(&["discover", "p"], None).ok();
+    d.run(&["select", "p", "*", "--method", "XMIN"], None).ok();
+    d.run(&["sync", "p"], None).ok();
+    let file = format!("out/{}-t.jsonl", pg.schema);
+    assert_eq!(stream_rows(&d, &file).len(), 100);
+    pg.sql(&format!("UPDATE \"{0}\".t SET v = 'u' WHERE id IN (7, 42); INSERT INTO \"{0}\".t VALUES (101, 'new');", pg.schema));
+    d.run(&["sync", "p"], None).ok();
+    let second: BTreeSet<i64> = stream_rows(&d, &file)[100..]
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    // Every change is read. (Unchanged rows are re-read only if another session held an older
+    // snapshot during the first run: the bookmark never passes the snapshot's horizon.)
+    assert!(
+        second.is_superset(&[7, 42, 101].into_iter().collect()),
+        "{second:?}"
+    );
+    let st = d.json("state/p.json");
+    assert!(
+        st["bookmarks"][format!("{}-t", pg.schema)]["xmin"]
+            .as_i64()
+            .unwrap()
+            > 0
+    );
+}
+
+#[test]
+fn killed_full_table_read_resumes_after_its_last_key() {
+    const ROWS: i64 = 30_000;
+    let pg = Pg::new("tap_resume");
+    pg.sql(&format!("CREATE SCHEMA \"{0}\"; CREATE TABLE \"{0}\".t (id int PRIMARY KEY, v text); INSERT INTO \"{0}\".t SELECT i, repeat('x', 50) FROM generate_series(1, {ROWS}) i;", pg.schema));
+    for kill_after in [Some(2_000), Some(17_000), None] {
+        let d = Dir::new();
+        project(&d, &pg, json!({"chunk_rows": 1000}), jsonl_target());
+        d.run(&["discover", "p"], None).ok();
+        d.run(&["select", "p", "*"], None).ok();
+        let mut child = d
+            .cmd(&["-q", "sync", "p"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            let last = std::fs::read_to_string(d.join("state/p.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                .and_then(|v| v["bookmarks"][format!("{}-t", pg.schema)]["last_pk"][0].as_i64());
+            match kill_after {
+                None => break,
+                Some(n) if last.is_some_and(|l| l >= n) => break,
+                _ => {}
+            }
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let _ = child.kill();
+        child.wait().unwrap();
+        d.run(&["sync", "p"], None).ok();
+        let ids: Vec<i64> = stream_rows(&d, &format!("out/{}-t.jsonl", pg.schema))
+            .iter()
+            .map(|r| r["id"].as_i64().unwrap())
+            .collect();
+        assert_eq!(
+            ids,
+            (1..=ROWS).collect::<Vec<_>>(),
+            "kill after {kill_after:?}"
+        );
+    }
+}
+
+#[test]
+fn dropped_table_fails_its_stream_only() {
+    let pg = Pg::new("tap_drop");
+    pg.sql(&format!("CREATE SCHEMA \"{0}\"; CREATE TABLE \"{0}\".a (id int PRIMARY KEY); CREATE TABLE \"{0}\".b (id int PRIMARY KEY); INSERT INTO \"{0}\".b VALUES (1);", pg.schema));
+    let d = Dir::new();
+    project(&d, &pg, json!({}), jsonl_target());
+    d.run(&["discover", "p"], None).ok();
+    d.run(&["select", "p", "*"], None).ok();
+    pg.sql(&format!("DROP TABLE \"{}\".a", pg.schema));
+    let out = d.run(&["sync", "p"], None).code(3);
+    assert!(
+        out.stderr
+            .contains(&format!("{0}.a no longer exists", pg.schema)),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        stream_rows(&d, &format!("out/{}-b.jsonl", pg.schema)).len(),
+        1
+    );
+}
