@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Postgres target benchmark: N rows of a 10-column table loaded by `ferry target postgres`,
-# beside Postgres' own `COPY … TO STDOUT | COPY … FROM STDIN` of the same rows (the physical
-# floor), measured in the same run; then an upsert of 1% changed rows into the loaded table, and
-# peak memory at N and 3N rows.
-#
-# The messages are made by SQL (the Postgres tap is a later issue), so this measures the load
-# side: parse, validate, COPY into staging, merge.
+# Postgres benchmarks, each beside Postgres' own COPY measured in the same run:
+#   1. extraction: `ferry tap postgres` of an N-row, 10-column table to /dev/null, vs
+#      `psql -c "COPY src TO STDOUT" > /dev/null`;
+#   2. load: `ferry sync` of that table into an empty Postgres table, vs
+#      `psql -c "COPY src TO STDOUT" | psql -c "COPY dst FROM STDIN"`;
+#   3. incremental: after 1% of the rows change, the INCREMENTAL sync that picks them up and
+#      upserts them into the loaded table;
+#   4. peak memory of the sync at N and 3N rows (it must stay flat).
 #
 #   bench/postgres.sh          # N=1000000, database `test` on 127.0.0.1 as postgres
 set -euo pipefail
@@ -15,59 +16,58 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ferry/target}"
 cargo build --release --quiet
 FERRY="$CARGO_TARGET_DIR/release/ferry"
 W="$PWD/bench/work-pg"; rm -rf "$W"; mkdir -p "$W"
-PSQL=(psql -X -q -h "${FERRY_PG_HOST:-127.0.0.1}" -U "${FERRY_PG_USER:-postgres}" -d "${FERRY_PG_DB:-test}" -v ON_ERROR_STOP=1)
+HOST=${FERRY_PG_HOST:-127.0.0.1} USER_=${FERRY_PG_USER:-postgres} DB=${FERRY_PG_DB:-test}
+PSQL="psql -X -q -h $HOST -U $USER_ -d $DB -v ON_ERROR_STOP=1"
 S=ferry_bench
-"${PSQL[@]}" -c "DROP SCHEMA IF EXISTS $S CASCADE; CREATE SCHEMA $S;
-  CREATE TABLE $S.src (id bigint PRIMARY KEY, customer_id bigint, status text, total numeric(12,2), currency text,
-    placed_at timestamptz, is_gift boolean, items integer, note text, meta jsonb);
-  INSERT INTO $S.src SELECT i, i % 5000, (ARRAY['paid','shipped','refunded'])[1 + i % 3], (i % 99991) / 100.0, 'EUR',
-    timestamptz '2026-01-01' + i * interval '1 second', i % 7 = 0, 1 + i % 5, 'order ' || i || ' — ü',
-    jsonb_build_object('src', 'web', 'n', i % 10)
-  FROM generate_series(1, $N) i;
-  CREATE TABLE $S.dst (LIKE $S.src INCLUDING ALL);"
 
-msgs() { # msgs WHERE FILE: Singer messages for the rows matching WHERE
-  {
-    echo '{"type":"SCHEMA","stream":"orders","key_properties":["id"],"schema":{"type":"object","properties":{"id":{"type":"integer"},"customer_id":{"type":["null","integer"]},"status":{"type":["null","string"]},"total":{"type":["null","string"],"format":"x-singer.decimal","precision":12,"scale":2},"currency":{"type":["null","string"]},"placed_at":{"type":["null","string"],"format":"date-time"},"is_gift":{"type":["null","boolean"]},"items":{"type":["null","integer"]},"note":{"type":["null","string"]},"meta":{"type":["null","object"]}}}}'
-    "${PSQL[@]}" -At -c "SELECT json_build_object('type','RECORD','stream','orders','record',
-        json_build_object('id',id,'customer_id',customer_id,'status',status,'total',total::text,'currency',currency,
-          'placed_at',placed_at,'is_gift',is_gift,'items',items,'note',note,'meta',meta)) FROM $S.src WHERE $1 ORDER BY id"
-    echo '{"type":"STATE","value":{"bookmarks":{"orders":{"done":true}}}}'
-  } > "$2"
+make_src() { # make_src ROWS
+  $PSQL -c "DROP SCHEMA IF EXISTS $S CASCADE; DROP SCHEMA IF EXISTS ${S}_out CASCADE; CREATE SCHEMA $S;
+    CREATE TABLE $S.src (id bigint PRIMARY KEY, customer_id bigint, status text, total numeric(12,2), placed_at timestamptz,
+      is_gift boolean, items integer, note text, meta jsonb, updated_at timestamptz NOT NULL);
+    INSERT INTO $S.src SELECT i, i % 5000, (ARRAY['paid','shipped','refunded'])[1 + i % 3], (i % 99991) / 100.0,
+      timestamptz '2026-01-01' + i * interval '1 second', i % 7 = 0, 1 + i % 5, 'order ' || i || ' — ü',
+      jsonb_build_object('src', 'web', 'n', i % 10), timestamptz '2026-01-01' + i * interval '1 second'
+    FROM generate_series(1, $1) i;
+    CREATE TABLE $S.dst (LIKE $S.src INCLUDING ALL);"
+  $PSQL -c "VACUUM ANALYZE $S.src"
 }
-msgs true "$W/msgs.jsonl"
-echo "{\"host\":\"${FERRY_PG_HOST:-127.0.0.1}\",\"user\":\"${FERRY_PG_USER:-postgres}\",\"dbname\":\"${FERRY_PG_DB:-test}\",\"default_target_schema\":\"ferry_bench_out\"}" > "$W/t.json"
-echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; $(date -u +%F); N=$N rows, $(du -m "$W/msgs.jsonl" | cut -f1) MB of messages"
+make_src "$N"
+cat > "$W/ferry.yml" <<YML
+pipelines:
+  bench:
+    tap: { name: postgres, config: { host: $HOST, user: $USER_, dbname: $DB, schemas: [$S] }, catalog: catalogs/bench.json }
+    target: { name: postgres, config: { host: $HOST, user: $USER_, dbname: $DB, default_target_schema: ${S}_out, state_table: _ferry_state } }
+YML
+F="$FERRY -q --project $W/ferry.yml"
+$F discover bench
+$F select bench "$S-src"
+echo '{"host": "'"$HOST"'", "user": "'"$USER_"'", "dbname": "'"$DB"'", "schemas": ["'"$S"'"]}' > "$W/tap.json"
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; $(date -u +%F); N=$N rows; PostgreSQL $($PSQL -Atc 'SHOW server_version')"
 
-hyperfine --warmup 1 --runs 3 --export-markdown "$W/results.md" \
-  -n "psql COPY src TO STDOUT | psql COPY dst FROM STDIN (floor)" \
-  --prepare "${PSQL[*]} -c 'TRUNCATE $S.dst'" \
-  "${PSQL[*]} -c 'COPY $S.src TO STDOUT' | ${PSQL[*]} -c 'COPY $S.dst FROM STDIN'" \
-  -n "ferry target postgres (into an empty table)" \
-  --prepare "${PSQL[*]} -c 'DROP SCHEMA IF EXISTS ferry_bench_out CASCADE'" \
-  "$FERRY -q target postgres --config $W/t.json --input $W/msgs.jsonl > /dev/null"
-cat "$W/results.md"
+hyperfine --warmup 1 --runs 3 --export-markdown "$W/extract.md" \
+  -n "psql COPY src TO STDOUT > /dev/null (floor)" "$PSQL -c 'COPY $S.src TO STDOUT' > /dev/null" \
+  -n "ferry tap postgres > /dev/null" "$FERRY -q tap postgres --config $W/tap.json --catalog $W/catalogs/bench.json > /dev/null"
+hyperfine --warmup 1 --runs 3 --export-markdown "$W/load.md" \
+  -n "psql COPY TO STDOUT | psql COPY FROM STDIN (floor)" --prepare "$PSQL -c 'TRUNCATE $S.dst'" \
+  "$PSQL -c 'COPY $S.src TO STDOUT' | $PSQL -c 'COPY $S.dst FROM STDIN'" \
+  -n "ferry sync (Postgres to an empty Postgres table)" --prepare "$PSQL -c 'DROP SCHEMA IF EXISTS ${S}_out CASCADE'; rm -rf $W/state" \
+  "$F sync bench"
+cat "$W/extract.md" "$W/load.md"
 
-# Upsert: 1% of the rows changed, into the loaded table.
-"${PSQL[@]}" -c "UPDATE $S.src SET status = 'changed' WHERE id % 100 = 0"
-msgs "id % 100 = 0" "$W/changed.jsonl"
-hyperfine --runs 5 -n "ferry target postgres: upsert of $((N / 100)) changed rows into $N" \
-  "$FERRY -q target postgres --config $W/t.json --input $W/changed.jsonl > /dev/null" | grep -E "Time|Range"
-"${PSQL[@]}" -At -c "SELECT 'check: ' || count(*) FILTER (WHERE status = 'changed') || ' changed of ' || count(*) FROM ferry_bench_out.orders"
+echo; echo "incremental: 1% of rows change, INCREMENTAL by updated_at picks them up"
+$F select bench "$S-src" --method INCREMENTAL --key updated_at
+$PSQL -c "DROP SCHEMA IF EXISTS ${S}_out CASCADE"; rm -rf "$W/state"
+$F sync bench
+$PSQL -c "UPDATE $S.src SET status = 'changed', updated_at = now() WHERE id % 100 = 0"
+/usr/bin/time -f "  %e s wall, %M KB max RSS" $F sync bench
+$PSQL -At -c "SELECT '  check: ' || count(*) FILTER (WHERE status = 'changed') || ' changed of ' || count(*) FROM ${S}_out.src"
 
-echo; echo "peak memory (max RSS) of ferry target postgres:"
-for mult in 1 3; do
-  f="$W/msgs.jsonl"
-  if [ "$mult" = 3 ]; then
-    f="$W/msgs3.jsonl"; head -n -1 "$W/msgs.jsonl" > "$f"
-    for k in 1 2; do
-      # The same records again with shifted ids: 3N distinct rows.
-      sed -n '2,$p' "$W/msgs.jsonl" | head -n -1 | sed -E "s/\"id\" : ([0-9]+)/\"id\" : \10000000$k/; s/\"id\":([0-9]+)/\"id\":\10000000$k/" >> "$f"
-    done
-    tail -n 1 "$W/msgs.jsonl" >> "$f"
-  fi
-  "${PSQL[@]}" -c "DROP SCHEMA IF EXISTS ferry_bench_out CASCADE"
-  /usr/bin/time -v "$FERRY" -q target postgres --config "$W/t.json" --input "$f" 2> "$W/time.txt" > /dev/null
-  echo "  $((N * mult)) rows: $(awk -F': ' '/Maximum resident/{print $2}' "$W/time.txt") KB ($("${PSQL[@]}" -At -c 'SELECT count(*) FROM ferry_bench_out.orders') loaded)"
+echo; echo "peak memory (max RSS) of ferry sync, FULL_TABLE into an empty table:"
+$F select bench "$S-src" --method FULL_TABLE
+for rows in "$N" "$((N * 3))"; do
+  [ "$rows" != "$N" ] && make_src "$rows"
+  $PSQL -c "DROP SCHEMA IF EXISTS ${S}_out CASCADE"; rm -rf "$W/state"
+  /usr/bin/time -f "%M" -o "$W/rss" $F sync bench
+  echo "  $rows rows: $(cat "$W/rss") KB ($($PSQL -Atc "SELECT count(*) FROM ${S}_out.src") loaded)"
 done
-"${PSQL[@]}" -c "DROP SCHEMA IF EXISTS $S CASCADE; DROP SCHEMA IF EXISTS ferry_bench_out CASCADE"
+$PSQL -c "DROP SCHEMA IF EXISTS $S CASCADE; DROP SCHEMA IF EXISTS ${S}_out CASCADE"

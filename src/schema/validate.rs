@@ -1133,10 +1133,13 @@ mod raw {
                     && n.maximum.is_none()
                     && n.exclusive_minimum.is_none()
                     && n.exclusive_maximum.is_none();
+                // The text is a valid JSON number (a RawValue is valid JSON): without range limits,
+                // "number" needs no parsing at all, and "integer" only a look for a fraction.
                 if simple
                     && !n.never
-                    && !digits.contains(['.', 'e', 'E'])
-                    && (n.types == ANY || n.types & INTEGER != 0)
+                    && (n.types == ANY
+                        || n.types & NUMBER != 0
+                        || (n.types & INTEGER != 0 && !digits.contains(['.', 'e', 'E'])))
                 {
                     return Ok(());
                 }

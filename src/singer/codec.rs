@@ -142,8 +142,8 @@ pub fn decode(bytes: &[u8]) -> Result<Message, DecodeErrorKind> {
     // The hot path: a RECORD is split into its top-level fields without building a tree, and
     // the record object is kept as raw text (validated and parsed later, only as needed).
     if bytes.first() == Some(&b'{') {
-        let text = std::str::from_utf8(bytes).map_err(|e| not_json(&e))?;
-        let fields: Fields<'_> = serde_json::from_str(text).map_err(|e| not_json(&e))?;
+        // from_slice checks UTF-8 only inside strings, where it must look anyway.
+        let fields: Fields<'_> = serde_json::from_slice(bytes).map_err(|e| not_json(&e))?;
         if let Some(msg) = fields.into_record()? {
             return Ok(msg);
         }
@@ -152,8 +152,17 @@ pub fn decode(bytes: &[u8]) -> Result<Message, DecodeErrorKind> {
     decode_value(value)
 }
 
-/// The top-level fields of a message, each as borrowed raw JSON.
-struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+/// The top-level fields of a message, each as borrowed raw JSON: the usual ones in slots, the
+/// rest (rare) in a list that allocates only when used.
+#[derive(Default)]
+struct Fields<'a> {
+    ty: Option<&'a RawValue>,
+    stream: Option<&'a RawValue>,
+    record: Option<&'a RawValue>,
+    version: Option<&'a RawValue>,
+    time_extracted: Option<&'a RawValue>,
+    rest: Vec<(Cow<'a, str>, &'a RawValue)>,
+}
 
 impl<'de> Deserialize<'de> for Fields<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -164,11 +173,19 @@ impl<'de> Deserialize<'de> for Fields<'de> {
                 f.write_str("a JSON object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
-                let mut out = Vec::with_capacity(6);
+                let mut f = Fields::default();
                 while let Some(k) = map.next_key::<Key<'de>>()? {
-                    out.push((k.0, map.next_value::<&'de RawValue>()?));
+                    let v = map.next_value::<&'de RawValue>()?;
+                    match k.0.as_ref() {
+                        "type" => f.ty = Some(v),
+                        "stream" => f.stream = Some(v),
+                        "record" => f.record = Some(v),
+                        "version" => f.version = Some(v),
+                        "time_extracted" => f.time_extracted = Some(v),
+                        _ => f.rest.push((k.0, v)),
+                    }
                 }
-                Ok(Fields(out))
+                Ok(f)
             }
         }
         d.deserialize_map(V)
@@ -204,46 +221,38 @@ impl Fields<'_> {
     /// The message, if this is a well-formed RECORD; `None` sends the line down the general
     /// path (other types, and every malformed RECORD, which that path reports precisely).
     fn into_record(self) -> Result<Option<Message>, DecodeErrorKind> {
-        let is_record = self.0.iter().rev().find(|(k, _)| k == "type").is_some_and(|(_, v)| {
-            matches!(serde_json::from_str::<Cow<'_, str>>(v.get()), Ok(t) if t.eq_ignore_ascii_case("RECORD"))
-        });
+        let is_record = self
+            .ty
+            .is_some_and(|v| matches!(serde_json::from_str::<Cow<'_, str>>(v.get()), Ok(t) if t.eq_ignore_ascii_case("RECORD")));
         if !is_record {
             return Ok(None);
         }
-        let mut stream = None;
-        let mut record = None;
-        let mut version = None;
-        let mut time_extracted = None;
-        let mut extra = Map::new();
-        for (k, v) in self.0 {
-            match k.as_ref() {
-                "type" => {}
-                "stream" => match serde_json::from_str::<String>(v.get()) {
-                    Ok(s) => stream = Some(s),
-                    Err(_) => return Ok(None),
-                },
-                "record" if v.get().starts_with('{') => record = Some(v),
-                "record" => return Ok(None),
-                "version" => match serde_json::from_str::<Value>(v.get()) {
-                    Ok(Value::Null) => version = None,
-                    Ok(n) => version = Some(as_version(&n, "RECORD")?),
-                    Err(_) => return Ok(None),
-                },
-                "time_extracted" => match serde_json::from_str::<Option<String>>(v.get()) {
-                    Ok(t) => time_extracted = t,
-                    Err(_) => return Ok(None),
-                },
-                _ => {
-                    let Ok(val) = serde_json::from_str::<Value>(v.get()) else {
-                        return Ok(None);
-                    };
-                    extra.insert(k.into_owned(), val);
-                }
-            }
-        }
-        let (Some(stream), Some(record)) = (stream, record) else {
+        let Some(Ok(stream)) = self.stream.map(|v| serde_json::from_str::<String>(v.get())) else {
             return Ok(None);
         };
+        let Some(record) = self.record.filter(|r| r.get().starts_with('{')) else {
+            return Ok(None);
+        };
+        let version = match self.version.map(|v| serde_json::from_str::<Value>(v.get())) {
+            None | Some(Ok(Value::Null)) => None,
+            Some(Ok(n)) => Some(as_version(&n, "RECORD")?),
+            Some(Err(_)) => return Ok(None),
+        };
+        let time_extracted = match self
+            .time_extracted
+            .map(|v| serde_json::from_str::<Option<String>>(v.get()))
+        {
+            None => None,
+            Some(Ok(t)) => t,
+            Some(Err(_)) => return Ok(None),
+        };
+        let mut extra = Map::new();
+        for (k, v) in self.rest {
+            let Ok(val) = serde_json::from_str::<Value>(v.get()) else {
+                return Ok(None);
+            };
+            extra.insert(k.into_owned(), val);
+        }
         Ok(Some(Message::Record(RecordMessage {
             stream,
             record: Record::Raw(record.to_owned()),

@@ -330,3 +330,56 @@ fn dropped_table_fails_its_stream_only() {
         1
     );
 }
+
+/// The tap's output feeds a Singer target from PyPI unchanged.
+#[test]
+fn python_target_jsonl_consumes_the_tap() {
+    let Some(target) = crate::interop::require("target-jsonl") else {
+        return;
+    };
+    let pg = Pg::new("tap_py");
+    pg.sql(&format!(
+        "CREATE SCHEMA \"{0}\"; CREATE TABLE \"{0}\".t (id int PRIMARY KEY, amount numeric(10,2), at timestamptz, tags text[]);
+         INSERT INTO \"{0}\".t VALUES (1, 10.50, '2024-01-01 10:00+00', '{{a,b}}'), (2, NULL, NULL, NULL);",
+        pg.schema
+    ));
+    let d = Dir::new();
+    let mut tap: Value = serde_json::from_str(&pg.config(json!({}))).unwrap();
+    tap["schemas"] = json!([pg.schema]);
+    tap.as_object_mut().unwrap().remove("default_target_schema");
+    d.write("tap.json", &tap.to_string());
+    let cat = d
+        .run(
+            &["tap", "postgres", "--config", "tap.json", "--discover"],
+            None,
+        )
+        .ok()
+        .stdout;
+    let mut cat: Value = serde_json::from_str(&cat).unwrap();
+    cat["streams"][0]["metadata"][0]["metadata"]["selected"] = json!(true);
+    d.write("cat.json", &cat.to_string());
+    d.write(
+        "t.json",
+        r#"{"destination_path": "out", "do_timestamp_file": false}"#,
+    );
+    let mut c = std::process::Command::new("bash");
+    c.current_dir(d.path()).env("FERRY_NO_PROGRESS", "1").arg("-c").arg(format!(
+        "set -o pipefail; {} tap postgres --config tap.json --catalog cat.json | {} --config t.json",
+        crate::util::ferry_bin().display(),
+        target.display()
+    ));
+    let out = crate::util::run(c, None).ok();
+    assert!(
+        out.stdout.contains("last_pk"),
+        "the Python target echoes the tap's state: {}",
+        out.stdout
+    );
+    let rows = d.jsonl(&format!("out/{}-t.jsonl", pg.schema));
+    assert_eq!(
+        rows,
+        vec![
+            json!({"id": 1, "amount": "10.50", "at": "2024-01-01T10:00:00+00:00", "tags": ["a", "b"]}),
+            json!({"id": 2, "amount": null, "at": null, "tags": null})
+        ]
+    );
+}

@@ -730,7 +730,7 @@ impl PostgresTarget {
         }
         let qt = qualified(&s.schema, &s.table);
         if !s.cols.iter().any(|c| c.name == TABLE_VERSION) {
-            tracing::warn!(stream, "ACTIVATE_VERSION needs add_metadata_columns (the _sdc_table_version column); rows of older versions are kept.");
+            tracing::info!(stream, "ACTIVATE_VERSION needs add_metadata_columns (the _sdc_table_version column); rows of older versions are kept.");
             return Ok(());
         }
         let ver = quote_ident(TABLE_VERSION);
