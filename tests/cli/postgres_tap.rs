@@ -370,8 +370,8 @@ fn python_target_jsonl_consumes_the_tap() {
     ));
     let out = crate::util::run(c, None).ok();
     assert!(
-        out.stdout.contains("last_pk"),
-        "the Python target echoes the tap's state: {}",
+        out.stdout.contains("\"version\""),
+        "the Python target echoes the tap's final state: {}",
         out.stdout
     );
     let rows = d.jsonl(&format!("out/{}-t.jsonl", pg.schema));
