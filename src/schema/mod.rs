@@ -5,6 +5,7 @@
 //! [`Column`]s and map each [`ColumnType`] to their own type names.
 
 pub mod infer;
+pub mod scan;
 pub mod validate;
 
 use serde_json::Value;

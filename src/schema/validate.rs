@@ -951,9 +951,9 @@ mod raw {
     //! has to find where things end. A keyword that needs the whole value (`enum`, `const`,
     //! `anyOf`, `oneOf`, `allOf`) gets that one value parsed.
 
-    use std::borrow::Cow;
-
     use serde_json::value::RawValue;
+
+    use crate::schema::scan::{skip, string_at, ws};
     use serde_json::Value;
 
     use super::{
@@ -967,79 +967,9 @@ mod raw {
 
     type R = Result<(), ValidationError>;
 
-    fn ws(b: &[u8], i: &mut usize) {
-        while *i < b.len() && matches!(b[*i], b' ' | b'\t' | b'\n' | b'\r') {
-            *i += 1;
-        }
-    }
-
     fn prefixed(mut e: ValidationError, seg: &str) -> ValidationError {
         e.path = format!("/{seg}{}", e.path);
         e
-    }
-
-    /// The end of the string starting at `b[i] == '"'`, and whether it has escapes.
-    fn string_end(b: &[u8], i: usize) -> (usize, bool) {
-        let mut j = i + 1;
-        let mut escaped = false;
-        while let Some(off) = b
-            .get(j..)
-            .and_then(|rest| memchr::memchr2(b'"', b'\\', rest))
-        {
-            j += off;
-            if b[j] == b'"' {
-                return (j + 1, escaped);
-            }
-            escaped = true;
-            j += 2;
-        }
-        (b.len(), escaped)
-    }
-
-    fn string_at<'a>(text: &'a str, i: &mut usize) -> Cow<'a, str> {
-        let (end, escaped) = string_end(text.as_bytes(), *i);
-        let s = if escaped {
-            Cow::Owned(serde_json::from_str::<String>(&text[*i..end]).unwrap_or_default())
-        } else {
-            Cow::Borrowed(&text[*i + 1..end - 1])
-        };
-        *i = end;
-        s
-    }
-
-    /// Moves `i` past the value starting there.
-    fn skip(b: &[u8], i: &mut usize) {
-        match b.get(*i) {
-            Some(b'"') => *i = string_end(b, *i).0,
-            Some(b'{' | b'[') => {
-                let mut depth = 0usize;
-                while *i < b.len() {
-                    match b[*i] {
-                        b'"' => {
-                            *i = string_end(b, *i).0;
-                            continue;
-                        }
-                        b'{' | b'[' => depth += 1,
-                        b'}' | b']' => {
-                            depth -= 1;
-                            if depth == 0 {
-                                *i += 1;
-                                return;
-                            }
-                        }
-                        _ => {}
-                    }
-                    *i += 1;
-                }
-            }
-            _ => {
-                while *i < b.len()
-                    && !matches!(b[*i], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
-                {
-                    *i += 1;
-                }
-            }
-        }
     }
 
     fn type_ok(n: &Node, bit: u8, shown: impl FnOnce() -> Value) -> R {

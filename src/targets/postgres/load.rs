@@ -12,7 +12,7 @@ use super::names::{column_names, fold, source_schema, table_name};
 use super::PostgresTargetConfig;
 use crate::error::config_error;
 use crate::schema::{self, ColumnType};
-use crate::singer::{ActivateVersionMessage, RecordMessage, SchemaMessage};
+use crate::singer::{ActivateVersionMessage, Record, RecordMessage, SchemaMessage};
 use crate::sql::{qualified, quote_ident};
 use crate::targets::Recovered;
 
@@ -545,39 +545,24 @@ impl PostgresTarget {
             .streams
             .get_mut(&msg.stream)
             .ok_or_else(|| anyhow!("no SCHEMA seen for stream {:?}", msg.stream))?;
-        let record = msg.record.to_map()?;
         if let Some(v) = msg.version {
             if !s.versions.contains(&v) {
                 s.versions.push(v);
             }
         }
         let start = s.buf.len();
-        for (i, c) in s.cols.iter().enumerate() {
-            if i > 0 {
-                s.buf.push(b'\t');
-            }
-            let v: Option<std::borrow::Cow<'_, str>> = match &c.source {
-                Source::Prop(p) => match record.get(p) {
-                    None | Some(Value::Null) => None,
-                    Some(Value::String(t)) => Some(t.as_str().into()),
-                    Some(Value::Number(n)) => Some(n.as_str().into()),
-                    Some(Value::Bool(b)) => Some(if *b { "t" } else { "f" }.into()),
-                    Some(other) => Some(other.to_string().into()),
-                },
-                Source::Extracted => msg.time_extracted.as_deref().map(Into::into),
-                Source::Received => Some(received_at.as_str().into()),
-                Source::Version => msg.version.map(|v| v.to_string().into()),
-            };
-            match v {
-                None => s.buf.extend_from_slice(b"\\N"),
-                Some(text) => {
-                    if let Err(why) = push_text(&mut s.buf, &text) {
-                        s.buf.truncate(start);
-                        let key = key_text(&s.keys, &record);
-                        bail!("stream {:?}{key}, column {:?}: value {} has {why}; clean it at the source", msg.stream, c.name, excerpt(&Value::String(text.into_owned())));
-                    }
-                }
-            }
+        let encoded = match &msg.record {
+            Record::Raw(raw) => encode_raw(s, raw.get(), msg, received_at),
+            Record::Map(m) => encode_map(s, m, msg, received_at),
+        };
+        if let Err((column, value, why)) = encoded {
+            s.buf.truncate(start);
+            let key = msg
+                .record
+                .to_map()
+                .map(|m| key_text(&s.keys, &m))
+                .unwrap_or_default();
+            bail!("stream {:?}{key}, column {column:?}: value {value} has {why}; clean it at the source", msg.stream);
         }
         s.buf.push(b'\n');
         s.buffered += 1;
@@ -848,6 +833,123 @@ impl PostgresTarget {
     pub fn bytes_written(&self, stream: &str) -> u64 {
         self.streams.get(stream).map_or(0, |s| s.bytes)
     }
+}
+
+/// What went wrong encoding a value: the column, an excerpt of the value, the reason.
+type EncodeError = (String, String, &'static str);
+
+fn meta_value<'a>(
+    c: &Col,
+    msg: &'a RecordMessage,
+    received_at: &'a str,
+) -> Option<std::borrow::Cow<'a, str>> {
+    match &c.source {
+        Source::Extracted => msg.time_extracted.as_deref().map(Into::into),
+        Source::Received => Some(received_at.into()),
+        Source::Version => msg.version.map(|v| v.to_string().into()),
+        Source::Prop(_) => None,
+    }
+}
+
+/// Encodes a parsed record as one COPY text row.
+fn encode_map(
+    s: &mut PgStream,
+    record: &Map<String, Value>,
+    msg: &RecordMessage,
+    received_at: &str,
+) -> Result<(), EncodeError> {
+    for (i, c) in s.cols.iter().enumerate() {
+        if i > 0 {
+            s.buf.push(b'\t');
+        }
+        let v: Option<std::borrow::Cow<'_, str>> = match &c.source {
+            Source::Prop(p) => match record.get(p) {
+                None | Some(Value::Null) => None,
+                Some(Value::String(t)) => Some(t.as_str().into()),
+                Some(Value::Number(n)) => Some(n.as_str().into()),
+                Some(Value::Bool(b)) => Some(if *b { "true" } else { "false" }.into()),
+                Some(other) => Some(other.to_string().into()),
+            },
+            _ => meta_value(c, msg, received_at),
+        };
+        match v {
+            None => s.buf.extend_from_slice(b"\\N"),
+            Some(text) => push_text(&mut s.buf, &text).map_err(|why| {
+                (
+                    c.name.clone(),
+                    excerpt(&Value::String(text.into_owned())),
+                    why,
+                )
+            })?,
+        }
+    }
+    Ok(())
+}
+
+/// Encodes a raw record as one COPY text row straight from its JSON text: no tree is built.
+fn encode_raw(
+    s: &mut PgStream,
+    text: &str,
+    msg: &RecordMessage,
+    received_at: &str,
+) -> Result<(), EncodeError> {
+    let mut cells: Vec<Option<&str>> = vec![None; s.cols.len()];
+    let mut cursor = 0usize;
+    crate::schema::scan::fields(text, |k, v| {
+        // Properties usually come in schema order: try the next column first.
+        let hit = match s.cols.get(cursor) {
+            Some(Col {
+                source: Source::Prop(p),
+                ..
+            }) if *p == k => Some(cursor),
+            _ => s
+                .cols
+                .iter()
+                .position(|c| matches!(&c.source, Source::Prop(p) if *p == k)),
+        };
+        if let Some(i) = hit {
+            cells[i] = Some(v);
+            cursor = i + 1;
+        }
+    });
+    for (i, c) in s.cols.iter().enumerate() {
+        if i > 0 {
+            s.buf.push(b'\t');
+        }
+        let fail = |why| {
+            (
+                c.name.clone(),
+                cells[i]
+                    .unwrap_or_default()
+                    .chars()
+                    .take(60)
+                    .collect::<String>(),
+                why,
+            )
+        };
+        match (&c.source, cells[i]) {
+            (Source::Prop(_), None) => s.buf.extend_from_slice(b"\\N"),
+            (Source::Prop(_), Some(v)) => match v.as_bytes().first() {
+                Some(b'n') => s.buf.extend_from_slice(b"\\N"),
+                Some(b't') => s.buf.extend_from_slice(b"true"),
+                Some(b'f') => s.buf.extend_from_slice(b"false"),
+                Some(b'"') if !v.contains('\\') => {
+                    push_text(&mut s.buf, &v[1..v.len() - 1]).map_err(fail)?
+                }
+                Some(b'"') => {
+                    let owned: String =
+                        serde_json::from_str(v).map_err(|_| fail("an unreadable string"))?;
+                    push_text(&mut s.buf, &owned).map_err(fail)?;
+                }
+                _ => push_text(&mut s.buf, v).map_err(fail)?,
+            },
+            _ => match meta_value(c, msg, received_at) {
+                None => s.buf.extend_from_slice(b"\\N"),
+                Some(t) => push_text(&mut s.buf, &t).map_err(fail)?,
+            },
+        }
+    }
+    Ok(())
 }
 
 fn key_text(keys: &[String], record: &Map<String, Value>) -> String {
