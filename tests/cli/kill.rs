@@ -145,3 +145,28 @@ fn killed_csv_load_resumes_exactly() {
         trial("csv", kill_after);
     }
 }
+
+/// A `ferry target` run interrupted before its first commit leaves nothing behind for the next.
+#[test]
+fn interrupted_before_the_first_commit_leaves_no_rows() {
+    let d = Dir::new();
+    d.write("t.json", r#"{"destination_path": "out"}"#);
+    // A schema and records but no STATE: nothing may be committed, even though bytes were written.
+    let mut input = String::from("{\"type\":\"SCHEMA\",\"stream\":\"s\",\"schema\":{\"properties\":{\"id\":{\"type\":\"integer\"}}},\"key_properties\":[\"id\"]}\n");
+    for i in 0..300_000 {
+        input.push_str(&format!(
+            "{{\"type\":\"RECORD\",\"stream\":\"s\",\"record\":{{\"id\":{i}}}}}\n"
+        ));
+    }
+    input.push_str("this line is broken\n");
+    d.run(&["target", "jsonl", "--config", "t.json"], Some(&input))
+        .code(1);
+    assert!(
+        std::fs::metadata(d.join("out/s.jsonl")).unwrap().len() > 0,
+        "the failed run wrote uncommitted bytes"
+    );
+    let ok = "{\"type\":\"SCHEMA\",\"stream\":\"s\",\"schema\":{\"properties\":{\"id\":{\"type\":\"integer\"}}},\"key_properties\":[\"id\"]}\n{\"type\":\"RECORD\",\"stream\":\"s\",\"record\":{\"id\":7}}\n{\"type\":\"STATE\",\"value\":{\"bookmarks\":{\"s\":1}}}\n";
+    d.run(&["target", "jsonl", "--config", "t.json"], Some(ok))
+        .ok();
+    assert_eq!(d.read("out/s.jsonl"), "{\"id\":7}\n");
+}

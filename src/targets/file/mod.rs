@@ -345,9 +345,11 @@ impl FileTarget {
         if self.format == Format::Csv && len > 0 {
             (columns, header) = self.read_header(&mut file)?;
         }
-        let log = self.read_log()?;
+        let mut log = self.read_log()?;
         if let Some(mark) = log.files.get(&name) {
-            let same_layout = self.format == Format::Jsonl || mark.header == header;
+            // An empty committed file has no layout to disagree with.
+            let same_layout =
+                self.format == Format::Jsonl || mark.header == header || mark.len == 0;
             if len > mark.len && same_layout {
                 tracing::warn!(file = %path.display(), bytes = len - mark.len, "Removing the uncommitted tail an interrupted run left; the re-run sends those records again.");
                 file.set_len(mark.len)?;
@@ -356,6 +358,17 @@ impl FileTarget {
             } else if len < mark.len || !same_layout {
                 tracing::warn!(file = %path.display(), "The file changed outside ferry since its last commit; appending without repair.");
             }
+        } else {
+            // First time this file is written: record where our writing starts, so that a run
+            // interrupted before its first commit is cut back to here too.
+            log.files.insert(
+                name.clone(),
+                FileMark {
+                    len,
+                    header: header.clone(),
+                },
+            );
+            self.write_log(&log)?;
         }
         file.seek(SeekFrom::End(0))?;
         self.streams.insert(

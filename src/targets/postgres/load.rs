@@ -52,6 +52,8 @@ struct PgStream {
     buf: Vec<u8>,
     buffered: u64,
     staging: Option<String>,
+    /// The table was created by this run: batches are first tried straight into it.
+    fresh: bool,
     staged: u64,
     activate: Option<i64>,
     versions: Vec<i64>,
@@ -432,6 +434,7 @@ impl PostgresTarget {
             ))
             .await
             .with_context(|| format!("creating schema {schema_name:?}"))?;
+        let mut created = false;
         match self.existing_columns(&schema_name, &table).await? {
             None => {
                 let mut defs: Vec<String> = cols
@@ -470,6 +473,7 @@ impl PostgresTarget {
                     .await
                     .with_context(|| format!("creating table {qt}"))?;
                 tracing::info!(stream = %msg.stream, table = %qt, "Table created.");
+                created = true;
             }
             Some(existing) => {
                 for c in &mut cols {
@@ -524,6 +528,7 @@ impl PostgresTarget {
                 buffered: 0,
                 staging: None,
                 staged: 0,
+                fresh: created || prev.as_ref().is_some_and(|p| p.fresh),
                 activate: prev.as_ref().and_then(|p| p.activate),
                 versions: prev
                     .as_ref()
@@ -582,6 +587,50 @@ impl PostgresTarget {
             return Ok(());
         };
         let qt = qualified(&s.schema, &s.table);
+        let cols = s
+            .cols
+            .iter()
+            .map(|c| quote_ident(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        // Rows without keys, and rows for a table this run created (as long as no batch repeats
+        // a key), go by COPY straight into the table: that skips the staging copy and the merge,
+        // most of an initial load's cost. A repeated key rolls back to the savepoint and the
+        // batch goes the merge way.
+        if s.buffered > 0 && s.staging.is_none() && (s.fresh || s.key_cols.is_empty()) {
+            let data = Bytes::from(std::mem::replace(&mut s.buf, Vec::with_capacity(1 << 16)));
+            self.client.batch_execute("SAVEPOINT ferry_direct").await?;
+            let direct = async {
+                let sink = self
+                    .client
+                    .copy_in::<_, Bytes>(&format!("COPY {qt} ({cols}) FROM STDIN"))
+                    .await?;
+                futures_util::pin_mut!(sink);
+                sink.send(data.clone()).await?;
+                sink.as_mut().finish().await
+            }
+            .await;
+            match direct {
+                Ok(_) => {
+                    self.client
+                        .batch_execute("RELEASE SAVEPOINT ferry_direct")
+                        .await?;
+                    s.bytes += data.len() as u64;
+                    s.buffered = 0;
+                }
+                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                    self.client
+                        .batch_execute(
+                            "ROLLBACK TO SAVEPOINT ferry_direct; RELEASE SAVEPOINT ferry_direct",
+                        )
+                        .await?;
+                    tracing::debug!(stream, "A batch repeats keys; merging from now on.");
+                    s.fresh = false;
+                    s.buf = data.to_vec();
+                }
+                Err(e) => return Err(copy_error(stream, &qt, &e)),
+            }
+        }
         if s.buffered > 0 {
             let stg = match &s.staging {
                 Some(n) => n.clone(),
@@ -605,12 +654,6 @@ impl PostgresTarget {
                     n
                 }
             };
-            let cols = s
-                .cols
-                .iter()
-                .map(|c| quote_ident(&c.name))
-                .collect::<Vec<_>>()
-                .join(", ");
             let sink = self
                 .client
                 .copy_in::<_, Bytes>(&format!("COPY {} ({cols}) FROM STDIN", quote_ident(&stg)))
