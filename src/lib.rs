@@ -12,6 +12,7 @@
 //!   executables run as child processes.
 //! - [`project`]: `ferry.yml`, `${ENV}` interpolation and pipeline resolution.
 //! - [`sql`]: quoting of identifiers and literals built from source names.
+//! - [`pg`]: connecting to PostgreSQL, shared by its tap and target.
 //! - [`state_store`]: the state file: atomic writes, sorted keys, a lock against overlapping runs.
 //! - [`cli`] and [`commands`]: clap types and one module per subcommand.
 //! - [`about`]: `--about` descriptions of connectors.
@@ -23,6 +24,7 @@ pub mod about;
 pub mod cli;
 pub mod commands;
 pub mod error;
+pub mod pg;
 pub mod process;
 pub mod progress;
 pub mod project;

@@ -456,6 +456,14 @@ async fn source_succeeded(verdict: oneshot::Receiver<bool>) -> anyhow::Result<()
     }
 }
 
+/// Counts one more row for stream index `i` in a chunk's tally.
+fn bump(counts: &mut Vec<(usize, u64)>, i: usize) {
+    match counts.iter_mut().find(|(s, _)| *s == i) {
+        Some((_, n)) => *n += 1,
+        None => counts.push((i, 1)),
+    }
+}
+
 fn at(line: u64) -> String {
     if line > 0 {
         format!("line {line}: ")
@@ -653,10 +661,7 @@ async fn consume_load(
                         }
                     }
                     stats.streams[i].rows += 1;
-                    match chunk_counts.iter_mut().find(|(s, _)| *s == i) {
-                        Some((_, n)) => *n += 1,
-                        None => chunk_counts.push((i, 1)),
-                    }
+                    bump(&mut chunk_counts, i);
                     rows_since_commit += 1;
                     let stream = r.stream.clone();
                     target.record(r).await.with_context(|| {
@@ -754,10 +759,7 @@ fn consume_stdout(mut rx: mpsc::Receiver<Chunk>) -> anyhow::Result<RunStats> {
             if let Message::Record(r) = &env.msg {
                 let i = stats.stream(&mut index, &r.stream);
                 stats.streams[i].rows += 1;
-                match counts.iter_mut().find(|(s, _)| *s == i) {
-                    Some((_, n)) => *n += 1,
-                    None => counts.push((i, 1)),
-                }
+                bump(&mut counts, i);
             } else if let Message::Schema(s) = &env.msg {
                 stats.stream(&mut index, &s.stream);
             }
@@ -838,10 +840,7 @@ async fn consume_command(
                 let i = stats.stream(&mut index, &r.stream);
                 stats.streams[i].rows += 1;
                 stats.streams[i].bytes += (buf.len() - before) as u64;
-                match counts.iter_mut().find(|(s, _)| *s == i) {
-                    Some((_, n)) => *n += 1,
-                    None => counts.push((i, 1)),
-                }
+                bump(&mut counts, i);
             }
         }
         for (i, n) in &counts {

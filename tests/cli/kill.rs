@@ -2,7 +2,7 @@
 //! state is never ahead of the data, and the target cuts off what it wrote after its last commit.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::util::Dir;
 
@@ -80,22 +80,10 @@ fn trial(target: &str, kill_after: Option<u64>) {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    // Wait for the condition (a commit at or past `kill_after` rows), not for a fixed time.
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        match kill_after {
-            None => break,
-            Some(n) if committed_offset(&d).is_some_and(|o| o >= n) => break,
-            _ => {}
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no commit reached {kill_after:?} rows in time"
-        );
-        std::thread::sleep(Duration::from_millis(2));
+    if let Some(n) = kill_after {
+        crate::util::wait_until(&mut child, "a commit", || {
+            committed_offset(&d).is_some_and(|o| o >= n)
+        });
     }
     let _ = child.kill();
     child.wait().unwrap();

@@ -4,7 +4,6 @@
 
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -452,25 +451,15 @@ fn kill_trial(pg: &Pg, keyed: bool, kill_after: Option<u64>) {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        let offset = std::fs::read_to_string(d.join("state/p.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-            .and_then(|v| v["bookmarks"]["rows"]["offset"].as_u64());
-        match kill_after {
-            None => break,
-            Some(n) if offset.is_some_and(|o| o >= n) => break,
-            _ => {}
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no commit reached {kill_after:?}"
-        );
-        std::thread::sleep(Duration::from_millis(2));
+    if let Some(n) = kill_after {
+        crate::util::wait_until(&mut child, "a commit", || {
+            let offset: Option<_> = std::fs::read_to_string(d.join("state/p.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                .and_then(|v| v["bookmarks"]["rows"]["offset"].as_u64());
+
+            offset.is_some_and(|o| o >= n)
+        });
     }
     let _ = child.kill();
     child.wait().unwrap();

@@ -2,7 +2,6 @@
 //! replication methods, resume after a kill, and a Postgres-to-Postgres pipeline.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -277,22 +276,17 @@ fn killed_full_table_read_resumes_after_its_last_key() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if child.try_wait().unwrap().is_some() {
-                break;
-            }
-            let last = std::fs::read_to_string(d.join("state/p.json"))
-                .ok()
-                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-                .and_then(|v| v["bookmarks"][format!("{}-t", pg.schema)]["last_pk"][0].as_i64());
-            match kill_after {
-                None => break,
-                Some(n) if last.is_some_and(|l| l >= n) => break,
-                _ => {}
-            }
-            assert!(Instant::now() < deadline);
-            std::thread::sleep(Duration::from_millis(2));
+        if let Some(n) = kill_after {
+            crate::util::wait_until(&mut child, "a commit", || {
+                let last: Option<_> = std::fs::read_to_string(d.join("state/p.json"))
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                    .and_then(|v| {
+                        v["bookmarks"][format!("{}-t", pg.schema)]["last_pk"][0].as_i64()
+                    });
+
+                last.is_some_and(|o| o >= n)
+            });
         }
         let _ = child.kill();
         child.wait().unwrap();

@@ -157,3 +157,18 @@ pub fn run(mut c: Command, stdin: Option<&str>) -> Out {
 pub fn lines(msgs: &[Value]) -> String {
     msgs.iter().map(|m| format!("{m}\n")).collect()
 }
+
+/// Waits until `cond()` holds or `child` has exited: polling a condition, never a fixed time.
+///
+/// # Panics
+/// After a minute without either.
+pub fn wait_until(child: &mut std::process::Child, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() && !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}

@@ -11,7 +11,7 @@ mod sync;
 
 use serde::Deserialize;
 use serde_json::Value;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::about::{About, ConfigKey};
 use crate::error::config_error;
@@ -126,10 +126,7 @@ impl PostgresTap {
     pub fn new(config: &Value) -> anyhow::Result<PostgresTap> {
         let cfg: PostgresTapConfig = serde_json::from_value(config.clone())
             .map_err(|e| config_error(format!("tap postgres config: {e}")))?;
-        match cfg.sslmode.as_deref() {
-            None | Some("disable" | "prefer" | "allow") => {}
-            Some(m) => return Err(config_error(format!("tap postgres: sslmode {m:?} needs TLS, which this build does not include yet; use disable or prefer"))),
-        }
+        crate::pg::check_sslmode("tap postgres", cfg.sslmode.as_deref())?;
         Ok(PostgresTap { cfg })
     }
 
@@ -148,43 +145,20 @@ impl PostgresTap {
     /// Connects, with the session settings every query relies on (UTC, ISO dates).
     async fn connect(&self) -> anyhow::Result<(Client, tokio::task::JoinHandle<()>)> {
         let c = &self.cfg;
-        let mut pg = match &c.url {
-            Some(u) => u
-                .parse::<tokio_postgres::Config>()
-                .map_err(|e| config_error(format!("tap postgres: bad url: {e}")))?,
-            None => tokio_postgres::Config::new(),
-        };
-        if let Some(h) = &c.host {
-            pg.host(h);
-        }
-        if c.url.is_none() || c.host.is_some() {
-            pg.port(c.port);
-        }
-        if let Some(u) = &c.user {
-            pg.user(u);
-        }
-        if let Some(p) = &c.password {
-            pg.password(p);
-        }
-        if let Some(d) = &c.dbname {
-            pg.dbname(d);
-        }
-        pg.application_name(c.application_name.as_deref().unwrap_or("ferry"));
-        let where_ = format!(
-            "{}:{}/{} as {}",
-            c.host.as_deref().unwrap_or("(url)"),
-            c.port,
-            c.dbname.as_deref().unwrap_or("(default)"),
-            c.user.as_deref().unwrap_or("(default)")
-        );
-        let (client, conn) = anyhow::Context::with_context(pg.connect(NoTls).await, || {
-            format!("cannot connect to Postgres at {where_}; check host, port, user and password")
-        })?;
-        let task = tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::error!(error = %e, "The Postgres connection failed.");
-            }
-        });
+        let (client, task) = crate::pg::connect(
+            "tap postgres",
+            crate::pg::ConnParams {
+                host: c.host.as_deref(),
+                port: c.port,
+                user: c.user.as_deref(),
+                password: c.password.as_deref(),
+                dbname: c.dbname.as_deref(),
+                url: c.url.as_deref(),
+                sslmode: c.sslmode.as_deref(),
+                application_name: c.application_name.as_deref().unwrap_or("ferry"),
+            },
+        )
+        .await?;
         let mut setup = String::from("SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'iso_8601'; SET extra_float_digits = 3;");
         if let Some(t) = c.statement_timeout_secs {
             setup.push_str(&format!(" SET statement_timeout = '{}s';", t));

@@ -6,7 +6,7 @@ use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use futures_util::SinkExt;
 use serde_json::{Map, Value};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use super::names::{column_names, fold, source_schema, table_name};
 use super::PostgresTargetConfig;
@@ -256,47 +256,21 @@ impl PostgresTarget {
         if cfg.data_flattening_max_level != 0 {
             return Err(config_error("target postgres: data_flattening_max_level > 0 is not supported yet; objects and arrays load as jsonb"));
         }
-        match cfg.sslmode.as_deref() {
-            None | Some("disable" | "prefer" | "allow") => {}
-            Some(m) => return Err(config_error(format!("target postgres: sslmode {m:?} needs TLS, which this build does not include yet; use disable or prefer"))),
-        }
-        let mut pg = match &cfg.url {
-            Some(u) => u
-                .parse::<tokio_postgres::Config>()
-                .map_err(|e| config_error(format!("target postgres: bad url: {e}")))?,
-            None => tokio_postgres::Config::new(),
-        };
-        if let Some(h) = &cfg.host {
-            pg.host(h);
-        }
-        if cfg.url.is_none() || cfg.host.is_some() {
-            pg.port(cfg.port);
-        }
-        if let Some(u) = &cfg.user {
-            pg.user(u);
-        }
-        if let Some(p) = &cfg.password {
-            pg.password(p);
-        }
-        if let Some(d) = &cfg.dbname {
-            pg.dbname(d);
-        }
-        pg.application_name("ferry");
-        let where_ = format!(
-            "{}:{}/{} as {}",
-            cfg.host.as_deref().unwrap_or("(url)"),
-            cfg.port,
-            cfg.dbname.as_deref().unwrap_or("(default)"),
-            cfg.user.as_deref().unwrap_or("(default)")
-        );
-        let (client, connection) = pg.connect(NoTls).await.with_context(|| {
-            format!("cannot connect to Postgres at {where_}; check host, port, user and password")
-        })?;
-        let conn = tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::error!(error = %e, "The Postgres connection failed.");
-            }
-        });
+        crate::pg::check_sslmode("target postgres", cfg.sslmode.as_deref())?;
+        let (client, conn) = crate::pg::connect(
+            "target postgres",
+            crate::pg::ConnParams {
+                host: cfg.host.as_deref(),
+                port: cfg.port,
+                user: cfg.user.as_deref(),
+                password: cfg.password.as_deref(),
+                dbname: cfg.dbname.as_deref(),
+                url: cfg.url.as_deref(),
+                sslmode: cfg.sslmode.as_deref(),
+                application_name: "ferry",
+            },
+        )
+        .await?;
         Ok(PostgresTarget {
             cfg,
             client,
