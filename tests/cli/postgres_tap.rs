@@ -377,3 +377,41 @@ fn python_target_jsonl_consumes_the_tap() {
         ]
     );
 }
+
+#[test]
+fn lookback_rereads_a_window_before_the_bookmark() {
+    let pg = Pg::new("tap_lookback");
+    pg.sql(&format!(
+        "CREATE SCHEMA \"{0}\"; CREATE TABLE \"{0}\".t (id int PRIMARY KEY, updated_at timestamptz);
+         INSERT INTO \"{0}\".t SELECT i, timestamptz '2024-01-01' + i * interval '1 minute' FROM generate_series(1, 60) i;",
+        pg.schema
+    ));
+    let d = Dir::new();
+    project(&d, &pg, json!({"lookback": "10 minutes"}), jsonl_target());
+    d.run(&["discover", "p"], None).ok();
+    d.run(
+        &[
+            "select",
+            "p",
+            "*",
+            "--method",
+            "INCREMENTAL",
+            "--key",
+            "updated_at",
+        ],
+        None,
+    )
+    .ok();
+    d.run(&["sync", "p"], None).ok();
+    // A late writer commits a row whose key is below the bookmark but inside the window.
+    pg.sql(&format!(
+        "INSERT INTO \"{}\".t VALUES (1000, timestamptz '2024-01-01' + 55 * interval '1 minute')",
+        pg.schema
+    ));
+    d.run(&["sync", "p"], None).ok();
+    let ids: Vec<i64> = stream_rows(&d, &format!("out/{}-t.jsonl", pg.schema))[60..]
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, [50, 51, 52, 53, 54, 55, 1000, 56, 57, 58, 59, 60]);
+}

@@ -70,6 +70,11 @@ pub struct PostgresTapConfig {
     /// Rows per key-range chunk of a FULL_TABLE read.
     #[serde(default = "default_chunk_rows")]
     pub chunk_rows: u64,
+    /// INCREMENTAL: re-read this much before the bookmark (an interval such as `"10 minutes"`
+    /// for date and timestamp keys, a number for numeric keys), for rows whose transaction
+    /// committed after a run with a key value below that run's bookmark.
+    #[serde(default)]
+    pub lookback: Option<String>,
     /// PipelineWise key, accepted (ssl is decided by `sslmode`).
     #[serde(default)]
     pub ssl: Option<Value>,
@@ -114,6 +119,7 @@ pub fn about() -> About {
             ConfigKey { name: "statement_timeout_secs", ty: "integer", required: false, description: "Statement timeout for the tap's queries." },
             ConfigKey { name: "state_every_rows", ty: "integer", required: false, description: "Emit a STATE at least every N rows (default 10000)." },
             ConfigKey { name: "chunk_rows", ty: "integer", required: false, description: "Rows per key-range chunk of a FULL_TABLE read (default 100000)." },
+            ConfigKey { name: "lookback", ty: "string", required: false, description: "INCREMENTAL: re-read this much before the bookmark (`\"10 minutes\"` for timestamp keys, a number for numeric keys)." },
         ],
     }
 }

@@ -411,7 +411,19 @@ impl PostgresTap {
         let upper = format!("{q} <= {}", literal(&signpost, &col.sql_type));
         let where_ = match &bm {
             // `>=`: rows sharing the bookmark's value are read again rather than skipped.
-            Some(v) => format!("WHERE {q} >= {} AND {upper}", literal(v, &col.sql_type)),
+            Some(v) => {
+                let mut from = literal(v, &col.sql_type);
+                if let Some(lb) = &self.cfg.lookback {
+                    // The lookback is a literal too: an interval for dates and times, a number else.
+                    let ty = if matches!(col.base.as_str(), "date" | "timestamp" | "timestamptz") {
+                        "interval"
+                    } else {
+                        "numeric"
+                    };
+                    from = format!("({from} - {}::{ty})", quote_literal(lb));
+                }
+                format!("WHERE {q} >= {from} AND {upper}")
+            }
             // The first run also takes rows whose key is NULL; later runs cannot find them.
             None => format!("WHERE {upper} OR {q} IS NULL"),
         };
