@@ -69,6 +69,11 @@ impl Emitter {
         is_state || self.buf.len() >= CHUNK_ROWS
     }
 
+    /// Another emitter into the same channel (for a tap that reads streams in parallel).
+    pub fn sibling(&self) -> Emitter {
+        Emitter::new(self.tx.clone())
+    }
+
     /// Queues a message; a full chunk, or any STATE, is sent at once.
     ///
     /// # Errors

@@ -415,3 +415,37 @@ fn lookback_rereads_a_window_before_the_bookmark() {
         .collect();
     assert_eq!(ids, [50, 51, 52, 53, 54, 55, 1000, 56, 57, 58, 59, 60]);
 }
+
+#[test]
+fn parallel_streams_keep_every_bookmark() {
+    let pg = Pg::new("tap_par");
+    let mut ddl = format!("CREATE SCHEMA \"{}\";", pg.schema);
+    for t in ["a", "b", "c"] {
+        ddl.push_str(&format!(
+            "CREATE TABLE \"{0}\".{t} (id int PRIMARY KEY, v text); INSERT INTO \"{0}\".{t} SELECT i, '{t}' FROM generate_series(1, 5000) i;",
+            pg.schema
+        ));
+    }
+    pg.sql(&ddl);
+    let d = Dir::new();
+    project(
+        &d,
+        &pg,
+        json!({"max_parallel_streams": 2, "chunk_rows": 700}),
+        jsonl_target(),
+    );
+    d.run(&["discover", "p"], None).ok();
+    d.run(&["select", "p", "*"], None).ok();
+    d.run(&["sync", "p"], None).ok();
+    let st = d.json("state/p.json");
+    for t in ["a", "b", "c"] {
+        let rows = stream_rows(&d, &format!("out/{}-{t}.jsonl", pg.schema));
+        let ids: Vec<i64> = rows.iter().map(|r| r["id"].as_i64().unwrap()).collect();
+        assert_eq!(ids, (1..=5000).collect::<Vec<_>>(), "table {t}");
+        assert!(rows.iter().all(|r| r["v"] == t));
+        assert!(
+            st["bookmarks"][format!("{}-{t}", pg.schema)]["version"].is_i64(),
+            "{st}"
+        );
+    }
+}

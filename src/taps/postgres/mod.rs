@@ -93,7 +93,7 @@ pub struct PostgresTapConfig {
     /// Accepted and ignored.
     #[serde(default)]
     pub debug_lsn: Option<Value>,
-    /// Accepted; ferry uses `max_parallel_streams` semantics later.
+    /// Streams read at once, each on its own connection and snapshot (default 1).
     #[serde(default)]
     pub max_parallel_streams: Option<u32>,
 }
@@ -118,6 +118,7 @@ pub fn about() -> About {
             ConfigKey { name: "application_name", ty: "string", required: false, description: "Session application_name (default `ferry`)." },
             ConfigKey { name: "statement_timeout_secs", ty: "integer", required: false, description: "Statement timeout for the tap's queries." },
             ConfigKey { name: "state_every_rows", ty: "integer", required: false, description: "Emit a STATE at least every N rows (default 10000)." },
+            ConfigKey { name: "max_parallel_streams", ty: "integer", required: false, description: "Streams read at once, each on its own connection and snapshot (default 1)." },
             ConfigKey { name: "chunk_rows", ty: "integer", required: false, description: "Rows per key-range chunk of a FULL_TABLE read (default 100000)." },
             ConfigKey { name: "lookback", ty: "string", required: false, description: "INCREMENTAL: re-read this much before the bookmark (`\"10 minutes\"` for timestamp keys, a number for numeric keys)." },
         ],

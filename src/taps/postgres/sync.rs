@@ -1,5 +1,7 @@
 //! Extraction: FULL_TABLE, INCREMENTAL and XMIN, each stream in one snapshot.
 
+use std::sync::{Arc, Mutex};
+
 use anyhow::{anyhow, bail, Context};
 use futures_util::StreamExt;
 use serde_json::value::RawValue;
@@ -43,6 +45,35 @@ fn literal(v: &Value, sql_type: &str) -> String {
         other => other.to_string(),
     };
     format!("{}::{sql_type}", quote_literal(&text))
+}
+
+/// The tap's state, shared by streams read in parallel. A bookmark is set only after the
+/// stream's records before it are in the channel (the emitter is flushed first), so a STATE that
+/// any stream emits never covers records still waiting in another stream's buffer.
+#[derive(Clone)]
+struct Shared(Arc<Mutex<Value>>);
+
+impl Shared {
+    fn bookmark(&self, id: &str) -> Option<Value> {
+        let g = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        state::bookmark(&g, id).cloned()
+    }
+
+    async fn commit(&self, id: &str, mark: Value, emitter: &mut Emitter) -> anyhow::Result<()> {
+        emitter.flush().await?;
+        let snapshot = {
+            let mut g = self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            state::set_bookmark(&mut g, id, Some(mark));
+            g.clone()
+        };
+        emitter.emit(Message::state(snapshot)).await
+    }
 }
 
 /// Splits COPY output into lines and undoes COPY's text escaping (JSON text holds no raw
@@ -134,20 +165,38 @@ impl PostgresTap {
     pub async fn sync(
         self,
         catalog: Catalog,
-        mut st: Value,
+        st: Value,
         mut emitter: Emitter,
     ) -> anyhow::Result<SourceOutcome> {
-        let (client, _conn) = self.connect().await?;
+        let limit = self.cfg.max_parallel_streams.unwrap_or(1).max(1) as usize;
+        let streams: Vec<CatalogStream> = catalog.selected().cloned().collect();
+        let shared = Shared(Arc::new(Mutex::new(st)));
+        let tap = Arc::new(self);
         let mut outcome = SourceOutcome::default();
-        for s in catalog.selected() {
-            let id = s.tap_stream_id().to_owned();
-            if let Value::Object(m) = &mut st {
-                m.insert(state::CURRENTLY_SYNCING.into(), json!(id));
+        // Up to `max_parallel_streams` streams at once, each on its own connection and in its
+        // own snapshot, each with its own emitter into the one channel.
+        let mut queue = streams.into_iter();
+        let mut running = tokio::task::JoinSet::new();
+        loop {
+            while running.len() < limit {
+                let Some(s) = queue.next() else { break };
+                let (tap, shared, mut em) = (Arc::clone(&tap), shared.clone(), emitter.sibling());
+                running.spawn(async move {
+                    let id = s.tap_stream_id().to_owned();
+                    let r = async {
+                        let (client, _conn) = tap.connect().await?;
+                        tap.sync_stream(&client, &s, &shared, &mut em).await?;
+                        em.flush().await
+                    }
+                    .await;
+                    (id, r)
+                });
             }
-            let r = self.sync_stream(&client, s, &mut st, &mut emitter).await;
+            let Some(done) = running.join_next().await else {
+                break;
+            };
+            let (id, r) = done.context("a stream task failed")?;
             if let Err(e) = r {
-                // Leave the failed stream's snapshot, so the next stream starts clean.
-                let _ = client.batch_execute("ROLLBACK").await;
                 if e.is::<ConsumerGone>() {
                     return Err(e);
                 }
@@ -156,11 +205,18 @@ impl PostgresTap {
                 outcome.failed_streams.push((id, msg));
             }
         }
-        if let Value::Object(m) = &mut st {
-            m.insert(state::CURRENTLY_SYNCING.into(), Value::Null);
-        }
-        if state::rejection(&st).is_none() {
-            emitter.emit(Message::state(st)).await?;
+        let fin = {
+            let mut g = shared
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Value::Object(m) = &mut *g {
+                m.insert(state::CURRENTLY_SYNCING.into(), Value::Null);
+            }
+            g.clone()
+        };
+        if state::rejection(&fin).is_none() {
+            emitter.emit(Message::state(fin)).await?;
         }
         emitter.flush().await?;
         Ok(outcome)
@@ -170,7 +226,7 @@ impl PostgresTap {
         &self,
         client: &Client,
         s: &CatalogStream,
-        st: &mut Value,
+        st: &Shared,
         emitter: &mut Emitter,
     ) -> anyhow::Result<()> {
         let id = s.tap_stream_id();
@@ -294,11 +350,11 @@ impl PostgresTap {
         client: &Client,
         ctx: &Ctx<'_>,
         keys: &[String],
-        st: &mut Value,
+        st: &Shared,
         emitter: &mut Emitter,
     ) -> anyhow::Result<u64> {
         let id = ctx.id;
-        let mark = state::bookmark(st, id).cloned().unwrap_or(Value::Null);
+        let mark = st.bookmark(id).unwrap_or(Value::Null);
         let resume: Option<Vec<Value>> = mark.get("last_pk").and_then(Value::as_array).cloned();
         let version = match (mark.get("version").and_then(Value::as_i64), &resume) {
             (Some(v), Some(_)) => v,
@@ -358,14 +414,13 @@ impl PostgresTap {
                 total += n + 1;
                 after = Some(vals.clone());
                 // A chunk ends at a key: a crash resumes after it, not from the start.
-                state::set_bookmark(st, id, Some(json!({"version": version, "last_pk": vals})));
-                emitter.emit(Message::state(st.clone())).await?;
+                st.commit(id, json!({"version": version, "last_pk": vals}), emitter)
+                    .await?;
                 if n + 1 < self.cfg.chunk_rows {
                     break;
                 }
             }
         }
-        state::set_bookmark(st, id, Some(json!({"version": version})));
         emitter
             .emit(Message::ActivateVersion(ActivateVersionMessage {
                 stream: id.to_owned(),
@@ -373,7 +428,7 @@ impl PostgresTap {
                 extra: Map::new(),
             }))
             .await?;
-        emitter.emit(Message::state(st.clone())).await?;
+        st.commit(id, json!({"version": version}), emitter).await?;
         Ok(total)
     }
 
@@ -382,7 +437,7 @@ impl PostgresTap {
         client: &Client,
         ctx: &Ctx<'_>,
         rk: &str,
-        st: &mut Value,
+        st: &Shared,
         emitter: &mut Emitter,
     ) -> anyhow::Result<u64> {
         let id = ctx.id;
@@ -405,9 +460,9 @@ impl PostgresTap {
             tracing::info!(stream = %id, "The replication key has no values yet; nothing to read.");
             return Ok(0);
         }
-        let bm = state::bookmark(st, id)
-            .and_then(|b| b.get("replication_key_value"))
-            .cloned();
+        let bm = st
+            .bookmark(id)
+            .and_then(|b| b.get("replication_key_value").cloned());
         let upper = format!("{q} <= {}", literal(&signpost, &col.sql_type));
         let where_ = match &bm {
             // `>=`: rows sharing the bookmark's value are read again rather than skipped.
@@ -453,22 +508,22 @@ impl PostgresTap {
                 };
                 emitter.emit(ctx.record(l, None)?).await?;
                 if let Some(v) = mark.filter(|v| !v.is_null()) {
-                    state::set_bookmark(
-                        st,
+                    st.commit(
                         id,
-                        Some(json!({"replication_key": rk, "replication_key_value": v})),
-                    );
-                    emitter.emit(Message::state(st.clone())).await?;
+                        json!({"replication_key": rk, "replication_key_value": v}),
+                        emitter,
+                    )
+                    .await?;
                 }
             }
         }
         // Every row up to the signpost was read: it is the bookmark now.
-        state::set_bookmark(
-            st,
+        st.commit(
             id,
-            Some(json!({"replication_key": rk, "replication_key_value": signpost})),
-        );
-        emitter.emit(Message::state(st.clone())).await?;
+            json!({"replication_key": rk, "replication_key_value": signpost}),
+            emitter,
+        )
+        .await?;
         Ok(n)
     }
 
@@ -476,7 +531,7 @@ impl PostgresTap {
         &self,
         client: &Client,
         ctx: &Ctx<'_>,
-        st: &mut Value,
+        st: &Shared,
         emitter: &mut Emitter,
     ) -> anyhow::Result<u64> {
         let id = ctx.id;
@@ -492,9 +547,9 @@ impl PostgresTap {
             )
             .await?
             .get(0);
-        let bm = state::bookmark(st, id)
-            .and_then(|b| b.get("xmin"))
-            .and_then(Value::as_i64);
+        let bm = st
+            .bookmark(id)
+            .and_then(|b| b.get("xmin").and_then(Value::as_i64));
         let epoch = |x: i64| x >> 32;
         let low = |x: i64| x & 0xFFFF_FFFF;
         let where_ = match bm {
@@ -514,8 +569,7 @@ impl PostgresTap {
             emitter.emit(ctx.record(l, None)?).await?;
             total += 1;
         }
-        state::set_bookmark(st, id, Some(json!({"xmin": horizon})));
-        emitter.emit(Message::state(st.clone())).await?;
+        st.commit(id, json!({"xmin": horizon}), emitter).await?;
         Ok(total)
     }
 
