@@ -13,6 +13,30 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 
 static BARS: OnceLock<MultiProgress> = OnceLock::new();
 
+fn expected() -> &'static std::sync::Mutex<HashMap<String, u64>> {
+    static EXPECTED: OnceLock<std::sync::Mutex<HashMap<String, u64>>> = OnceLock::new();
+    EXPECTED.get_or_init(|| std::sync::Mutex::new(HashMap::new()))
+}
+
+/// A tap's estimate of a stream's rows (a table's row estimate), for a total and an ETA. Taps
+/// call it from wherever they run; the progress of the sink picks it up.
+pub fn expect_rows(stream: &str, total: u64) {
+    if total > 0 {
+        expected()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(stream.to_owned(), total);
+    }
+}
+
+fn expected_rows(stream: &str) -> Option<u64> {
+    expected()
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(stream)
+        .copied()
+}
+
 /// The bars, if bars are shown; the log writer suspends them while it writes a line.
 pub fn bars() -> Option<&'static MultiProgress> {
     BARS.get()
@@ -70,9 +94,10 @@ impl Progress {
     pub fn add(&mut self, stream: &str, rows: u64) {
         let totals = &self.totals;
         let sp = self.streams.entry(stream.to_owned()).or_insert_with(|| {
-            let bar = bars().map(|m| {
-                let bar = match totals.get(stream) {
-                    Some(t) => ProgressBar::new(*t).with_style(
+            let bar =
+                bars().map(|m| {
+                    let bar = match totals.get(stream).copied().or_else(|| expected_rows(stream)) {
+                    Some(t) => ProgressBar::new(t).with_style(
                         ProgressStyle::with_template(
                             "{prefix:>20} {bar:30} {human_pos}/{human_len} rows {rate} eta {eta}",
                         )
@@ -87,10 +112,10 @@ impl Progress {
                         .with_key("rate", rate),
                     ),
                 };
-                let bar = m.add(bar);
-                bar.set_prefix(stream.to_owned());
-                bar
-            });
+                    let bar = m.add(bar);
+                    bar.set_prefix(stream.to_owned());
+                    bar
+                });
             let now = Instant::now();
             StreamProgress {
                 bar,

@@ -253,6 +253,9 @@ impl PostgresTap {
             .replication_method()
             .unwrap_or("FULL_TABLE")
             .to_ascii_uppercase();
+        if method == "FULL_TABLE" {
+            crate::progress::expect_rows(id, u64::try_from(info.estimate).unwrap_or(0));
+        }
         let rk = s.replication_key().map(str::to_owned);
         let mut keys = s.key_properties();
         if keys.is_empty() {
