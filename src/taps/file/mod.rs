@@ -23,7 +23,7 @@ use crate::singer::catalog::keys;
 use crate::singer::{state, Catalog, CatalogStream};
 use crate::taps::PlanStep;
 
-pub use read::RowReader;
+pub use read::{push_json_str, RowReader};
 
 /// The file format a tap reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

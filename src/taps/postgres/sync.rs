@@ -16,27 +16,95 @@ use crate::singer::{
     SchemaMessage,
 };
 use crate::sql::{qualified, quote_ident, quote_literal};
+use crate::taps::file::push_json_str;
 use crate::taps::PlanStep;
 
-/// How a column is rendered so that its JSON matches its discovered schema: decimals as exact
-/// strings, non-finite floats as null, infinite and BC dates as null.
+/// How a column's COPY text becomes JSON, so that it matches the discovered schema: decimals as
+/// exact strings, non-finite floats as null, infinite and BC dates as null. Reading plain COPY
+/// text costs the server no more than `COPY … TO STDOUT` itself; the JSON is built here, on the
+/// other core. Arrays are the one kind Postgres renders (`to_json`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Render {
+    Number,
+    Float,
+    Decimal,
+    Bool,
+    Date,
+    Timestamp,
+    Time,
+    Json,
+    Text,
+}
+
+fn render_of(c: &ColumnInfo) -> Render {
+    if c.category == "A" {
+        return Render::Json;
+    }
+    match c.base.as_str() {
+        "int2" | "int4" | "int8" | "oid" | "xid" => Render::Number,
+        "float4" | "float8" => Render::Float,
+        "numeric" => Render::Decimal,
+        "bool" => Render::Bool,
+        "date" => Render::Date,
+        "timestamp" | "timestamptz" => Render::Timestamp,
+        "time" | "timetz" => Render::Time,
+        "json" | "jsonb" => Render::Json,
+        _ => Render::Text,
+    }
+}
+
 fn expr(c: &ColumnInfo) -> String {
     let q = quote_ident(&c.name);
-    let e = if c.category == "A" {
-        q.clone()
+    if c.category == "A" {
+        format!("to_json({q})::text")
     } else {
-        match c.base.as_str() {
-            "numeric" => format!("{q}::text"),
-            "float4" | "float8" => {
-                format!("CASE WHEN {q} IN ('NaN', 'Infinity', '-Infinity') THEN NULL ELSE {q} END")
-            }
-            "date" | "timestamp" | "timestamptz" => {
-                format!("CASE WHEN isfinite({q}) AND {q} >= '0001-01-01' THEN {q} END")
-            }
-            _ => q.clone(),
+        q
+    }
+}
+
+/// Undoes COPY text escaping of one field.
+fn unescape(f: &[u8]) -> anyhow::Result<std::borrow::Cow<'_, str>> {
+    if !f.contains(&b'\\') {
+        return Ok(std::str::from_utf8(f)
+            .context("Postgres sent text that is not UTF-8")?
+            .into());
+    }
+    let mut out = Vec::with_capacity(f.len());
+    let mut i = 0;
+    while i < f.len() {
+        if f[i] == b'\\' && i + 1 < f.len() {
+            out.push(match f[i + 1] {
+                b'n' => b'\n',
+                b'r' => b'\r',
+                b't' => b'\t',
+                b'b' => 8,
+                b'f' => 12,
+                b'v' => 11,
+                other => other,
+            });
+            i += 2;
+        } else {
+            out.push(f[i]);
+            i += 1;
         }
-    };
-    format!("{e} AS {q}")
+    }
+    Ok(String::from_utf8(out)
+        .context("Postgres sent text that is not UTF-8")?
+        .into())
+}
+
+/// A UTC offset written as `+HH` gets its minutes, as ISO 8601 readers expect (`+00:00`).
+fn push_with_offset(out: &mut String, t: &str) {
+    out.push('"');
+    out.push_str(t);
+    let b = t.as_bytes();
+    if b.len() >= 3
+        && matches!(b[b.len() - 3], b'+' | b'-')
+        && b[b.len() - 2..].iter().all(u8::is_ascii_digit)
+    {
+        out.push_str(":00");
+    }
+    out.push('"');
 }
 
 fn literal(v: &Value, sql_type: &str) -> String {
@@ -76,31 +144,23 @@ impl Shared {
     }
 }
 
-/// Splits COPY output into lines and undoes COPY's text escaping (JSON text holds no raw
-/// control characters, so only doubled backslashes occur).
+/// Splits COPY output into lines, each turned into a record's JSON text by `render`.
 #[derive(Default)]
 struct Lines {
     pending: Vec<u8>,
 }
 
 impl Lines {
-    fn push(&mut self, chunk: &[u8], out: &mut Vec<String>) -> anyhow::Result<()> {
+    fn push(
+        &mut self,
+        chunk: &[u8],
+        out: &mut Vec<String>,
+        render: impl Fn(&[u8]) -> anyhow::Result<String>,
+    ) -> anyhow::Result<()> {
         self.pending.extend_from_slice(chunk);
         let mut start = 0;
         while let Some(off) = memchr::memchr(b'\n', &self.pending[start..]) {
-            let line = &self.pending[start..start + off];
-            let mut s = Vec::with_capacity(line.len());
-            let mut i = 0;
-            while i < line.len() {
-                if line[i] == b'\\' && i + 1 < line.len() {
-                    s.push(line[i + 1]);
-                    i += 2;
-                } else {
-                    s.push(line[i]);
-                    i += 1;
-                }
-            }
-            out.push(String::from_utf8(s).context("Postgres sent text that is not UTF-8")?);
+            out.push(render(&self.pending[start..start + off])?);
             start += off + 1;
         }
         self.pending.drain(..start);
@@ -112,6 +172,9 @@ struct Ctx<'a> {
     id: &'a str,
     table: TableInfo,
     cols: Vec<ColumnInfo>,
+    renders: Vec<Render>,
+    /// `"name":` per column, escaped once.
+    keys_json: Vec<String>,
     time_extracted: String,
 }
 
@@ -123,11 +186,48 @@ impl Ctx<'_> {
     fn select(&self, where_: &str, order: &str, limit: Option<u64>) -> String {
         let exprs: Vec<String> = self.cols.iter().map(expr).collect();
         format!(
-            "COPY (SELECT row_to_json(_ferry_row)::text FROM (SELECT {} FROM {} {where_} {order}{}) _ferry_row) TO STDOUT",
+            "COPY (SELECT {} FROM {} {where_} {order}{}) TO STDOUT",
             exprs.join(", "),
             self.qualified(),
             limit.map(|l| format!(" LIMIT {l}")).unwrap_or_default()
         )
+    }
+
+    /// One COPY text row as the record's JSON text.
+    fn render(&self, line: &[u8]) -> anyhow::Result<String> {
+        let mut out = String::with_capacity(line.len() * 2 + 2);
+        out.push('{');
+        let mut fields = line.split(|b| *b == b'\t');
+        for (i, kind) in self.renders.iter().enumerate() {
+            let f = fields.next().ok_or_else(|| {
+                anyhow!("stream {:?}: a row has fewer fields than columns", self.id)
+            })?;
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&self.keys_json[i]);
+            if f == b"\\N" {
+                out.push_str("null");
+                continue;
+            }
+            let t = unescape(f)?;
+            let finite = || !(t.contains("infinity") || t.ends_with(" BC"));
+            match kind {
+                Render::Number | Render::Json => out.push_str(&t),
+                Render::Float if matches!(t.as_ref(), "NaN" | "Infinity" | "-Infinity") => {
+                    out.push_str("null")
+                }
+                Render::Float => out.push_str(&t),
+                Render::Bool => out.push_str(if t == "t" { "true" } else { "false" }),
+                Render::Date | Render::Timestamp if !finite() => out.push_str("null"),
+                Render::Date => push_json_str(&mut out, &t),
+                Render::Timestamp => push_with_offset(&mut out, &t.replacen(' ', "T", 1)),
+                Render::Time => push_with_offset(&mut out, &t),
+                Render::Decimal | Render::Text => push_json_str(&mut out, &t),
+            }
+        }
+        out.push('}');
+        Ok(out)
     }
 
     fn column(&self, name: &str) -> anyhow::Result<&ColumnInfo> {
@@ -276,10 +376,17 @@ impl PostgresTap {
             id,
             table: info,
             cols: Vec::new(),
+            renders: Vec::new(),
+            keys_json: Vec::new(),
             time_extracted: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         };
         for w in &wanted {
             let c = ctx.column(w)?.clone();
+            ctx.renders.push(render_of(&c));
+            let mut k = String::new();
+            push_json_str(&mut k, &c.name);
+            k.push(':');
+            ctx.keys_json.push(k);
             ctx.cols.push(c);
         }
         let props: Map<String, Value> = s
@@ -337,7 +444,7 @@ impl PostgresTap {
         let mut last: Option<String> = None;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.with_context(|| format!("stream {:?}: reading rows", ctx.id))?;
-            lines.push(&chunk, &mut held)?;
+            lines.push(&chunk, &mut held, |l| ctx.render(l))?;
             for l in held.drain(..) {
                 if let Some(prev) = last.replace(l) {
                     emitter.emit(ctx.record(prev, version)?).await?;
@@ -501,7 +608,9 @@ impl PostgresTap {
         let mut n = 0u64;
         let every = self.cfg.state_every_rows.max(1);
         while let Some(chunk) = stream.next().await {
-            lines.push(&chunk.context("reading rows")?, &mut held)?;
+            lines.push(&chunk.context("reading rows")?, &mut held, |l| {
+                ctx.render(l)
+            })?;
             for l in held.drain(..) {
                 n += 1;
                 let mark = if n.is_multiple_of(every) {
