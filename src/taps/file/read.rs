@@ -410,7 +410,9 @@ impl RowReader {
         }
     }
 
-    fn next_json(&mut self) -> anyhow::Result<Option<(u64, Map<String, Value>)>> {
+    /// Reads the next non-blank line of a JSON-lines file into the buffer; its line number, or
+    /// `None` at the end.
+    fn next_line(&mut self) -> anyhow::Result<Option<u64>> {
         let RowReader::Jsonl {
             path,
             reader,
@@ -430,17 +432,25 @@ impl RowReader {
                 return Ok(None);
             }
             *line += 1;
-            let text = buf.trim_ascii();
-            if text.is_empty() {
-                continue;
+            if !buf.trim_ascii().is_empty() {
+                return Ok(Some(*line));
             }
-            return match serde_json::from_slice::<Value>(text) {
-                Ok(Value::Object(m)) => Ok(Some((*line, m))),
-                Ok(_) => Err(anyhow!(
-                    "{path} line {line}: each line must be a JSON object"
-                )),
-                Err(e) => Err(anyhow!("{path} line {line}: not valid JSON: {e}")),
-            };
+        }
+    }
+
+    fn next_json(&mut self) -> anyhow::Result<Option<(u64, Map<String, Value>)>> {
+        let Some(line) = self.next_line()? else {
+            return Ok(None);
+        };
+        let RowReader::Jsonl { path, buf, .. } = self else {
+            return Ok(None);
+        };
+        match serde_json::from_slice::<Value>(buf.trim_ascii()) {
+            Ok(Value::Object(m)) => Ok(Some((line, m))),
+            Ok(_) => Err(anyhow!(
+                "{path} line {line}: each line must be a JSON object"
+            )),
+            Err(e) => Err(anyhow!("{path} line {line}: not valid JSON: {e}")),
         }
     }
 
@@ -512,52 +522,34 @@ impl RowReader {
 
     /// The next JSON line kept as text (checked to be an object).
     fn next_raw_json(&mut self, meta_file: Option<&str>) -> anyhow::Result<Option<(u64, Record)>> {
-        let RowReader::Jsonl {
-            path,
-            reader,
-            line,
-            buf,
-        } = self
-        else {
+        let Some(line) = self.next_line()? else {
             return Ok(None);
         };
-        loop {
-            buf.clear();
-            if reader
-                .read_until(b'\n', buf)
-                .with_context(|| format!("reading {path}"))?
-                == 0
-            {
-                return Ok(None);
-            }
-            *line += 1;
-            let bytes = buf.trim_ascii();
-            if bytes.is_empty() {
-                continue;
-            }
-            let text = std::str::from_utf8(bytes)
-                .map_err(|e| anyhow!("{path} line {line}: not UTF-8: {e}"))?;
-            if !text.starts_with('{') {
-                return Err(match serde_json::from_str::<Value>(text) {
-                    Ok(_) => anyhow!("{path} line {line}: each line must be a JSON object"),
-                    Err(e) => anyhow!("{path} line {line}: not valid JSON: {e}"),
-                });
-            }
-            let text = match meta_file {
-                None => text.to_owned(),
-                Some(f) => {
-                    let body = text[..text.len() - 1].trim_end();
-                    let mut t = String::with_capacity(text.len() + f.len() + 48);
-                    t.push_str(body);
-                    push_meta(&mut t, body != "{", f, *line);
-                    t.push('}');
-                    t
-                }
-            };
-            let raw = RawValue::from_string(text)
-                .map_err(|e| anyhow!("{path} line {line}: not valid JSON: {e}"))?;
-            return Ok(Some((*line, Record::Raw(raw))));
+        let RowReader::Jsonl { path, buf, .. } = self else {
+            return Ok(None);
+        };
+        let text = std::str::from_utf8(buf.trim_ascii())
+            .map_err(|e| anyhow!("{path} line {line}: not UTF-8: {e}"))?;
+        if !text.starts_with('{') {
+            return Err(match serde_json::from_str::<Value>(text) {
+                Ok(_) => anyhow!("{path} line {line}: each line must be a JSON object"),
+                Err(e) => anyhow!("{path} line {line}: not valid JSON: {e}"),
+            });
         }
+        let text = match meta_file {
+            None => text.to_owned(),
+            Some(f) => {
+                let body = text[..text.len() - 1].trim_end();
+                let mut t = String::with_capacity(text.len() + f.len() + 48);
+                t.push_str(body);
+                push_meta(&mut t, body != "{", f, line);
+                t.push('}');
+                t
+            }
+        };
+        let raw = RawValue::from_string(text)
+            .map_err(|e| anyhow!("{path} line {line}: not valid JSON: {e}"))?;
+        Ok(Some((line, Record::Raw(raw))))
     }
 }
 
