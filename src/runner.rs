@@ -611,6 +611,7 @@ async fn consume_load(
         dir: opts.rejects_dir.clone(),
         files: HashMap::new(),
     };
+    target.set_quarantine(opts.on_invalid == OnInvalid::Quarantine);
     let mut pending: Option<Value> = None;
     let mut rows_since_commit = 0u64;
     let mut last_commit = Instant::now();

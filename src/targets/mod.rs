@@ -138,6 +138,13 @@ impl Target {
         }
     }
 
+    /// `--on-invalid quarantine`: a target that can set aside rows its destination rejects does.
+    pub fn set_quarantine(&mut self, on: bool) {
+        if let Target::Postgres(t) = self {
+            t.set_quarantine(on);
+        }
+    }
+
     /// Bytes written for a stream in this run.
     pub fn bytes_written(&self, stream: &str) -> u64 {
         match self {

@@ -541,3 +541,53 @@ fn same_rows_as_pipelinewise_target_postgres() {
         "ferry and pipelinewise-target-postgres load the same rows"
     );
 }
+
+#[test]
+fn quarantine_sets_rejected_values_aside() {
+    let pg = Pg::new("quar");
+    let d = Dir::new();
+    d.write("t.json", &pg.config(json!({})));
+    let props = json!({"id": {"type": "integer"}, "price": {"type": "number", "x-sql-datatype": "numeric(5,2)"}});
+    let mut msgs = vec![schema_msg("s", &["id"], props)];
+    for i in 1..=40 {
+        let price = if i == 17 || i == 33 {
+            json!(123456.7)
+        } else {
+            json!(i)
+        };
+        msgs.push(rec("s", json!({"id": i, "price": price})));
+    }
+    msgs.push(state(1));
+    let out = d
+        .run(
+            &[
+                "target",
+                "postgres",
+                "--config",
+                "t.json",
+                "--on-invalid",
+                "quarantine",
+            ],
+            Some(&lines(&msgs)),
+        )
+        .ok();
+    assert_eq!(out.json_lines(), vec![json!({"bookmarks": {"s": 1}})]);
+    let t = format!("\"{}\".s", pg.schema);
+    assert_eq!(
+        pg.sql(&format!("SELECT count(*), sum(id) FROM {t}")),
+        [format!("38|{}", (1..=40).sum::<i32>() - 17 - 33)]
+    );
+    let rejects = pg.sql(&format!(
+        "SELECT stream, reason, row_text FROM \"{}\"._ferry_rejects ORDER BY row_text",
+        pg.schema
+    ));
+    assert_eq!(rejects.len(), 2, "{rejects:?}");
+    assert!(
+        rejects[0].starts_with("s|numeric field overflow|17\t123456.7"),
+        "{rejects:?}"
+    );
+    assert!(
+        rejects[1].starts_with("s|numeric field overflow|33\t123456.7"),
+        "{rejects:?}"
+    );
+}

@@ -70,6 +70,8 @@ pub struct PostgresTarget {
     staging_seq: u64,
     scope: String,
     received_at: String,
+    /// `--on-invalid quarantine`: rows the database rejects go to `_ferry_rejects`.
+    quarantine: bool,
 }
 
 impl std::fmt::Debug for PostgresTarget {
@@ -280,6 +282,7 @@ impl PostgresTarget {
             staging_seq: 0,
             scope: scope.unwrap_or("pipe").to_owned(),
             received_at: chrono::Utc::now().to_rfc3339(),
+            quarantine: false,
         })
     }
 
@@ -592,7 +595,10 @@ impl PostgresTarget {
                     s.bytes += data.len() as u64;
                     s.buffered = 0;
                 }
-                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                Err(e)
+                    if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+                        || (self.quarantine && is_data_error(&e)) =>
+                {
                     self.client
                         .batch_execute(
                             "ROLLBACK TO SAVEPOINT ferry_direct; RELEASE SAVEPOINT ferry_direct",
@@ -628,21 +634,33 @@ impl PostgresTarget {
                     n
                 }
             };
-            let sink = self
-                .client
-                .copy_in::<_, Bytes>(&format!("COPY {} ({cols}) FROM STDIN", quote_ident(&stg)))
-                .await
-                .with_context(|| format!("stream {stream:?}: starting COPY"))?;
-            futures_util::pin_mut!(sink);
             let data = Bytes::from(std::mem::replace(&mut s.buf, Vec::with_capacity(1 << 16)));
             s.bytes += data.len() as u64;
-            sink.send(data)
-                .await
-                .map_err(|e| copy_error(stream, &qt, &e))?;
-            sink.as_mut()
-                .finish()
-                .await
-                .map_err(|e| copy_error(stream, &qt, &e))?;
+            let into = format!("{} ({cols})", quote_ident(&stg));
+            if self.quarantine {
+                self.client.batch_execute("SAVEPOINT ferry_batch").await?;
+                match copy_rows(&self.client, &into, data.clone()).await {
+                    Ok(()) => {
+                        self.client
+                            .batch_execute("RELEASE SAVEPOINT ferry_batch")
+                            .await?
+                    }
+                    Err(e) if is_data_error(&e) => {
+                        self.client
+                            .batch_execute(
+                                "ROLLBACK TO SAVEPOINT ferry_batch; RELEASE SAVEPOINT ferry_batch",
+                            )
+                            .await?;
+                        let schema = self.cfg.default_target_schema.clone();
+                        isolate(&self.client, stream, &into, &schema, &data).await?;
+                    }
+                    Err(e) => return Err(copy_error(stream, &qt, &e)),
+                }
+            } else {
+                copy_rows(&self.client, &into, data)
+                    .await
+                    .map_err(|e| copy_error(stream, &qt, &e))?;
+            }
             s.staged += s.buffered;
             s.buffered = 0;
         }
@@ -704,6 +722,11 @@ impl PostgresTarget {
             }
         }
         Ok(())
+    }
+
+    /// Sets aside rows the database rejects instead of failing the batch.
+    pub fn set_quarantine(&mut self, on: bool) {
+        self.quarantine = on;
     }
 
     /// Remembers an ACTIVATE_VERSION; applied at commit, after the version's records.
@@ -983,6 +1006,81 @@ fn key_text(keys: &[String], record: &Map<String, Value>) -> String {
         })
         .collect();
     format!(" (key {})", parts.join(", "))
+}
+
+/// One COPY of `data` (COPY text rows) into `into` (`table (columns)`).
+async fn copy_rows(client: &Client, into: &str, data: Bytes) -> Result<(), tokio_postgres::Error> {
+    let sink = client
+        .copy_in::<_, Bytes>(&format!("COPY {into} FROM STDIN"))
+        .await?;
+    futures_util::pin_mut!(sink);
+    sink.send(data).await?;
+    sink.as_mut().finish().await.map(|_| ())
+}
+
+/// A value the database refused (class 22 data exception, 23 integrity violation), as opposed to
+/// a connection or server failure.
+fn is_data_error(e: &tokio_postgres::Error) -> bool {
+    e.code()
+        .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23"))
+}
+
+/// `--on-invalid quarantine`: finds the rows of a refused batch that Postgres rejects by halving
+/// it under savepoints, loads the rest, and records each rejected row with the reason in
+/// `<schema>._ferry_rejects`.
+async fn isolate(
+    client: &Client,
+    stream: &str,
+    into: &str,
+    schema: &str,
+    data: &Bytes,
+) -> anyhow::Result<()> {
+    let rows: Vec<&[u8]> = data
+        .split(|b| *b == b'\n')
+        .filter(|r| !r.is_empty())
+        .collect();
+    let rejects = qualified(schema, "_ferry_rejects");
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {rejects} (stream text NOT NULL, reason text NOT NULL, row_text text NOT NULL, \
+             rejected_at timestamptz NOT NULL DEFAULT now())"
+        ))
+        .await?;
+    let mut stack = vec![(0, rows.len())];
+    let mut rejected = 0u64;
+    while let Some((from, to)) = stack.pop() {
+        let mut chunk = Vec::new();
+        for r in &rows[from..to] {
+            chunk.extend_from_slice(r);
+            chunk.push(b'\n');
+        }
+        client.batch_execute("SAVEPOINT ferry_rows").await?;
+        match copy_rows(client, into, Bytes::from(chunk)).await {
+            Ok(()) => client.batch_execute("RELEASE SAVEPOINT ferry_rows").await?,
+            Err(e) if is_data_error(&e) => {
+                client
+                    .batch_execute("ROLLBACK TO SAVEPOINT ferry_rows; RELEASE SAVEPOINT ferry_rows")
+                    .await?;
+                if to - from == 1 {
+                    let reason = e
+                        .as_db_error()
+                        .map_or_else(|| e.to_string(), |d| d.message().to_owned());
+                    let row = String::from_utf8_lossy(rows[from]).into_owned();
+                    client
+                        .execute(&format!("INSERT INTO {rejects} (stream, reason, row_text) VALUES ($1, $2, $3)"), &[&stream, &reason, &row])
+                        .await?;
+                    rejected += 1;
+                } else {
+                    let mid = from + (to - from) / 2;
+                    stack.push((mid, to));
+                    stack.push((from, mid));
+                }
+            }
+            Err(e) => return Err(anyhow!("stream {stream:?}: {e}")),
+        }
+    }
+    tracing::warn!(stream, rows = rejected, table = %rejects, "Rows the database rejected were set aside.");
+    Ok(())
 }
 
 /// A COPY or merge error with the stream, the table and what Postgres said (column and line
