@@ -591,3 +591,60 @@ fn quarantine_sets_rejected_values_aside() {
         "{rejects:?}"
     );
 }
+
+/// TLS against the server's own certificate (Debian's snakeoil one on a stock machine).
+#[test]
+fn tls_modes() {
+    let pg = Pg::new("tls");
+    if pg.sql("SHOW ssl") != ["on"] {
+        assert!(
+            std::env::var("FERRY_REQUIRE_TLS").is_err(),
+            "the server has ssl off"
+        );
+        return;
+    }
+    let cert = pg.sql("SHOW ssl_cert_file").remove(0);
+    let cert = if cert.starts_with('/') {
+        cert
+    } else {
+        format!("{}/{cert}", pg.sql("SHOW data_directory")[0])
+    };
+    let d = Dir::new();
+    let input = lines(&[
+        schema_msg("s", &["id"], json!({"id": {"type": "integer"}})),
+        rec("s", json!({"id": 1})),
+        state(1),
+    ]);
+    for (mode, root, ok) in [
+        ("disable", None, true),
+        ("prefer", None, true),
+        ("require", None, true),
+        ("verify-ca", Some(cert.as_str()), true),
+        // The certificate names the machine, not 127.0.0.1: a full check must refuse it.
+        ("verify-full", Some(cert.as_str()), false),
+        // Without the server's CA, the public roots do not vouch for it.
+        ("verify-ca", None, false),
+    ] {
+        let mut extra = json!({"sslmode": mode});
+        if let Some(r) = root {
+            extra["sslrootcert"] = json!(r);
+        }
+        d.write("t.json", &pg.config(extra));
+        let out = d.run(&["target", "postgres", "--config", "t.json"], Some(&input));
+        if ok {
+            assert_eq!(out.code, 0, "{mode} {root:?}: {}", out.stderr);
+        } else {
+            assert_eq!(out.code, 1, "{mode} {root:?} should fail");
+            assert!(
+                out.stderr.contains(&format!("sslmode {mode}"))
+                    && out.stderr.to_lowercase().contains("certificate"),
+                "{mode}: {}",
+                out.stderr
+            );
+        }
+    }
+    assert_eq!(
+        pg.sql(&format!("SELECT count(*) FROM \"{}\".s", pg.schema)),
+        ["1"]
+    );
+}

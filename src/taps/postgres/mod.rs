@@ -49,9 +49,13 @@ pub struct PostgresTapConfig {
     /// A `postgres://` URL instead of the fields.
     #[serde(default)]
     pub url: Option<String>,
-    /// `disable` or `prefer` (TLS is not built in yet).
+    /// `disable`, `allow`, `prefer` (default), `require`, `verify-ca` or `verify-full`.
     #[serde(default)]
     pub sslmode: Option<String>,
+    /// PEM file of the certificate authority for `verify-ca`/`verify-full` (default: the
+    /// public web roots).
+    #[serde(default)]
+    pub sslrootcert: Option<String>,
     /// PipelineWise: comma-separated schemas to discover.
     #[serde(default)]
     pub filter_schemas: Option<String>,
@@ -114,7 +118,7 @@ pub fn about() -> About {
             ConfigKey { name: "host, port, user, password, dbname", ty: "string", required: true, description: "Connection (or `url`). The password is never logged." },
             ConfigKey { name: "url", ty: "string", required: false, description: "`postgres://user:pass@host:port/db` instead of the fields." },
             ConfigKey { name: "schemas", ty: "array", required: false, description: "Schemas to discover (or PipelineWise's `filter_schemas`, comma-separated); default every non-system schema." },
-            ConfigKey { name: "sslmode", ty: "string", required: false, description: "`disable` or `prefer` (TLS is not built in yet)." },
+            ConfigKey { name: "sslmode", ty: "string", required: false, description: "`disable`, `allow`, `prefer` (default), `require`, `verify-ca`, `verify-full`; with `sslrootcert` (PEM) for the last two." },
             ConfigKey { name: "application_name", ty: "string", required: false, description: "Session application_name (default `ferry`)." },
             ConfigKey { name: "statement_timeout_secs", ty: "integer", required: false, description: "Statement timeout for the tap's queries." },
             ConfigKey { name: "state_every_rows", ty: "integer", required: false, description: "Emit a STATE at least every N rows (default 10000)." },
@@ -162,6 +166,7 @@ impl PostgresTap {
                 dbname: c.dbname.as_deref(),
                 url: c.url.as_deref(),
                 sslmode: c.sslmode.as_deref(),
+                sslrootcert: c.sslrootcert.as_deref(),
                 application_name: c.application_name.as_deref().unwrap_or("ferry"),
             },
         )

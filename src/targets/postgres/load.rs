@@ -269,6 +269,7 @@ impl PostgresTarget {
                 dbname: cfg.dbname.as_deref(),
                 url: cfg.url.as_deref(),
                 sslmode: cfg.sslmode.as_deref(),
+                sslrootcert: cfg.sslrootcert.as_deref(),
                 application_name: "ferry",
             },
         )

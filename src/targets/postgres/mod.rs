@@ -55,9 +55,13 @@ pub struct PostgresTargetConfig {
     /// A `postgres://` URL instead of the fields above.
     #[serde(default)]
     pub url: Option<String>,
-    /// `disable` or `prefer` (TLS is not built in yet).
+    /// `disable`, `allow`, `prefer` (default), `require`, `verify-ca` or `verify-full`.
     #[serde(default)]
     pub sslmode: Option<String>,
+    /// PEM file of the certificate authority for `verify-ca`/`verify-full` (default: the
+    /// public web roots).
+    #[serde(default)]
+    pub sslrootcert: Option<String>,
     /// Schema for tables (created if missing).
     #[serde(default = "default_schema")]
     pub default_target_schema: String,
@@ -116,7 +120,7 @@ pub fn about() -> About {
         settings: vec![
             ConfigKey { name: "host, port, user, password, dbname", ty: "string", required: true, description: "Connection (or `url`). The password is never logged." },
             ConfigKey { name: "url", ty: "string", required: false, description: "`postgres://user:pass@host:port/db` instead of the fields." },
-            ConfigKey { name: "sslmode", ty: "string", required: false, description: "`disable` or `prefer` (TLS is not built in yet)." },
+            ConfigKey { name: "sslmode", ty: "string", required: false, description: "`disable`, `allow`, `prefer` (default), `require`, `verify-ca`, `verify-full`; with `sslrootcert` (PEM) for the last two." },
             ConfigKey { name: "default_target_schema", ty: "string", required: false, description: "Schema for the tables (default `public`), created if missing." },
             ConfigKey { name: "schema_mapping", ty: "object", required: false, description: "`{\"<source schema>\": {\"target_schema\": \"<schema>\"}}` for streams named `<schema>-<table>`." },
             ConfigKey { name: "batch_size_rows", ty: "integer", required: false, description: "Rows per stream buffered before COPY into staging (default 100000)." },
