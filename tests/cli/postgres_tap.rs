@@ -449,3 +449,41 @@ fn parallel_streams_keep_every_bookmark() {
         );
     }
 }
+
+#[test]
+fn permission_denied_fails_or_skips_only_that_stream() {
+    let pg = Pg::new("tap_perm");
+    let role = format!("{}_ro", pg.schema);
+    pg.sql(&format!(
+        "CREATE SCHEMA \"{0}\"; CREATE TABLE \"{0}\".open (id int PRIMARY KEY); CREATE TABLE \"{0}\".secret (id int PRIMARY KEY);
+         INSERT INTO \"{0}\".open VALUES (1); INSERT INTO \"{0}\".secret VALUES (1);
+         DROP ROLE IF EXISTS \"{role}\"; CREATE ROLE \"{role}\" LOGIN; GRANT USAGE ON SCHEMA \"{0}\" TO \"{role}\"; GRANT SELECT ON \"{0}\".open TO \"{role}\";",
+        pg.schema
+    ));
+    let d = Dir::new();
+    project(&d, &pg, json!({"user": role}), jsonl_target());
+    d.run(&["discover", "p"], None).ok();
+    d.run(&["select", "p", "*"], None).ok();
+    let out = d.run(&["sync", "p"], None).code(3);
+    assert!(out.stderr.contains("permission denied"), "{}", out.stderr);
+    assert_eq!(
+        stream_rows(&d, &format!("out/{}-open.jsonl", pg.schema)).len(),
+        1
+    );
+    project(
+        &d,
+        &pg,
+        json!({"user": role, "skip_unreadable": true}),
+        jsonl_target(),
+    );
+    let out = d.run(&["sync", "p", "--full-refresh"], None).ok();
+    assert!(
+        out.stderr.contains("Permission denied; skipped"),
+        "{}",
+        out.stderr
+    );
+    pg.sql(&format!(
+        "DROP OWNED BY \"{role}\"; DROP SCHEMA \"{}\" CASCADE; DROP ROLE \"{role}\"",
+        pg.schema
+    ));
+}

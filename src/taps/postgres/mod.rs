@@ -97,6 +97,9 @@ pub struct PostgresTapConfig {
     /// Accepted and ignored.
     #[serde(default)]
     pub debug_lsn: Option<Value>,
+    /// Skip (with a warning) a selected table the user may not read, instead of failing it.
+    #[serde(default)]
+    pub skip_unreadable: bool,
     /// Streams read at once, each on its own connection and snapshot (default 1).
     #[serde(default)]
     pub max_parallel_streams: Option<u32>,
@@ -122,6 +125,7 @@ pub fn about() -> About {
             ConfigKey { name: "application_name", ty: "string", required: false, description: "Session application_name (default `ferry`)." },
             ConfigKey { name: "statement_timeout_secs", ty: "integer", required: false, description: "Statement timeout for the tap's queries." },
             ConfigKey { name: "state_every_rows", ty: "integer", required: false, description: "Emit a STATE at least every N rows (default 10000)." },
+            ConfigKey { name: "skip_unreadable", ty: "boolean", required: false, description: "Skip a selected table the user may not read, with a warning, instead of failing that stream (default false)." },
             ConfigKey { name: "max_parallel_streams", ty: "integer", required: false, description: "Streams read at once, each on its own connection and snapshot (default 1)." },
             ConfigKey { name: "chunk_rows", ty: "integer", required: false, description: "Rows per key-range chunk of a FULL_TABLE read (default 100000)." },
             ConfigKey { name: "lookback", ty: "string", required: false, description: "INCREMENTAL: re-read this much before the bookmark (`\"10 minutes\"` for timestamp keys, a number for numeric keys)." },

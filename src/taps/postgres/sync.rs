@@ -300,6 +300,17 @@ impl PostgresTap {
                 if e.is::<ConsumerGone>() {
                     return Err(e);
                 }
+                let denied = e.chain().any(|c| {
+                    c.downcast_ref::<tokio_postgres::Error>()
+                        .and_then(tokio_postgres::Error::code)
+                        .is_some_and(|code| {
+                            *code == tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE
+                        })
+                });
+                if denied && tap.cfg.skip_unreadable {
+                    tracing::warn!(stream = %id, "Permission denied; skipped (skip_unreadable).");
+                    continue;
+                }
                 let msg = format!("{e:#}");
                 tracing::error!(stream = %id, error = %crate::secrets::redact(&msg), "Stream failed; the other streams go on.");
                 outcome.failed_streams.push((id, msg));
