@@ -41,6 +41,8 @@ INSERT INTO {s}."Mixed Case" VALUES
  (2, 'NaN', 'NaN', E'tab\there\nnewline ünï', NULL, 'infinity', '-infinity', '0044-03-15 BC', NULL, NULL, NULL, NULL, '{}', NULL, NULL, NULL, NULL, NULL, NULL, NULL),
  (3, -0.001, '-Infinity', '', false, '12345-01-01', NULL, NULL, NULL, NULL, NULL, 'null', NULL, '{}', 'sad', NULL, NULL, NULL, NULL, NULL);
 CREATE TABLE {s}.empty (id int PRIMARY KEY);
+CREATE TABLE {s}."Qu""ote ü" ("we""ird ü" int PRIMARY KEY, "Ünï Cödé" text);
+INSERT INTO {s}."Qu""ote ü" VALUES (1, 'ok');
 CREATE VIEW {s}.v AS SELECT id, t FROM {s}."Mixed Case";
 "#;
 
@@ -67,6 +69,7 @@ fn discovery_types_and_pg_to_pg() {
         ids,
         [
             format!("{}-Mixed Case", pg.schema),
+            format!("{}-Qu\"ote ü", pg.schema),
             format!("{}-empty", pg.schema),
             format!("{}-v", pg.schema)
         ]
@@ -81,7 +84,7 @@ fn discovery_types_and_pg_to_pg() {
         false
     );
     assert_eq!(
-        cat["streams"][2]["metadata"][0]["metadata"]["is-view"],
+        cat["streams"][3]["metadata"][0]["metadata"]["is-view"],
         true
     );
     let props = &mixed["schema"]["properties"];
@@ -127,6 +130,11 @@ fn discovery_types_and_pg_to_pg() {
         3
     );
     assert!(d.exists(&format!("out/{}-empty.jsonl", pg.schema)));
+    // Names that need quoting: the file name is made safe, the record keeps the column names.
+    assert_eq!(
+        stream_rows(&d, &format!("out/{}-Qu_ote_ü.jsonl", pg.schema)),
+        vec![json!({"we\"ird ü": 1, "Ünï Cödé": "ok"})]
+    );
 
     // The same tables into Postgres: the rows compare equal to the source, type by type.
     let d2 = Dir::new();
@@ -486,4 +494,57 @@ fn permission_denied_fails_or_skips_only_that_stream() {
         "DROP OWNED BY \"{role}\"; DROP SCHEMA \"{}\" CASCADE; DROP ROLE \"{role}\"",
         pg.schema
     ));
+}
+
+#[test]
+fn key_ranges_read_in_parallel_and_resume() {
+    const ROWS: i64 = 20_000;
+    let pg = Pg::new("tap_ranges");
+    pg.sql(&format!("CREATE SCHEMA \"{0}\"; CREATE TABLE \"{0}\".t (id bigint PRIMARY KEY, v text); INSERT INTO \"{0}\".t SELECT i * 3, 'r' FROM generate_series(1, {ROWS}) i;", pg.schema));
+    for kill_after in [None, Some(())] {
+        let d = Dir::new();
+        project(
+            &d,
+            &pg,
+            json!({"table_parallelism": 3, "chunk_rows": 500}),
+            jsonl_target(),
+        );
+        d.run(&["discover", "p"], None).ok();
+        d.run(&["select", "p", "*"], None).ok();
+        if kill_after.is_some() {
+            let mut child = d
+                .cmd(&["-q", "sync", "p"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            crate::util::wait_until(&mut child, "a range commit", || {
+                std::fs::read_to_string(d.join("state/p.json"))
+                    .is_ok_and(|t| t.contains("\"ranges\"") && t.contains("\"after\": "))
+            });
+            let _ = child.kill();
+            child.wait().unwrap();
+        }
+        d.run(&["sync", "p"], None).ok();
+        let mut ids: Vec<i64> = stream_rows(&d, &format!("out/{}-t.jsonl", pg.schema))
+            .iter()
+            .map(|r| r["id"].as_i64().unwrap())
+            .collect();
+        let n = ids.len();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), n, "no row twice");
+        assert_eq!(
+            ids,
+            (1..=ROWS).map(|i| i * 3).collect::<Vec<_>>(),
+            "every row once (kill: {kill_after:?})"
+        );
+        let st = d.json("state/p.json");
+        assert!(
+            st["bookmarks"][format!("{}-t", pg.schema)]
+                .get("ranges")
+                .is_none(),
+            "a finished read keeps only its version"
+        );
+    }
 }

@@ -97,6 +97,10 @@ pub struct PostgresTapConfig {
     /// Accepted and ignored.
     #[serde(default)]
     pub debug_lsn: Option<Value>,
+    /// FULL_TABLE of a table with a single integer key: read this many key ranges at once, each
+    /// on its own connection, all in one exported snapshot (default 1).
+    #[serde(default)]
+    pub table_parallelism: Option<u32>,
     /// Skip (with a warning) a selected table the user may not read, instead of failing it.
     #[serde(default)]
     pub skip_unreadable: bool,
@@ -125,6 +129,7 @@ pub fn about() -> About {
             ConfigKey { name: "application_name", ty: "string", required: false, description: "Session application_name (default `ferry`)." },
             ConfigKey { name: "statement_timeout_secs", ty: "integer", required: false, description: "Statement timeout for the tap's queries." },
             ConfigKey { name: "state_every_rows", ty: "integer", required: false, description: "Emit a STATE at least every N rows (default 10000)." },
+            ConfigKey { name: "table_parallelism", ty: "integer", required: false, description: "FULL_TABLE of a table with one integer key: key ranges read at once in one exported snapshot (default 1)." },
             ConfigKey { name: "skip_unreadable", ty: "boolean", required: false, description: "Skip a selected table the user may not read, with a warning, instead of failing that stream (default false)." },
             ConfigKey { name: "max_parallel_streams", ty: "integer", required: false, description: "Streams read at once, each on its own connection and snapshot (default 1)." },
             ConfigKey { name: "chunk_rows", ty: "integer", required: false, description: "Rows per key-range chunk of a FULL_TABLE read (default 100000)." },

@@ -115,6 +115,19 @@ fn literal(v: &Value, sql_type: &str) -> String {
     format!("{}::{sql_type}", quote_literal(&text))
 }
 
+/// One key range of a parallel FULL_TABLE read, as kept in the state.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct KeyRange {
+    /// First key of the range.
+    from: i64,
+    /// First key after the range.
+    to: i64,
+    /// Last key read so far.
+    after: Option<i64>,
+    /// Whether the range is read to its end.
+    done: bool,
+}
+
 /// The tap's state, shared by streams read in parallel. A bookmark is set only after the
 /// stream's records before it are in the channel (the emitter is flushed first), so a STATE that
 /// any stream emits never covers records still waiting in another stream's buffer.
@@ -477,8 +490,10 @@ impl PostgresTap {
         let id = ctx.id;
         let mark = st.bookmark(id).unwrap_or(Value::Null);
         let resume: Option<Vec<Value>> = mark.get("last_pk").and_then(Value::as_array).cloned();
-        let version = match (mark.get("version").and_then(Value::as_i64), &resume) {
-            (Some(v), Some(_)) => v,
+        // An interrupted read (sequential or by ranges) keeps its table version.
+        let resuming = resume.is_some() || mark.get("ranges").is_some();
+        let version = match mark.get("version").and_then(Value::as_i64) {
+            Some(v) if resuming => v,
             _ => chrono::Utc::now().timestamp_millis(),
         };
         let mut total = 0u64;
@@ -489,8 +504,13 @@ impl PostgresTap {
                 .await?;
             if let Some(l) = last {
                 emitter.emit(ctx.record(l, Some(version))?).await?;
+                total += 1;
             }
-            total += n + 1;
+            total += n;
+        } else if let Some(ranges) = self.ranges(client, ctx, keys, &mark).await? {
+            total += self
+                .full_table_ranges(client, ctx, &keys[0], version, ranges, st, emitter)
+                .await?;
         } else {
             let key_cols: Vec<&ColumnInfo> = keys
                 .iter()
@@ -551,6 +571,126 @@ impl PostgresTap {
             .await?;
         st.commit(id, json!({"version": version}), emitter).await?;
         Ok(total)
+    }
+
+    /// Key ranges for a parallel FULL_TABLE read: from an interrupted parallel read's state, or
+    /// split evenly between the key's minimum and maximum. `None` when the read is sequential.
+    async fn ranges(
+        &self,
+        client: &Client,
+        ctx: &Ctx<'_>,
+        keys: &[String],
+        mark: &Value,
+    ) -> anyhow::Result<Option<Vec<KeyRange>>> {
+        if let Some(saved) = mark.get("ranges").and_then(Value::as_array) {
+            let r: Vec<KeyRange> = serde_json::from_value(Value::Array(saved.clone()))?;
+            return Ok(Some(r));
+        }
+        let parts = i64::from(self.cfg.table_parallelism.unwrap_or(1));
+        if parts < 2 || keys.len() != 1 || mark.get("last_pk").is_some() {
+            return Ok(None);
+        }
+        let key = ctx.column(&keys[0])?;
+        if !matches!(key.base.as_str(), "int2" | "int4" | "int8") || key.category == "A" {
+            return Ok(None);
+        }
+        let q = quote_ident(&key.name);
+        let row = client
+            .query_one(
+                &format!(
+                    "SELECT min({q})::bigint, max({q})::bigint FROM {}",
+                    ctx.qualified()
+                ),
+                &[],
+            )
+            .await?;
+        let (Some(lo), Some(hi)): (Option<i64>, Option<i64>) = (row.get(0), row.get(1)) else {
+            return Ok(None);
+        };
+        let span = (hi - lo) / parts + 1;
+        Ok(Some(
+            (0..parts)
+                .map(|i| lo.saturating_add(i.saturating_mul(span)))
+                .filter(|from| *from <= hi)
+                .map(|from| KeyRange {
+                    from,
+                    to: from.saturating_add(span).min(hi.saturating_add(1)),
+                    after: None,
+                    done: false,
+                })
+                .collect(),
+        ))
+    }
+
+    /// Reads key ranges at once, each on its own connection in the snapshot this stream's
+    /// transaction exports, so together they see exactly one consistent table. Each range's
+    /// progress is in the state, and an interrupted read resumes every range after its last key.
+    #[allow(clippy::too_many_arguments)]
+    async fn full_table_ranges(
+        &self,
+        client: &Client,
+        ctx: &Ctx<'_>,
+        key: &str,
+        version: i64,
+        ranges: Vec<KeyRange>,
+        st: &Shared,
+        emitter: &mut Emitter,
+    ) -> anyhow::Result<u64> {
+        let id = ctx.id;
+        // The SCHEMA goes out before any reader's records.
+        emitter.flush().await?;
+        // The stream's own snapshot (the one the ranges were computed in) is exported; its
+        // transaction stays open while the readers run in it.
+        let snapshot: String = client
+            .query_one("SELECT pg_export_snapshot()", &[])
+            .await?
+            .get(0);
+        let progress = Arc::new(Mutex::new(ranges));
+        let n_ranges = progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len();
+        tracing::info!(stream = %id, ranges = n_ranges, "Reading key ranges in parallel in one snapshot.");
+        let q = quote_ident(key);
+        let readers = (0..n_ranges).map(|i| {
+            let (progress, snapshot, q, mut em) = (Arc::clone(&progress), snapshot.clone(), q.clone(), emitter.sibling());
+            async move {
+                let (client, _conn) = self.connect().await?;
+                client
+                    .batch_execute(&format!("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}", quote_literal(&snapshot)))
+                    .await?;
+                let mut rows = 0u64;
+                loop {
+                    let r = progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner)[i].clone();
+                    if r.done {
+                        break;
+                    }
+                    let lower = r.after.map_or_else(|| format!("{q} >= {}", r.from), |a| format!("{q} > {a}"));
+                    let sql = ctx.select(&format!("WHERE {lower} AND {q} < {}", r.to), &format!("ORDER BY {q}"), Some(self.cfg.chunk_rows));
+                    let (n, last) = self.emit_rows(&client, ctx, &sql, Some(version), &mut em).await?;
+                    let after = match last {
+                        Some(l) => {
+                            let k = field(&l, key)?.as_i64();
+                            em.emit(ctx.record(l, Some(version))?).await?;
+                            rows += n + 1;
+                            k
+                        }
+                        None => None,
+                    };
+                    let snapshot_of_ranges = {
+                        let mut g = progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        g[i].after = after.or(g[i].after);
+                        g[i].done = after.is_none() || n + 1 < self.cfg.chunk_rows;
+                        serde_json::to_value(&*g)?
+                    };
+                    st.commit(id, json!({"version": version, "ranges": snapshot_of_ranges}), &mut em).await?;
+                }
+                client.batch_execute("COMMIT").await?;
+                anyhow::Ok(rows)
+            }
+        });
+        let counts = futures_util::future::try_join_all(readers).await?;
+        Ok(counts.into_iter().sum())
     }
 
     async fn incremental(
