@@ -548,3 +548,74 @@ fn key_ranges_read_in_parallel_and_resume() {
         );
     }
 }
+
+/// Peak resident memory of a running ferry, from /proc (VmHWM only grows, so sampling it while
+/// the process runs gives its peak).
+fn peak_rss_kb(mut child: std::process::Child) -> u64 {
+    let status = format!("/proc/{}/status", child.id());
+    let mut peak = 0;
+    while child.try_wait().unwrap().is_none() {
+        if let Ok(text) = std::fs::read_to_string(&status) {
+            if let Some(kb) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").parse::<u64>().ok())
+            {
+                peak = peak.max(kb);
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(child.wait().unwrap().success());
+    peak
+}
+
+#[test]
+fn memory_stays_flat_from_200k_to_1m_rows() {
+    let pg = Pg::new("tap_mem");
+    pg.sql(&format!(
+        "CREATE SCHEMA \"{0}\"; CREATE TABLE \"{0}\".t (id int PRIMARY KEY, n numeric(12,2), s text, at timestamptz, j jsonb);
+         INSERT INTO \"{0}\".t SELECT i, i / 100.0, 'row ' || i, timestamptz '2026-01-01' + i * interval '1 second', jsonb_build_object('i', i) FROM generate_series(1, 1000000) i;",
+        pg.schema
+    ));
+    let d = Dir::new();
+    let mut tap: Value = serde_json::from_str(&pg.config(json!({}))).unwrap();
+    tap["schemas"] = json!([pg.schema]);
+    tap.as_object_mut().unwrap().remove("default_target_schema");
+    d.write("tap.json", &tap.to_string());
+    let cat = d
+        .run(
+            &["tap", "postgres", "--config", "tap.json", "--discover"],
+            None,
+        )
+        .ok()
+        .stdout;
+    let mut cat: Value = serde_json::from_str(&cat).unwrap();
+    cat["streams"][0]["metadata"][0]["metadata"]["selected"] = json!(true);
+    d.write("cat.json", &cat.to_string());
+    let run = |limit: &str| {
+        let mut c = d.cmd(&[
+            "-q",
+            "tap",
+            "postgres",
+            "--config",
+            "tap.json",
+            "--catalog",
+            "cat.json",
+        ]);
+        c.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        pg.sql(&format!(
+            "DELETE FROM \"{}\".t WHERE id > {limit}",
+            pg.schema
+        ));
+        peak_rss_kb(c.spawn().unwrap())
+    };
+    // Largest table first (rows are deleted for the smaller run).
+    let big = run("1000000");
+    let small = run("200000");
+    assert!(
+        big < small + 20_000,
+        "peak RSS grew from {small} kB (200k rows) to {big} kB (1M rows)"
+    );
+}
