@@ -974,9 +974,12 @@ fn encode_raw(
                 Some(b'n') => s.buf.extend_from_slice(b"\\N"),
                 Some(b't') => s.buf.extend_from_slice(b"true"),
                 Some(b'f') => s.buf.extend_from_slice(b"false"),
+                // JSON text holds no raw control characters, so a string without escapes (and a
+                // number) needs no COPY escaping at all.
                 Some(b'"') if !v.contains('\\') => {
-                    push_text(&mut s.buf, &v[1..v.len() - 1]).map_err(fail)?
+                    s.buf.extend_from_slice(&v.as_bytes()[1..v.len() - 1])
                 }
+                Some(b'-' | b'0'..=b'9') => s.buf.extend_from_slice(v.as_bytes()),
                 Some(b'"') => {
                     let owned: String =
                         serde_json::from_str(v).map_err(|_| fail("an unreadable string"))?;
