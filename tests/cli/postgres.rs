@@ -648,3 +648,49 @@ fn tls_modes() {
         ["1"]
     );
 }
+
+#[test]
+fn flattening_makes_columns_of_nested_objects() {
+    let pg = Pg::new("flat");
+    let d = Dir::new();
+    d.write(
+        "t.json",
+        &pg.config(json!({"data_flattening_max_level": 1})),
+    );
+    let props = json!({
+        "id": {"type": "integer"},
+        "address": {"type": ["null", "object"], "properties": {"city": {"type": "string"}, "geo": {"type": "object", "properties": {"lat": {"type": "number"}}}}},
+        "tags": {"type": "array", "items": {"type": "string"}}
+    });
+    let input = lines(&[
+        schema_msg("s", &["id"], props),
+        rec(
+            "s",
+            json!({"id": 1, "address": {"city": "Oslo", "geo": {"lat": 59.9}}, "tags": ["a"]}),
+        ),
+        rec("s", json!({"id": 2, "address": null, "tags": []})),
+        state(1),
+    ]);
+    d.run(&["target", "postgres", "--config", "t.json"], Some(&input))
+        .ok();
+    let cols = pg.sql(&format!(
+        "SELECT column_name || ':' || data_type FROM information_schema.columns WHERE table_schema = '{}' AND table_name = 's' ORDER BY ordinal_position",
+        pg.schema
+    ));
+    assert_eq!(
+        cols,
+        [
+            "id:bigint",
+            "address__city:text",
+            "address__geo:jsonb",
+            "tags:jsonb"
+        ]
+    );
+    assert_eq!(
+        pg.sql(&format!(
+            "SELECT id, address__city, address__geo::text, tags::text FROM \"{}\".s ORDER BY id",
+            pg.schema
+        )),
+        ["1|Oslo|{\"lat\": 59.9}|[\"a\"]", "2|||[]"]
+    );
+}

@@ -255,9 +255,6 @@ impl PostgresTarget {
     pub async fn new(config: &Value, scope: Option<&str>) -> anyhow::Result<PostgresTarget> {
         let cfg: PostgresTargetConfig = serde_json::from_value(config.clone())
             .map_err(|e| config_error(format!("target postgres config: {e}")))?;
-        if cfg.data_flattening_max_level != 0 {
-            return Err(config_error("target postgres: data_flattening_max_level > 0 is not supported yet; objects and arrays load as jsonb"));
-        }
         crate::pg::check_sslmode("target postgres", cfg.sslmode.as_deref())?;
         let (client, conn) = crate::pg::connect(
             "target postgres",
@@ -358,7 +355,14 @@ impl PostgresTarget {
         {
             self.flush_stream(&msg.stream, true).await?;
         }
-        let columns = schema::columns(&msg.schema)?;
+        let flat;
+        let schema_value = if self.cfg.data_flattening_max_level > 0 {
+            flat = flatten_schema(&msg.schema, self.cfg.data_flattening_max_level);
+            &flat
+        } else {
+            &msg.schema
+        };
+        let columns = schema::columns(schema_value)?;
         let props: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
         let mut taken = Vec::new();
         let names = column_names(&props, &mut taken);
@@ -535,6 +539,14 @@ impl PostgresTarget {
         }
         let start = s.buf.len();
         let encoded = match &msg.record {
+            _ if self.cfg.data_flattening_max_level > 0 => match msg.record.to_map() {
+                Ok(m) => {
+                    let mut flat = Map::new();
+                    flatten_record(&m, "", 0, self.cfg.data_flattening_max_level, &mut flat);
+                    encode_map(s, &flat, msg, received_at)
+                }
+                Err(_) => Err(("(record)".to_owned(), String::new(), "not a JSON object")),
+            },
             Record::Raw(raw) => encode_raw(s, raw.get(), msg, received_at),
             Record::Map(m) => encode_map(s, m, msg, received_at),
         };
@@ -873,6 +885,77 @@ impl PostgresTarget {
     /// Bytes copied for a stream.
     pub fn bytes_written(&self, stream: &str) -> u64 {
         self.streams.get(stream).map_or(0, |s| s.bytes)
+    }
+}
+
+/// PipelineWise's flattening: properties of nested objects become columns `parent__child`, down
+/// to `max` levels; deeper objects and all arrays stay JSON.
+fn flatten_schema(schema: &Value, max: u32) -> Value {
+    fn walk(
+        props: &Map<String, Value>,
+        prefix: &str,
+        level: u32,
+        max: u32,
+        out: &mut Map<String, Value>,
+    ) {
+        for (k, v) in props {
+            let name = format!("{prefix}{k}");
+            let is_object = match v.get("type") {
+                Some(Value::String(t)) => t == "object",
+                Some(Value::Array(ts)) => ts.iter().any(|t| t == "object"),
+                _ => false,
+            };
+            match v.get("properties").and_then(Value::as_object) {
+                Some(children) if is_object && level < max => {
+                    // A flattened child may be absent whenever its parent is: always nullable.
+                    let mut nullable = Map::new();
+                    walk(
+                        children,
+                        &format!("{name}__"),
+                        level + 1,
+                        max,
+                        &mut nullable,
+                    );
+                    for (ck, mut cv) in nullable {
+                        if let Some(Value::String(t)) = cv.get("type").cloned() {
+                            cv["type"] = serde_json::json!(["null", t]);
+                        }
+                        out.insert(ck, cv);
+                    }
+                }
+                _ => {
+                    out.insert(name, v.clone());
+                }
+            }
+        }
+    }
+    let mut out = schema.clone();
+    if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+        let mut flat = Map::new();
+        walk(props, "", 0, max, &mut flat);
+        out["properties"] = Value::Object(flat);
+    }
+    out
+}
+
+/// Flattens a record as [`flatten_schema`] flattens its schema.
+fn flatten_record(
+    m: &Map<String, Value>,
+    prefix: &str,
+    level: u32,
+    max: u32,
+    out: &mut Map<String, Value>,
+) {
+    for (k, v) in m {
+        let name = format!("{prefix}{k}");
+        match v {
+            Value::Object(child) if level < max => {
+                flatten_record(child, &format!("{name}__"), level + 1, max, out)
+            }
+            _ => {
+                out.insert(name, v.clone());
+            }
+        }
     }
 }
 

@@ -88,7 +88,8 @@ pub struct PostgresTargetConfig {
     /// Accepted for compatibility; ferry validates every record against its schema.
     #[serde(default)]
     pub validate_records: Option<bool>,
-    /// Only 0 (objects and arrays as jsonb) is supported.
+    /// Flatten nested objects into `parent__child` columns down to this depth (0: objects and
+    /// arrays as jsonb).
     #[serde(default)]
     pub data_flattening_max_level: u32,
     /// Map `number` to double precision instead of numeric.
