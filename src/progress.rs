@@ -64,7 +64,6 @@ struct StreamProgress {
 /// Per-stream progress of one run.
 pub struct Progress {
     streams: HashMap<String, StreamProgress>,
-    totals: HashMap<String, u64>,
 }
 
 impl Default for Progress {
@@ -78,25 +77,14 @@ impl Progress {
     pub fn new() -> Progress {
         Progress {
             streams: HashMap::new(),
-            totals: HashMap::new(),
-        }
-    }
-
-    /// Sets the expected row count of a stream (from a tap's estimate), for total and ETA.
-    pub fn set_total(&mut self, stream: &str, total: u64) {
-        self.totals.insert(stream.to_owned(), total);
-        if let Some(bar) = self.streams.get(stream).and_then(|s| s.bar.as_ref()) {
-            bar.set_length(total);
         }
     }
 
     /// Adds rows loaded for a stream; called once per chunk, not per row.
     pub fn add(&mut self, stream: &str, rows: u64) {
-        let totals = &self.totals;
         let sp = self.streams.entry(stream.to_owned()).or_insert_with(|| {
-            let bar =
-                bars().map(|m| {
-                    let bar = match totals.get(stream).copied().or_else(|| expected_rows(stream)) {
+            let bar = bars().map(|m| {
+                let bar = match expected_rows(stream) {
                     Some(t) => ProgressBar::new(t).with_style(
                         ProgressStyle::with_template(
                             "{prefix:>20} {bar:30} {human_pos}/{human_len} rows {rate} eta {eta}",
@@ -112,10 +100,10 @@ impl Progress {
                         .with_key("rate", rate),
                     ),
                 };
-                    let bar = m.add(bar);
-                    bar.set_prefix(stream.to_owned());
-                    bar
-                });
+                let bar = m.add(bar);
+                bar.set_prefix(stream.to_owned());
+                bar
+            });
             let now = Instant::now();
             StreamProgress {
                 bar,
