@@ -619,3 +619,32 @@ fn memory_stays_flat_from_200k_to_1m_rows() {
         "peak RSS grew from {small} kB (200k rows) to {big} kB (1M rows)"
     );
 }
+
+#[test]
+fn a_partitioned_table_is_one_stream() {
+    let pg = Pg::new("tap_part");
+    pg.sql(&format!(
+        "CREATE SCHEMA \"{0}\"; CREATE TABLE \"{0}\".ev (id int, at date, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+         CREATE TABLE \"{0}\".ev_2024 PARTITION OF \"{0}\".ev FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+         CREATE TABLE \"{0}\".ev_2025 PARTITION OF \"{0}\".ev FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+         INSERT INTO \"{0}\".ev VALUES (1, '2024-05-01'), (2, '2025-05-01');",
+        pg.schema
+    ));
+    let d = Dir::new();
+    project(&d, &pg, json!({}), jsonl_target());
+    d.run(&["discover", "p"], None).ok();
+    let cat = d.json("catalogs/p.json");
+    let ids: Vec<&str> = cat["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["tap_stream_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [format!("{}-ev", pg.schema)]);
+    d.run(&["select", "p", "*"], None).ok();
+    d.run(&["sync", "p"], None).ok();
+    assert_eq!(
+        stream_rows(&d, &format!("out/{}-ev.jsonl", pg.schema)).len(),
+        2
+    );
+}
