@@ -648,3 +648,23 @@ fn a_partitioned_table_is_one_stream() {
         2
     );
 }
+
+#[test]
+fn key_ranges_cover_the_whole_of_bigint() {
+    let pg = Pg::new("tap_span");
+    pg.sql(&format!(
+        "CREATE SCHEMA \"{0}\"; CREATE TABLE \"{0}\".t (id bigint PRIMARY KEY); INSERT INTO \"{0}\".t VALUES (-9223372036854775808), (-1), (0), (42), (9223372036854775807);",
+        pg.schema
+    ));
+    let d = Dir::new();
+    project(&d, &pg, json!({"table_parallelism": 3}), jsonl_target());
+    d.run(&["discover", "p"], None).ok();
+    d.run(&["select", "p", "*"], None).ok();
+    d.run(&["sync", "p"], None).ok();
+    let mut ids: Vec<i64> = stream_rows(&d, &format!("out/{}-t.jsonl", pg.schema))
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, [i64::MIN, -1, 0, 42, i64::MAX]);
+}

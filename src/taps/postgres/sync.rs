@@ -120,8 +120,8 @@ fn literal(v: &Value, sql_type: &str) -> String {
 struct KeyRange {
     /// First key of the range.
     from: i64,
-    /// First key after the range.
-    to: i64,
+    /// First key after the range; none for the last range.
+    to: Option<i64>,
     /// Last key read so far.
     after: Option<i64>,
     /// Whether the range is read to its end.
@@ -132,28 +132,31 @@ struct KeyRange {
 /// stream's records before it are in the channel (the emitter is flushed first), so a STATE that
 /// any stream emits never covers records still waiting in another stream's buffer.
 #[derive(Clone)]
-struct Shared(Arc<Mutex<Value>>);
+struct Shared(Arc<tokio::sync::Mutex<Value>>);
 
 impl Shared {
-    fn bookmark(&self, id: &str) -> Option<Value> {
-        let g = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        state::bookmark(&g, id).cloned()
+    async fn bookmark(&self, id: &str) -> Option<Value> {
+        state::bookmark(&*self.0.lock().await, id).cloned()
+    }
+
+    /// Flushes this stream's records, then sets its bookmark to what `mark` computes and emits
+    /// the STATE, all under the lock: STATEs leave in the order their bookmarks were set, so no
+    /// stream's bookmark ever goes back.
+    async fn commit_with(
+        &self,
+        id: &str,
+        emitter: &mut Emitter,
+        mark: impl FnOnce() -> anyhow::Result<Value>,
+    ) -> anyhow::Result<()> {
+        emitter.flush().await?;
+        let mut g = self.0.lock().await;
+        state::set_bookmark(&mut g, id, Some(mark()?));
+        let snapshot = g.clone();
+        emitter.emit(Message::state(snapshot)).await
     }
 
     async fn commit(&self, id: &str, mark: Value, emitter: &mut Emitter) -> anyhow::Result<()> {
-        emitter.flush().await?;
-        let snapshot = {
-            let mut g = self
-                .0
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            state::set_bookmark(&mut g, id, Some(mark));
-            g.clone()
-        };
-        emitter.emit(Message::state(snapshot)).await
+        self.commit_with(id, emitter, || Ok(mark)).await
     }
 }
 
@@ -283,7 +286,7 @@ impl PostgresTap {
     ) -> anyhow::Result<SourceOutcome> {
         let limit = self.cfg.max_parallel_streams.unwrap_or(1).max(1) as usize;
         let streams: Vec<CatalogStream> = catalog.selected().cloned().collect();
-        let shared = Shared(Arc::new(Mutex::new(st)));
+        let shared = Shared(Arc::new(tokio::sync::Mutex::new(st)));
         let tap = Arc::new(self);
         let mut outcome = SourceOutcome::default();
         // Up to `max_parallel_streams` streams at once, each on its own connection and in its
@@ -330,10 +333,7 @@ impl PostgresTap {
             }
         }
         let fin = {
-            let mut g = shared
-                .0
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut g = shared.0.lock().await;
             if let Value::Object(m) = &mut *g {
                 m.insert(state::CURRENTLY_SYNCING.into(), Value::Null);
             }
@@ -488,7 +488,7 @@ impl PostgresTap {
         emitter: &mut Emitter,
     ) -> anyhow::Result<u64> {
         let id = ctx.id;
-        let mark = st.bookmark(id).unwrap_or(Value::Null);
+        let mark = st.bookmark(id).await.unwrap_or(Value::Null);
         let resume: Option<Vec<Value>> = mark.get("last_pk").and_then(Value::as_array).cloned();
         // An interrupted read (sequential or by ranges) keeps its table version.
         let resuming = resume.is_some() || mark.get("ranges").is_some();
@@ -607,19 +607,27 @@ impl PostgresTap {
         let (Some(lo), Some(hi)): (Option<i64>, Option<i64>) = (row.get(0), row.get(1)) else {
             return Ok(None);
         };
-        let span = (hi - lo) / parts + 1;
-        Ok(Some(
-            (0..parts)
-                .map(|i| lo.saturating_add(i.saturating_mul(span)))
-                .filter(|from| *from <= hi)
-                .map(|from| KeyRange {
-                    from,
-                    to: from.saturating_add(span).min(hi.saturating_add(1)),
-                    after: None,
-                    done: false,
-                })
-                .collect(),
-        ))
+        // In i128: a key span can cover the whole of i64. The last range has no upper bound.
+        let span = (i128::from(hi) - i128::from(lo)) / i128::from(parts) + 1;
+        let mut out = Vec::new();
+        for i in 0..i128::from(parts) {
+            let from = i128::from(lo) + i * span;
+            if from > i128::from(hi) {
+                break;
+            }
+            let to = from + span;
+            let to = (to <= i128::from(hi)).then(|| i64::try_from(to).unwrap_or(i64::MAX));
+            out.push(KeyRange {
+                from: i64::try_from(from).unwrap_or(i64::MAX),
+                to,
+                after: None,
+                done: false,
+            });
+        }
+        if let Some(last) = out.last_mut() {
+            last.to = None;
+        }
+        Ok(Some(out))
     }
 
     /// Reads key ranges at once, each on its own connection in the snapshot this stream's
@@ -666,7 +674,8 @@ impl PostgresTap {
                         break;
                     }
                     let lower = r.after.map_or_else(|| format!("{q} >= {}", r.from), |a| format!("{q} > {a}"));
-                    let sql = ctx.select(&format!("WHERE {lower} AND {q} < {}", r.to), &format!("ORDER BY {q}"), Some(self.cfg.chunk_rows));
+                    let upper = r.to.map(|t| format!(" AND {q} < {t}")).unwrap_or_default();
+                    let sql = ctx.select(&format!("WHERE {lower}{upper}"), &format!("ORDER BY {q}"), Some(self.cfg.chunk_rows));
                     let (n, last) = self.emit_rows(&client, ctx, &sql, Some(version), &mut em).await?;
                     let after = match last {
                         Some(l) => {
@@ -677,13 +686,16 @@ impl PostgresTap {
                         }
                         None => None,
                     };
-                    let snapshot_of_ranges = {
+                    // The progress moves only after this reader's rows are in the channel, and under
+                    // the state lock, so no STATE covers rows another reader still holds.
+                    let chunk_full = n + 1 >= self.cfg.chunk_rows;
+                    st.commit_with(id, &mut em, || {
                         let mut g = progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                         g[i].after = after.or(g[i].after);
-                        g[i].done = after.is_none() || n + 1 < self.cfg.chunk_rows;
-                        serde_json::to_value(&*g)?
-                    };
-                    st.commit(id, json!({"version": version, "ranges": snapshot_of_ranges}), &mut em).await?;
+                        g[i].done = after.is_none() || !chunk_full;
+                        Ok(json!({"version": version, "ranges": serde_json::to_value(&*g)?}))
+                    })
+                    .await?;
                 }
                 client.batch_execute("COMMIT").await?;
                 anyhow::Ok(rows)
@@ -723,6 +735,7 @@ impl PostgresTap {
         }
         let bm = st
             .bookmark(id)
+            .await
             .and_then(|b| b.get("replication_key_value").cloned());
         let upper = format!("{q} <= {}", literal(&signpost, &col.sql_type));
         let where_ = match &bm {
@@ -812,6 +825,7 @@ impl PostgresTap {
             .get(0);
         let bm = st
             .bookmark(id)
+            .await
             .and_then(|b| b.get("xmin").and_then(Value::as_i64));
         let epoch = |x: i64| x >> 32;
         let low = |x: i64| x & 0xFFFF_FFFF;
