@@ -694,3 +694,55 @@ fn flattening_makes_columns_of_nested_objects() {
         ["1|Oslo|{\"lat\": 59.9}|[\"a\"]", "2|||[]"]
     );
 }
+
+/// A full-table load resumed after its last chunk sends ACTIVATE_VERSION with no new records of
+/// the version: the rows that vanished at the source must still go.
+#[test]
+fn activate_version_after_a_resumed_load() {
+    let pg = Pg::new("ver_resume");
+    let d = Dir::new();
+    d.write(
+        "t.json",
+        &pg.config(json!({"add_metadata_columns": true, "hard_delete": true})),
+    );
+    let schema = schema_msg("s", &["id"], json!({"id": {"type": "integer"}}));
+    let rec_v = |id: i64, v: i64| json!({"type": "RECORD", "stream": "s", "record": {"id": id}, "version": v});
+    // Version 1: rows 1..3, activated.
+    d.run(
+        &["target", "postgres", "--config", "t.json"],
+        Some(&lines(&[
+            schema.clone(),
+            rec_v(1, 1),
+            rec_v(2, 1),
+            rec_v(3, 1),
+            json!({"type": "ACTIVATE_VERSION", "stream": "s", "version": 1}),
+            state(1),
+        ])),
+    )
+    .ok();
+    // Version 2 is loaded (rows 1 and 3), but the run stops before its ACTIVATE_VERSION.
+    d.run(
+        &["target", "postgres", "--config", "t.json"],
+        Some(&lines(&[
+            schema.clone(),
+            rec_v(1, 2),
+            rec_v(3, 2),
+            state(2),
+        ])),
+    )
+    .ok();
+    // The resumed run has nothing left to read and only activates version 2.
+    d.run(
+        &["target", "postgres", "--config", "t.json"],
+        Some(&lines(&[
+            schema,
+            json!({"type": "ACTIVATE_VERSION", "stream": "s", "version": 2}),
+            state(3),
+        ])),
+    )
+    .ok();
+    assert_eq!(
+        pg.sql(&format!("SELECT id FROM \"{}\".s ORDER BY id", pg.schema)),
+        ["1", "3"]
+    );
+}

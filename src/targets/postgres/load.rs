@@ -756,20 +756,34 @@ impl PostgresTarget {
         let Some(v) = s.activate.take() else {
             return Ok(());
         };
-        // A tap may send ACTIVATE_VERSION before the version's records: acting on it then would
-        // empty the table while the reload runs. It counts only once records of it arrived.
-        if !s.versions.contains(&v) {
-            tracing::debug!(
-                stream,
-                version = v,
-                "ACTIVATE_VERSION before any record of that version; nothing to replace yet."
-            );
-            return Ok(());
-        }
         let qt = qualified(&s.schema, &s.table);
         if !s.cols.iter().any(|c| c.name == TABLE_VERSION) {
             tracing::info!(stream, "ACTIVATE_VERSION needs add_metadata_columns (the _sdc_table_version column); rows of older versions are kept.");
             return Ok(());
+        }
+        // A tap may send ACTIVATE_VERSION before the version's records: acting on it then would
+        // empty the table while the reload runs. It counts once records of it are in the table:
+        // from this run, or committed by an earlier run that this one resumes.
+        if !s.versions.contains(&v) {
+            let present: bool = self
+                .client
+                .query_one(
+                    &format!(
+                        "SELECT EXISTS (SELECT 1 FROM {qt} WHERE {} = $1)",
+                        quote_ident(TABLE_VERSION)
+                    ),
+                    &[&v],
+                )
+                .await?
+                .get(0);
+            if !present {
+                tracing::debug!(
+                    stream,
+                    version = v,
+                    "ACTIVATE_VERSION before any record of that version; nothing to replace yet."
+                );
+                return Ok(());
+            }
         }
         let ver = quote_ident(TABLE_VERSION);
         let n = if self.cfg.hard_delete {
