@@ -42,7 +42,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Sync(a) => sync::run(a, &g).await,
         Command::Discover(a) => discover::run(a, &g).await,
         Command::Select(a) => discover::select(a, &g),
-        Command::State(a) => state::run(a, &g),
+        Command::State(a) => state::run(a, &g).await,
     }
 }
 

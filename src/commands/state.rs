@@ -9,12 +9,27 @@ use crate::project::Project;
 use crate::singer::state;
 use crate::state_store::StateStore;
 
+/// A built-in target that keeps the state with its data would otherwise hand the old state back
+/// on the next run (it takes it for a state file that missed its last commit).
+async fn forget_target_state(p: &crate::project::Pipeline) -> anyhow::Result<()> {
+    if let crate::project::ConnectorKind::Builtin(name) = &p.target.kind {
+        crate::targets::Target::new(name, &p.target.config, Some(&p.name))
+            .await?
+            .forget_state()
+            .await?;
+    }
+    Ok(())
+}
+
 /// Runs the state operation.
 ///
 /// # Errors
 /// Config errors, a held lock, an invalid value.
-pub fn run(a: StateArgs, g: &Globals) -> anyhow::Result<i32> {
+pub async fn run(a: StateArgs, g: &Globals) -> anyhow::Result<i32> {
     let project = Project::load(g.project.as_deref())?;
+    // Target configs name folders relative to the project, as in `ferry sync`.
+    std::env::set_current_dir(&project.dir)
+        .map_err(|e| anyhow::anyhow!("cannot enter {}: {e}", project.dir.display()))?;
     match a.action {
         StateAction::Show { pipeline, stream } => {
             let p = project.pipeline(&pipeline)?;
@@ -47,6 +62,7 @@ pub fn run(a: StateArgs, g: &Globals) -> anyhow::Result<i32> {
                 }
             }
             store.write(&st)?;
+            forget_target_state(p).await?;
         }
         StateAction::Clear { pipeline, stream } => {
             let p = project.pipeline(&pipeline)?;
@@ -57,6 +73,7 @@ pub fn run(a: StateArgs, g: &Globals) -> anyhow::Result<i32> {
                 None => st = state::empty(),
             }
             store.write(&st)?;
+            forget_target_state(p).await?;
         }
     }
     Ok(0)

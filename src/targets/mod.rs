@@ -145,6 +145,18 @@ impl Target {
         }
     }
 
+    /// Forgets the state this target committed with its data (after `ferry state set/clear`),
+    /// so that recovery does not bring the old state back.
+    ///
+    /// # Errors
+    /// When the target's own record cannot be changed.
+    pub async fn forget_state(&mut self) -> anyhow::Result<()> {
+        match self {
+            Target::File(t) => t.forget_state(),
+            Target::Postgres(t) => t.forget_state().await,
+        }
+    }
+
     /// Bytes written for a stream in this run.
     pub fn bytes_written(&self, stream: &str) -> u64 {
         match self {

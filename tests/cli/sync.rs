@@ -302,3 +302,17 @@ fn partial_run_keeps_the_good_streams() {
     assert_eq!(r["status"], "partial");
     assert_eq!(r["failed_streams"][0]["stream"], "orders");
 }
+
+#[test]
+fn state_clear_is_not_undone_by_the_targets_record() {
+    let d = project();
+    d.run(&["sync", "shop"], None).ok();
+    d.run(&["state", "clear", "shop"], None).ok();
+    assert_eq!(d.json("state/shop.json"), json!({}));
+    d.run(&["sync", "shop"], None).ok();
+    assert_eq!(
+        ids(&d, "out/customers.jsonl"),
+        [1, 2, 1, 2],
+        "a cleared state starts over"
+    );
+}

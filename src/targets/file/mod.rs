@@ -610,6 +610,20 @@ impl FileTarget {
         })
     }
 
+    /// Drops the state kept in the commit log (file lengths stay).
+    ///
+    /// # Errors
+    /// When the commit log cannot be written.
+    pub fn forget_state(&mut self) -> anyhow::Result<()> {
+        let mut log = self.read_log()?;
+        if log.state.is_none() && log.prev_state.is_none() {
+            return Ok(());
+        }
+        log.state = None;
+        log.prev_state = None;
+        self.write_log(&log)
+    }
+
     /// Bytes appended for a stream in this run.
     pub fn bytes_written(&self, stream: &str) -> u64 {
         self.streams.get(stream).map_or(0, |s| s.bytes)

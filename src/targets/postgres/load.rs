@@ -896,6 +896,31 @@ impl PostgresTarget {
         Ok(Some(Recovered { prev, state }))
     }
 
+    /// Deletes this pipeline's row of the state table.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn forget_state(&mut self) -> anyhow::Result<()> {
+        let Some(table) = &self.cfg.state_table else {
+            return Ok(());
+        };
+        let qt = qualified(&self.cfg.default_target_schema, &fold(table));
+        let exists: bool = self
+            .client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&qt])
+            .await?
+            .get(0);
+        if exists {
+            self.client
+                .execute(
+                    &format!("DELETE FROM {qt} WHERE pipeline = $1"),
+                    &[&self.scope],
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Bytes copied for a stream.
     pub fn bytes_written(&self, stream: &str) -> u64 {
         self.streams.get(stream).map_or(0, |s| s.bytes)
