@@ -316,3 +316,24 @@ fn state_clear_is_not_undone_by_the_targets_record() {
         "a cleared state starts over"
     );
 }
+
+#[test]
+fn two_pipelines_sharing_a_folder_keep_each_others_rows() {
+    let d = Dir::new();
+    d.write(
+        "ferry.yml",
+        "pipelines:\n  a:\n    tap: { name: csv, config: { files: [{ entity: users, path: a.csv }] } }\n    target: { name: jsonl, config: { destination_path: out } }\n  b:\n    tap: { name: csv, config: { files: [{ entity: users, path: b.csv }] } }\n    target: { name: jsonl, config: { destination_path: out } }\n",
+    );
+    d.write("a.csv", "id\n1\n2\n");
+    d.write("b.csv", "id\n3\n");
+    d.run(&["sync", "a"], None).ok();
+    d.run(&["sync", "b"], None).ok();
+    d.write("a.csv", "id\n1\n2\n4\n");
+    touch_later(&d, "a.csv", 5);
+    d.run(&["sync", "a"], None).ok();
+    assert_eq!(
+        ids(&d, "out/users.jsonl"),
+        [1, 2, 3, 1, 2, 4],
+        "b's committed row survives a's next run"
+    );
+}

@@ -64,7 +64,7 @@ pub struct FileTargetConfig {
     #[serde(default)]
     pub quotechar: Option<String>,
     /// The pipeline this target loads for; set by `ferry sync`, so pipelines sharing a folder
-    /// keep separate commit logs.
+    /// keep their states apart in its commit log.
     #[serde(default)]
     pub commit_scope: Option<String>,
 }
@@ -113,9 +113,17 @@ struct FileMark {
     header: Option<String>,
 }
 
+/// The commit log of a folder: one per folder (every pipeline writing there shares the files'
+/// committed lengths), with each pipeline's state kept apart.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct CommitLog {
     files: BTreeMap<String, FileMark>,
+    #[serde(default)]
+    states: BTreeMap<String, ScopeState>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct ScopeState {
     #[serde(default)]
     state: Option<Value>,
     #[serde(default)]
@@ -168,6 +176,7 @@ pub struct FileTarget {
     quote: u8,
     dir: PathBuf,
     log_path: PathBuf,
+    scope: String,
     streams: HashMap<String, StreamFile>,
     // Held while the target lives: two writers of one commit log would corrupt each other.
     _lock: File,
@@ -249,12 +258,8 @@ impl FileTarget {
             .commit_scope
             .as_deref()
             .map_or_else(|| "pipe".to_owned(), file_stem);
-        let log_path = cfg
-            .destination_path
-            .join(format!(".ferry-commit-{scope}.json"));
-        let lock_path = cfg
-            .destination_path
-            .join(format!(".ferry-commit-{scope}.lock"));
+        let log_path = cfg.destination_path.join(".ferry-commit.json");
+        let lock_path = cfg.destination_path.join(".ferry-commit.lock");
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -274,6 +279,7 @@ impl FileTarget {
             quote,
             dir: cfg.destination_path,
             log_path,
+            scope,
             streams: HashMap::new(),
             _lock: lock,
         })
@@ -588,8 +594,9 @@ impl FileTarget {
             );
         }
         if let Some(s) = state {
-            log.prev_state = log.state.take();
-            log.state = Some(s.clone());
+            let mine = log.states.entry(self.scope.clone()).or_default();
+            mine.prev_state = mine.state.take();
+            mine.state = Some(s.clone());
         }
         self.write_log(&log)
     }
@@ -599,8 +606,9 @@ impl FileTarget {
     /// # Errors
     /// When the commit log is unreadable.
     pub fn recover(&self) -> anyhow::Result<Option<Recovered>> {
-        let log = self.read_log()?;
-        Ok(match (log.prev_state, log.state) {
+        let mut log = self.read_log()?;
+        let mine = log.states.remove(&self.scope).unwrap_or_default();
+        Ok(match (mine.prev_state, mine.state) {
             (Some(prev), Some(state)) => Some(Recovered { prev, state }),
             (None, Some(state)) => Some(Recovered {
                 prev: crate::singer::state::empty(),
@@ -616,11 +624,9 @@ impl FileTarget {
     /// When the commit log cannot be written.
     pub fn forget_state(&mut self) -> anyhow::Result<()> {
         let mut log = self.read_log()?;
-        if log.state.is_none() && log.prev_state.is_none() {
+        if log.states.remove(&self.scope).is_none() {
             return Ok(());
         }
-        log.state = None;
-        log.prev_state = None;
         self.write_log(&log)
     }
 
