@@ -111,6 +111,10 @@ struct FileMark {
     len: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     header: Option<String>,
+    /// During a CSV header rewrite: the mark in the old layout, in case the rename never
+    /// happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    alt: Option<Box<FileMark>>,
 }
 
 /// The commit log of a folder: one per folder (every pipeline writing there shares the files'
@@ -166,6 +170,24 @@ impl StreamFile {
         }
         Ok(())
     }
+}
+
+fn read_log_at(path: &Path) -> anyhow::Result<CommitLog> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => serde_json::from_str(&t).with_context(|| {
+            format!(
+                "the commit log {} is corrupt; remove it to start over",
+                path.display()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(CommitLog::default()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+fn write_log_at(path: &Path, log: &CommitLog) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(log)?;
+    write_atomic(path, text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// The `csv`/`jsonl` target.
@@ -286,22 +308,11 @@ impl FileTarget {
     }
 
     fn read_log(&self) -> anyhow::Result<CommitLog> {
-        match std::fs::read_to_string(&self.log_path) {
-            Ok(t) => serde_json::from_str(&t).with_context(|| {
-                format!(
-                    "the commit log {} is corrupt; remove it to start over",
-                    self.log_path.display()
-                )
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(CommitLog::default()),
-            Err(e) => Err(e).with_context(|| format!("cannot read {}", self.log_path.display())),
-        }
+        read_log_at(&self.log_path)
     }
 
     fn write_log(&self, log: &CommitLog) -> anyhow::Result<()> {
-        let text = serde_json::to_string_pretty(log)?;
-        write_atomic(&self.log_path, text.as_bytes())
-            .with_context(|| format!("cannot write {}", self.log_path.display()))
+        write_log_at(&self.log_path, log)
     }
 
     fn read_header(&self, file: &mut File) -> anyhow::Result<(Vec<String>, Option<String>)> {
@@ -352,7 +363,19 @@ impl FileTarget {
             (columns, header) = self.read_header(&mut file)?;
         }
         let mut log = self.read_log()?;
-        if let Some(mark) = log.files.get(&name) {
+        if let Some(found) = log.files.get(&name) {
+            // A CSV header rewrite interrupted before its rename leaves the old layout: its mark
+            // is kept as `alt`.
+            let mark = match &found.alt {
+                Some(alt)
+                    if self.format == Format::Csv
+                        && found.header != header
+                        && alt.header == header =>
+                {
+                    alt.as_ref()
+                }
+                _ => found,
+            };
             // An empty committed file has no layout to disagree with.
             let same_layout =
                 self.format == Format::Jsonl || mark.header == header || mark.len == 0;
@@ -372,6 +395,7 @@ impl FileTarget {
                 FileMark {
                     len,
                     header: header.clone(),
+                    alt: None,
                 },
             );
             self.write_log(&log)?;
@@ -428,7 +452,12 @@ impl FileTarget {
     }
 
     fn widen_csv(&mut self, stream: &str, new: Vec<String>) -> anyhow::Result<()> {
-        let (delim, quote, dir) = (self.delimiter, self.quote, self.dir.clone());
+        let (delim, quote, dir, log_path) = (
+            self.delimiter,
+            self.quote,
+            self.dir.clone(),
+            self.log_path.clone(),
+        );
         let sf = self.streams.get_mut(stream).context("stream file")?;
         sf.drain()?;
         let path = dir.join(&sf.name);
@@ -482,6 +511,23 @@ impl FileTarget {
         }
         drop(r);
         tmp.as_file().sync_all()?;
+        // Before the rename: the committed length in the new layout, with the old layout's mark
+        // beside it, so that recovery cuts the right tail whichever file a crash leaves.
+        let mut log = read_log_at(&log_path)?;
+        let old_mark = FileMark {
+            len: sf.committed,
+            header: sf.header.clone(),
+            alt: None,
+        };
+        log.files.insert(
+            sf.name.clone(),
+            FileMark {
+                len: new_committed.unwrap_or(out_len),
+                header: Some(header.clone()),
+                alt: Some(Box::new(old_mark)),
+            },
+        );
+        write_log_at(&log_path, &log)?;
         tmp.persist(&path)
             .map_err(|e| e.error)
             .with_context(|| format!("cannot replace {}", path.display()))?;
@@ -492,15 +538,7 @@ impl FileTarget {
         sf.committed = new_committed.unwrap_or(out_len);
         sf.columns = columns;
         sf.header = Some(header);
-        // The file's layout changed: record the committed length in the new layout at once.
-        let mark = FileMark {
-            len: sf.committed,
-            header: sf.header.clone(),
-        };
-        let name = sf.name.clone();
-        let mut log = self.read_log()?;
-        log.files.insert(name, mark);
-        self.write_log(&log)
+        Ok(())
     }
 
     /// Buffers one record.
@@ -590,6 +628,7 @@ impl FileTarget {
                 FileMark {
                     len: sf.committed,
                     header: sf.header.clone(),
+                    alt: None,
                 },
             );
         }
@@ -638,5 +677,69 @@ impl FileTarget {
     /// The folder files go to.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn schema(props: &[&str]) -> SchemaMessage {
+        let p: serde_json::Map<String, Value> = props
+            .iter()
+            .map(|p| ((*p).to_owned(), json!({"type": "string"})))
+            .collect();
+        SchemaMessage {
+            stream: "s".into(),
+            schema: json!({"properties": p}),
+            key_properties: vec![],
+            bookmark_properties: None,
+            extra: serde_json::Map::new(),
+        }
+    }
+
+    /// A crash in the middle of a CSV header rewrite, on either side of the rename: the next
+    /// open cuts the file back to what was committed, in whichever layout it finds.
+    #[test]
+    fn interrupted_header_rewrite_is_repaired_either_way() {
+        for renamed in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("s.csv");
+            let (old_h, new_h) = ("a\n".to_owned(), "a,b\n".to_owned());
+            // Committed: one row. Uncommitted tail: one more row.
+            let file = if renamed {
+                "a,b\n1,\n2,\n"
+            } else {
+                "a\n1\n2\n"
+            };
+            std::fs::write(&path, file).unwrap();
+            let old_mark = FileMark {
+                len: (old_h.len() + 2) as u64,
+                header: Some(old_h.clone()),
+                alt: None,
+            };
+            let mut log = CommitLog::default();
+            log.files.insert(
+                "s.csv".into(),
+                FileMark {
+                    len: (new_h.len() + 3) as u64,
+                    header: Some(new_h.clone()),
+                    alt: Some(Box::new(old_mark)),
+                },
+            );
+            write_log_at(&dir.path().join(".ferry-commit.json"), &log).unwrap();
+            let mut t =
+                FileTarget::new(Format::Csv, &json!({"destination_path": dir.path()}), None)
+                    .unwrap();
+            t.schema(&schema(&["a", "b"])).unwrap();
+            t.commit(None).unwrap();
+            // The uncommitted row 2 is gone; the committed row 1 is there, in the new layout.
+            assert_eq!(
+                std::fs::read_to_string(&path).unwrap(),
+                "a,b\n1,\n",
+                "renamed={renamed}"
+            );
+        }
     }
 }
