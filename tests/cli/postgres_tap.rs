@@ -9,10 +9,31 @@ use crate::postgres::Pg;
 use crate::util::Dir;
 
 /// A project with one pipeline from `pg`'s schema into a JSON-lines folder (or another target).
-fn project(d: &Dir, pg: &Pg, tap_extra: Value, target: &str) {
-    let mut tap: Value = serde_json::from_str(&pg.config(tap_extra)).unwrap();
+/// The tap's config for `pg`'s schema.
+fn tap_config(pg: &Pg, extra: Value) -> Value {
+    let mut tap: Value = serde_json::from_str(&pg.config(extra)).unwrap();
     tap.as_object_mut().unwrap().remove("default_target_schema");
     tap["schemas"] = json!([pg.schema]);
+    tap
+}
+
+/// `tap.json` and a discovered `cat.json` with its first stream selected, for `ferry tap`.
+fn tap_files(d: &Dir, pg: &Pg) {
+    d.write("tap.json", &tap_config(pg, json!({})).to_string());
+    let cat = d
+        .run(
+            &["tap", "postgres", "--config", "tap.json", "--discover"],
+            None,
+        )
+        .ok()
+        .stdout;
+    let mut cat: Value = serde_json::from_str(&cat).unwrap();
+    cat["streams"][0]["metadata"][0]["metadata"]["selected"] = json!(true);
+    d.write("cat.json", &cat.to_string());
+}
+
+fn project(d: &Dir, pg: &Pg, tap_extra: Value, target: &str) {
+    let tap = tap_config(pg, tap_extra);
     d.write(
         "ferry.yml",
         &format!("pipelines:\n  p:\n    tap: {{ name: postgres, config: {tap}, catalog: catalogs/p.json }}\n    target: {target}\n    commit_interval_secs: 0.01\n"),
@@ -346,20 +367,7 @@ fn python_target_jsonl_consumes_the_tap() {
         pg.schema
     ));
     let d = Dir::new();
-    let mut tap: Value = serde_json::from_str(&pg.config(json!({}))).unwrap();
-    tap["schemas"] = json!([pg.schema]);
-    tap.as_object_mut().unwrap().remove("default_target_schema");
-    d.write("tap.json", &tap.to_string());
-    let cat = d
-        .run(
-            &["tap", "postgres", "--config", "tap.json", "--discover"],
-            None,
-        )
-        .ok()
-        .stdout;
-    let mut cat: Value = serde_json::from_str(&cat).unwrap();
-    cat["streams"][0]["metadata"][0]["metadata"]["selected"] = json!(true);
-    d.write("cat.json", &cat.to_string());
+    tap_files(&d, &pg);
     d.write(
         "t.json",
         r#"{"destination_path": "out", "do_timestamp_file": false}"#,
@@ -579,20 +587,7 @@ fn memory_stays_flat_from_200k_to_1m_rows() {
         pg.schema
     ));
     let d = Dir::new();
-    let mut tap: Value = serde_json::from_str(&pg.config(json!({}))).unwrap();
-    tap["schemas"] = json!([pg.schema]);
-    tap.as_object_mut().unwrap().remove("default_target_schema");
-    d.write("tap.json", &tap.to_string());
-    let cat = d
-        .run(
-            &["tap", "postgres", "--config", "tap.json", "--discover"],
-            None,
-        )
-        .ok()
-        .stdout;
-    let mut cat: Value = serde_json::from_str(&cat).unwrap();
-    cat["streams"][0]["metadata"][0]["metadata"]["selected"] = json!(true);
-    d.write("cat.json", &cat.to_string());
+    tap_files(&d, &pg);
     let run = |limit: &str| {
         let mut c = d.cmd(&[
             "-q",
