@@ -2,6 +2,8 @@
 # The test command. On a fresh machine it installs what the tests need first:
 #   - the Python Singer packages the interop tests run (target-jsonl, the Meltano SDK's
 #     tap-jsonl), each in its own venv because their pins conflict;
+#   - the `duckdb` and `pyarrow` Python packages, as independent readers of DuckDB/Parquet output;
+#   - a prebuilt libduckdb.so (.ci/libduckdb.sh), so the build links DuckDB instead of compiling it;
 #   - a running PostgreSQL (started if it is down), for the database connectors.
 # Build output and venvs live outside the clone (~/.cache/ferry), so repeated runs are fast.
 set -euo pipefail
@@ -30,6 +32,8 @@ venv() {
 venv target-jsonl target-jsonl==0.1.4
 venv tap-jsonl tap-jsonl==0.3.1
 venv pipelinewise-target-postgres pipelinewise-target-postgres==2.1.2
+# Independent readers of what the DuckDB and Parquet targets write (same DuckDB version as ferry's).
+venv readers duckdb==1.5.6 pyarrow==26.0.1
 export PATH
 export FERRY_REQUIRE_INTEROP=1
 
@@ -40,4 +44,7 @@ if command -v pg_isready >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; the
   fi
 fi
 
-cargo test --locked "$@"
+# shellcheck source=.ci/libduckdb.sh
+. .ci/libduckdb.sh
+# shellcheck disable=SC2086 # FERRY_CARGO_FEATURES is a list of flags
+cargo test --locked $FERRY_CARGO_FEATURES "$@"

@@ -84,18 +84,53 @@ pub fn columns(schema: &Value) -> Result<Vec<Column>, SchemaError> {
     props
         .iter()
         .map(|(name, s)| {
-            let (ty, nullable) = column_type(s);
+            let (mut ty, nullable) = column_type(s);
+            let sql_hint = s
+                .get("x-sql-datatype")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            // `numeric(p,s)` from the source gives an exact decimal its dimensions.
+            if matches!(
+                ty,
+                ColumnType::Number
+                    | ColumnType::Decimal {
+                        precision: None,
+                        ..
+                    }
+            ) {
+                if let Some((p, sc)) = sql_hint.as_deref().and_then(numeric_dims) {
+                    ty = ColumnType::Decimal {
+                        precision: Some(p),
+                        scale: Some(sc),
+                    };
+                }
+            }
             Ok(Column {
                 name: name.clone(),
                 ty,
                 nullable,
-                sql_hint: s
-                    .get("x-sql-datatype")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned),
+                sql_hint,
             })
         })
         .collect()
+}
+
+/// `(p, s)` of `numeric(p,s)`, `numeric(p)` or `decimal(p,s)`.
+fn numeric_dims(hint: &str) -> Option<(u32, u32)> {
+    let h = hint.trim().to_ascii_lowercase();
+    let args = h
+        .strip_prefix("numeric")
+        .or_else(|| h.strip_prefix("decimal"))?
+        .trim()
+        .strip_prefix('(')?
+        .strip_suffix(')')?;
+    let mut parts = args.split(',').map(|p| p.trim().parse::<u32>());
+    let p = parts.next()?.ok()?;
+    let s = match parts.next() {
+        Some(s) => s.ok()?,
+        None => 0,
+    };
+    (parts.next().is_none() && s <= p && p > 0).then_some((p, s))
 }
 
 /// JSON types named by a schema (`type`, through `anyOf`/`oneOf`), and whether null is one.

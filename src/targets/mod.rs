@@ -8,8 +8,13 @@
 //! To add one: a folder `src/targets/<name>/`, a variant here, its name in [`BUILTIN`], and arms
 //! in each `match` below.
 
+pub mod arrow;
+pub mod duckdb;
 pub mod file;
+pub mod names;
+pub mod parquet;
 pub mod postgres;
+pub mod table;
 
 use serde_json::Value;
 
@@ -18,7 +23,7 @@ use crate::error::config_error;
 use crate::singer::{ActivateVersionMessage, RecordMessage, SchemaMessage};
 
 /// Names of the built-in targets.
-pub const BUILTIN: &[&str] = &["csv", "jsonl", "postgres"];
+pub const BUILTIN: &[&str] = &["csv", "jsonl", "postgres", "duckdb", "parquet"];
 
 /// A built-in target, configured.
 #[derive(Debug)]
@@ -27,6 +32,10 @@ pub enum Target {
     File(file::FileTarget),
     /// `postgres`: a table per stream.
     Postgres(Box<postgres::PostgresTarget>),
+    /// `duckdb`: a table per stream in a DuckDB file.
+    DuckDb(Box<duckdb::DuckDbTarget>),
+    /// `parquet`: Parquet files, a folder per stream, and a manifest.
+    Parquet(Box<parquet::ParquetTarget>),
 }
 
 /// State a target committed together with its data.
@@ -50,6 +59,12 @@ impl Target {
             "postgres" => Ok(Target::Postgres(Box::new(
                 postgres::PostgresTarget::new(config, scope).await?,
             ))),
+            "duckdb" => Ok(Target::DuckDb(Box::new(duckdb::DuckDbTarget::new(
+                config, scope,
+            )?))),
+            "parquet" => Ok(Target::Parquet(Box::new(parquet::ParquetTarget::new(
+                config, scope,
+            )?))),
             "csv" => Ok(Target::File(file::FileTarget::new(
                 file::Format::Csv,
                 config,
@@ -73,6 +88,8 @@ impl Target {
             "csv" => Ok(file::about(file::Format::Csv)),
             "jsonl" => Ok(file::about(file::Format::Jsonl)),
             "postgres" => Ok(postgres::about()),
+            "duckdb" => Ok(duckdb::about()),
+            "parquet" => Ok(parquet::about()),
             other => Err(unknown(other)),
         }
     }
@@ -85,6 +102,8 @@ impl Target {
         match self {
             Target::File(t) => t.schema(msg),
             Target::Postgres(t) => t.schema(msg).await,
+            Target::DuckDb(t) => t.schema(msg).await,
+            Target::Parquet(t) => t.schema(msg),
         }
     }
 
@@ -96,6 +115,8 @@ impl Target {
         match self {
             Target::File(t) => t.record(&msg),
             Target::Postgres(t) => t.record(&msg).await,
+            Target::DuckDb(t) => t.record(&msg).await,
+            Target::Parquet(t) => t.record(&msg),
         }
     }
 
@@ -113,6 +134,14 @@ impl Target {
                 t.activate_version(msg);
                 Ok(())
             }
+            Target::DuckDb(t) => {
+                t.activate_version(msg);
+                Ok(())
+            }
+            Target::Parquet(t) => {
+                t.activate_version(msg);
+                Ok(())
+            }
         }
     }
 
@@ -124,6 +153,8 @@ impl Target {
         match self {
             Target::File(t) => t.commit(state),
             Target::Postgres(t) => t.commit(state).await,
+            Target::DuckDb(t) => t.commit(state).await,
+            Target::Parquet(t) => t.commit(state),
         }
     }
 
@@ -135,13 +166,17 @@ impl Target {
         match self {
             Target::File(t) => t.recover(),
             Target::Postgres(t) => t.recover().await,
+            Target::DuckDb(t) => t.recover().await,
+            Target::Parquet(t) => t.recover(),
         }
     }
 
     /// `--on-invalid quarantine`: a target that can set aside rows its destination rejects does.
     pub fn set_quarantine(&mut self, on: bool) {
-        if let Target::Postgres(t) = self {
-            t.set_quarantine(on);
+        match self {
+            Target::Postgres(t) => t.set_quarantine(on),
+            Target::DuckDb(t) => t.set_quarantine(on),
+            Target::File(_) | Target::Parquet(_) => {}
         }
     }
 
@@ -154,6 +189,8 @@ impl Target {
         match self {
             Target::File(t) => t.forget_state(),
             Target::Postgres(t) => t.forget_state().await,
+            Target::DuckDb(t) => t.forget_state().await,
+            Target::Parquet(t) => t.forget_state(),
         }
     }
 
@@ -162,6 +199,8 @@ impl Target {
         match self {
             Target::File(t) => t.bytes_written(stream),
             Target::Postgres(t) => t.bytes_written(stream),
+            Target::DuckDb(t) => t.bytes_written(stream),
+            Target::Parquet(t) => t.bytes_written(stream),
         }
     }
 }

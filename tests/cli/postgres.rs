@@ -260,7 +260,7 @@ fn schema_evolution_keeps_values() {
         .code(1);
     assert!(
         out.stderr
-            .contains("column \"gone\" is text but the schema now says jsonb"),
+            .contains("column \"gone\" holds text but the schema now says JSON"),
         "{}",
         out.stderr
     );

@@ -8,37 +8,24 @@ use futures_util::SinkExt;
 use serde_json::{Map, Value};
 use tokio_postgres::Client;
 
-use super::names::{column_names, fold, source_schema, table_name};
 use super::PostgresTargetConfig;
 use crate::error::config_error;
-use crate::schema::{self, ColumnType};
+use crate::schema::ColumnType;
 use crate::singer::{ActivateVersionMessage, Record, RecordMessage, SchemaMessage};
 use crate::sql::{qualified, quote_ident};
+use crate::targets::names::{fold, source_schema, table_name};
+use crate::targets::table::{
+    self, excerpt, flatten_record, record_key_text, Change, PlanOptions, Source, Versions,
+    BATCHED_AT, DELETED_AT, TABLE_VERSION,
+};
 use crate::targets::Recovered;
-
-const EXTRACTED_AT: &str = "_sdc_extracted_at";
-const RECEIVED_AT: &str = "_sdc_received_at";
-const BATCHED_AT: &str = "_sdc_batched_at";
-const DELETED_AT: &str = "_sdc_deleted_at";
-const TABLE_VERSION: &str = "_sdc_table_version";
-
-/// Where a column's value comes from.
-#[derive(Debug, Clone, PartialEq)]
-enum Source {
-    /// A record property.
-    Prop(String),
-    /// `time_extracted` of the message.
-    Extracted,
-    /// When ferry received the record.
-    Received,
-    /// `version` of the message.
-    Version,
-}
 
 #[derive(Debug, Clone)]
 struct Col {
     name: String,
+    /// The Postgres type.
     ty: String,
+    logical: ColumnType,
     source: Source,
 }
 
@@ -55,8 +42,7 @@ struct PgStream {
     /// The table was created by this run: batches are first tried straight into it.
     fresh: bool,
     staged: u64,
-    activate: Option<i64>,
-    versions: Vec<i64>,
+    versions: Versions,
     bytes: u64,
 }
 
@@ -178,8 +164,8 @@ fn logical(pg: &str) -> Option<ColumnType> {
     })
 }
 
-/// How an existing column of type `have` takes values of type `want`: `None` to keep it,
-/// `Some(type)` to alter it in place.
+/// How an existing column of Postgres type `have` takes values of logical type `want` (shared
+/// rule: [`table::evolve`]): `None` to keep it, `Some(type)` to alter it in place.
 ///
 /// # Errors
 /// When no change keeps every value (e.g. text to jsonb), with what to do.
@@ -187,31 +173,21 @@ fn evolve(
     table: &str,
     col: &str,
     have: &str,
-    want: &str,
+    want: &ColumnType,
+    want_pg: &str,
     double: bool,
 ) -> anyhow::Result<Option<String>> {
-    if have == want {
+    if have == want_pg {
         return Ok(None);
     }
-    let (Some(h), Some(w)) = (logical(have), logical(want)) else {
-        // A type ferry does not reason about (uuid, inet, …): keep it if the new one is text
-        // (its values have a text form), else leave it and let Postgres check each value.
+    // A type ferry does not reason about (uuid, inet, …) is kept: Postgres checks each value.
+    let Some(h) = logical(have) else {
         return Ok(None);
     };
-    let wide = schema::widen(&h, &w);
-    if wide == h
-        || (h == ColumnType::Number
-            && matches!(w, ColumnType::Integer | ColumnType::Decimal { .. }))
-    {
-        return Ok(None);
-    }
-    if wide == ColumnType::Json {
-        bail!(
-            "table {table}, column {col:?} is {have} but the schema now says {want}; ferry cannot convert it without losing \
-             values. Rename or drop the column (ALTER TABLE … RENAME COLUMN …) and run again, or keep the old schema"
-        );
-    }
-    Ok(Some(pg_type(&wide, None, double)))
+    Ok(match table::evolve(table, col, &h, want)? {
+        Change::Keep => None,
+        Change::Widen(t) => Some(pg_type(&t, None, double)),
+    })
 }
 
 /// Appends a value to a COPY text row.
@@ -235,15 +211,6 @@ fn push_text(buf: &mut Vec<u8>, s: &str) -> Result<(), &'static str> {
     }
     buf.extend_from_slice(&b[start..]);
     Ok(())
-}
-
-fn excerpt(v: &Value) -> String {
-    let s = v.to_string();
-    let mut end = s.len().min(60);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_owned()
 }
 
 impl PostgresTarget {
@@ -340,13 +307,6 @@ impl PostgresTarget {
     /// A stream without keys when they are required, a change that cannot be made safely, SQL
     /// errors.
     pub async fn schema(&mut self, msg: &SchemaMessage) -> anyhow::Result<()> {
-        if msg.key_properties.is_empty() && self.cfg.primary_key_required {
-            bail!(
-                "stream {:?} has no key properties and primary_key_required is on; set key properties in the tap \
-                 (or the catalog), or set primary_key_required: false to append",
-                msg.stream
-            );
-        }
         // Rows buffered under the old schema are merged first, in the old layout.
         if self
             .streams
@@ -355,56 +315,26 @@ impl PostgresTarget {
         {
             self.flush_stream(&msg.stream, true).await?;
         }
-        let flat;
-        let schema_value = if self.cfg.data_flattening_max_level > 0 {
-            flat = flatten_schema(&msg.schema, self.cfg.data_flattening_max_level);
-            &flat
-        } else {
-            &msg.schema
-        };
-        let columns = schema::columns(schema_value)?;
-        let props: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
-        let mut taken = Vec::new();
-        let names = column_names(&props, &mut taken);
+        let plan = table::plan(
+            msg,
+            PlanOptions {
+                metadata: self.cfg.add_metadata_columns,
+                flatten: self.cfg.data_flattening_max_level,
+                primary_key_required: self.cfg.primary_key_required,
+            },
+        )?;
         let double = self.cfg.use_double_for_number;
-        let mut cols: Vec<Col> = columns
-            .iter()
-            .zip(names)
-            .map(|(c, name)| Col {
-                name,
-                ty: pg_type(&c.ty, c.sql_hint.as_deref(), double),
-                source: Source::Prop(c.name.clone()),
+        let mut cols: Vec<Col> = plan
+            .cols
+            .into_iter()
+            .map(|c| Col {
+                ty: pg_type(&c.ty, c.hint.as_deref(), double),
+                logical: c.ty,
+                name: c.name,
+                source: c.source,
             })
             .collect();
-        if self.cfg.add_metadata_columns {
-            for (name, ty, source) in [
-                (EXTRACTED_AT, "timestamp with time zone", Source::Extracted),
-                (RECEIVED_AT, "timestamp with time zone", Source::Received),
-                (
-                    DELETED_AT,
-                    "timestamp with time zone",
-                    Source::Prop(DELETED_AT.into()),
-                ),
-                (TABLE_VERSION, "bigint", Source::Version),
-            ] {
-                cols.retain(|c| c.name != name);
-                cols.push(Col {
-                    name: name.into(),
-                    ty: ty.into(),
-                    source,
-                });
-            }
-        }
-        let mut key_cols = Vec::new();
-        for k in &msg.key_properties {
-            let Some(c) = cols.iter().find(|c| c.source == Source::Prop(k.clone())) else {
-                bail!(
-                    "stream {:?}: key property {k:?} is not in the schema's properties",
-                    msg.stream
-                );
-            };
-            key_cols.push(c.name.clone());
-        }
+        let key_cols = plan.key_cols;
         let schema_name = self.target_schema(&msg.stream);
         let table = table_name(&msg.stream);
         let qt = qualified(&schema_name, &table);
@@ -471,20 +401,22 @@ impl PostgresTarget {
                                 .with_context(|| format!("adding column {:?} to {qt}", c.name))?;
                             tracing::info!(table = %qt, column = %c.name, ty = %c.ty, "Column added.");
                         }
-                        Some((_, have)) => match evolve(&qt, &c.name, have, &c.ty, double)? {
-                            None => c.ty.clone_from(have),
-                            Some(to) => {
-                                self.client
+                        Some((_, have)) => {
+                            match evolve(&qt, &c.name, have, &c.logical, &c.ty, double)? {
+                                None => c.ty.clone_from(have),
+                                Some(to) => {
+                                    self.client
                                     .batch_execute(&format!(
                                         "ALTER TABLE {qt} ALTER COLUMN {col} TYPE {to} USING {col}::{to}",
                                         col = quote_ident(&c.name)
                                     ))
                                     .await
                                     .with_context(|| format!("widening column {:?} of {qt} from {have} to {to}", c.name))?;
-                                tracing::info!(table = %qt, column = %c.name, from = %have, to = %to, "Column widened in place.");
-                                c.ty = to;
+                                    tracing::info!(table = %qt, column = %c.name, from = %have, to = %to, "Column widened in place.");
+                                    c.ty = to;
+                                }
                             }
-                        },
+                        }
                     }
                 }
                 if self.cfg.add_metadata_columns && !existing.iter().any(|(n, _)| n == BATCHED_AT) {
@@ -511,7 +443,6 @@ impl PostgresTarget {
                 staging: None,
                 staged: 0,
                 fresh: created || prev.as_ref().is_some_and(|p| p.fresh),
-                activate: prev.as_ref().and_then(|p| p.activate),
                 versions: prev
                     .as_ref()
                     .map(|p| p.versions.clone())
@@ -532,11 +463,7 @@ impl PostgresTarget {
             .streams
             .get_mut(&msg.stream)
             .ok_or_else(|| anyhow!("no SCHEMA seen for stream {:?}", msg.stream))?;
-        if let Some(v) = msg.version {
-            if !s.versions.contains(&v) {
-                s.versions.push(v);
-            }
-        }
+        s.versions.record(msg);
         let start = s.buf.len();
         let encoded = match &msg.record {
             _ if self.cfg.data_flattening_max_level > 0 => match msg.record.to_map() {
@@ -552,11 +479,7 @@ impl PostgresTarget {
         };
         if let Err((column, value, why)) = encoded {
             s.buf.truncate(start);
-            let key = msg
-                .record
-                .to_map()
-                .map(|m| key_text(&s.keys, &m))
-                .unwrap_or_default();
+            let key = record_key_text(&s.keys, msg);
             bail!("stream {:?}{key}, column {column:?}: value {value} has {why}; clean it at the source", msg.stream);
         }
         s.buf.push(b'\n');
@@ -745,7 +668,7 @@ impl PostgresTarget {
     /// Remembers an ACTIVATE_VERSION; applied at commit, after the version's records.
     pub fn activate_version(&mut self, msg: &ActivateVersionMessage) {
         if let Some(s) = self.streams.get_mut(&msg.stream) {
-            s.activate = Some(msg.version);
+            s.versions.activate(msg.version);
         }
     }
 
@@ -753,7 +676,7 @@ impl PostgresTarget {
         let Some(s) = self.streams.get_mut(stream) else {
             return Ok(());
         };
-        let Some(v) = s.activate.take() else {
+        let Some((v, seen)) = s.versions.take() else {
             return Ok(());
         };
         let qt = qualified(&s.schema, &s.table);
@@ -761,10 +684,8 @@ impl PostgresTarget {
             tracing::info!(stream, "ACTIVATE_VERSION needs add_metadata_columns (the _sdc_table_version column); rows of older versions are kept.");
             return Ok(());
         }
-        // A tap may send ACTIVATE_VERSION before the version's records: acting on it then would
-        // empty the table while the reload runs. It counts once records of it are in the table:
-        // from this run, or committed by an earlier run that this one resumes.
-        if !s.versions.contains(&v) {
+        // Only once records of the version are in the table (see `Versions::take`).
+        if !seen {
             let present: bool = self
                 .client
                 .query_one(
@@ -823,7 +744,7 @@ impl PostgresTarget {
         let work = self
             .streams
             .values()
-            .any(|s| s.buffered > 0 || s.staging.is_some() || s.activate.is_some());
+            .any(|s| s.buffered > 0 || s.staging.is_some() || s.versions.is_pending());
         if !work && !self.in_txn && (state.is_none() || self.cfg.state_table.is_none()) {
             return Ok(());
         }
@@ -924,77 +845,6 @@ impl PostgresTarget {
     /// Bytes copied for a stream.
     pub fn bytes_written(&self, stream: &str) -> u64 {
         self.streams.get(stream).map_or(0, |s| s.bytes)
-    }
-}
-
-/// PipelineWise's flattening: properties of nested objects become columns `parent__child`, down
-/// to `max` levels; deeper objects and all arrays stay JSON.
-fn flatten_schema(schema: &Value, max: u32) -> Value {
-    fn walk(
-        props: &Map<String, Value>,
-        prefix: &str,
-        level: u32,
-        max: u32,
-        out: &mut Map<String, Value>,
-    ) {
-        for (k, v) in props {
-            let name = format!("{prefix}{k}");
-            let is_object = match v.get("type") {
-                Some(Value::String(t)) => t == "object",
-                Some(Value::Array(ts)) => ts.iter().any(|t| t == "object"),
-                _ => false,
-            };
-            match v.get("properties").and_then(Value::as_object) {
-                Some(children) if is_object && level < max => {
-                    // A flattened child may be absent whenever its parent is: always nullable.
-                    let mut nullable = Map::new();
-                    walk(
-                        children,
-                        &format!("{name}__"),
-                        level + 1,
-                        max,
-                        &mut nullable,
-                    );
-                    for (ck, mut cv) in nullable {
-                        if let Some(Value::String(t)) = cv.get("type").cloned() {
-                            cv["type"] = serde_json::json!(["null", t]);
-                        }
-                        out.insert(ck, cv);
-                    }
-                }
-                _ => {
-                    out.insert(name, v.clone());
-                }
-            }
-        }
-    }
-    let mut out = schema.clone();
-    if let Some(props) = schema.get("properties").and_then(Value::as_object) {
-        let mut flat = Map::new();
-        walk(props, "", 0, max, &mut flat);
-        out["properties"] = Value::Object(flat);
-    }
-    out
-}
-
-/// Flattens a record as [`flatten_schema`] flattens its schema.
-fn flatten_record(
-    m: &Map<String, Value>,
-    prefix: &str,
-    level: u32,
-    max: u32,
-    out: &mut Map<String, Value>,
-) {
-    for (k, v) in m {
-        let name = format!("{prefix}{k}");
-        match v {
-            Value::Object(child) if level < max => {
-                flatten_record(child, &format!("{name}__"), level + 1, max, out)
-            }
-            _ => {
-                out.insert(name, v.clone());
-            }
-        }
     }
 }
 
@@ -1116,22 +966,6 @@ fn encode_raw(
         }
     }
     Ok(())
-}
-
-fn key_text(keys: &[String], record: &Map<String, Value>) -> String {
-    if keys.is_empty() {
-        return String::new();
-    }
-    let parts: Vec<String> = keys
-        .iter()
-        .map(|k| {
-            format!(
-                "{k}={}",
-                record.get(k).map_or_else(|| "(missing)".into(), excerpt)
-            )
-        })
-        .collect();
-    format!(" (key {})", parts.join(", "))
 }
 
 /// One COPY of `data` (COPY text rows) into `into` (`table (columns)`).
@@ -1272,21 +1106,19 @@ mod tests {
             ),
             "text"
         );
+        let ev = |have: &str, want: &str| {
+            let w = logical(want).unwrap();
+            evolve("t", "c", have, &w, want, false)
+        };
+        assert_eq!(ev("bigint", "numeric").unwrap(), Some("numeric".into()));
+        assert_eq!(ev("numeric", "bigint").unwrap(), None);
+        assert_eq!(ev("boolean", "text").unwrap(), Some("text".into()));
+        assert_eq!(ev("text", "bigint").unwrap(), None);
         assert_eq!(
-            evolve("t", "c", "bigint", "numeric", false).unwrap(),
-            Some("numeric".into())
-        );
-        assert_eq!(evolve("t", "c", "numeric", "bigint", false).unwrap(), None);
-        assert_eq!(
-            evolve("t", "c", "boolean", "text", false).unwrap(),
-            Some("text".into())
-        );
-        assert_eq!(evolve("t", "c", "text", "bigint", false).unwrap(), None);
-        assert_eq!(
-            evolve("t", "c", "date", "timestamp with time zone", false).unwrap(),
+            ev("date", "timestamp with time zone").unwrap(),
             Some("timestamp with time zone".into())
         );
-        assert!(evolve("t", "c", "text", "jsonb", false)
+        assert!(ev("text", "jsonb")
             .unwrap_err()
             .to_string()
             .contains("cannot convert"));

@@ -7,7 +7,6 @@
 //! Config keys follow pipelinewise-target-postgres so its `config.json` keeps working.
 
 mod load;
-mod names;
 
 pub use load::PostgresTarget;
 

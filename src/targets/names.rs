@@ -1,5 +1,6 @@
-//! Table and column names: streams and properties folded to lower case, cut to Postgres'
-//! 63-byte limit, and kept distinct when folding or cutting makes two collide.
+//! Table and column names for every table-shaped target: streams and properties folded to lower
+//! case, cut to an identifier limit (Postgres' 63 bytes), and kept distinct when folding or
+//! cutting makes two collide.
 
 /// Postgres' identifier limit in bytes.
 pub const MAX_IDENT: usize = 63;

@@ -1,0 +1,724 @@
+//! The DuckDB loader: DDL from the planned columns, Arrow batches appended to a staging table,
+//! merge (dedupe + upsert, or append), ACTIVATE_VERSION and the state table, one transaction
+//! per commit.
+
+use std::collections::HashMap;
+
+use anyhow::{anyhow, bail, Context};
+use arrow::datatypes::DataType;
+use duckdb::Connection;
+use serde_json::{Map, Value};
+
+use super::{DuckDbTargetConfig, Nested};
+use crate::schema::ColumnType;
+use crate::singer::{ActivateVersionMessage, RecordMessage, SchemaMessage};
+use crate::sql::{qualified, quote_ident};
+use crate::targets::arrow::{self as farrow, BatchBuilder, SEQ};
+use crate::targets::names::{fold, table_name};
+use crate::targets::table::{
+    self, flatten_record, record_key_text, Change, PlanOptions, PlannedCol, Versions, BATCHED_AT,
+    DELETED_AT, TABLE_VERSION,
+};
+use crate::targets::Recovered;
+
+#[derive(Debug)]
+struct Col {
+    planned: PlannedCol,
+    /// The DuckDB type of the table column.
+    ty: String,
+}
+
+#[derive(Debug)]
+struct DuckStream {
+    table: String,
+    cols: Vec<Col>,
+    key_cols: Vec<String>,
+    keys: Vec<String>,
+    batch: BatchBuilder,
+    seq: i64,
+    staging: Option<String>,
+    versions: Versions,
+    bytes: u64,
+}
+
+/// The `duckdb` target.
+pub struct DuckDbTarget {
+    cfg: DuckDbTargetConfig,
+    conn: Connection,
+    schema: String,
+    streams: HashMap<String, DuckStream>,
+    in_txn: bool,
+    staging_seq: u64,
+    scope: String,
+    received_at: i64,
+    quarantine: bool,
+}
+
+impl std::fmt::Debug for DuckDbTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DuckDbTarget")
+            .field("path", &self.cfg.path)
+            .field("streams", &self.streams.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs DuckDB work (synchronous, CPU-bound) without stalling the other tasks of the runtime.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+/// The DuckDB type of an Arrow type (as the appender maps it).
+fn duck_type(dt: &DataType) -> String {
+    match dt {
+        DataType::Int64 => "BIGINT".into(),
+        DataType::Float64 => "DOUBLE".into(),
+        DataType::Decimal128(p, s) => format!("DECIMAL({p},{s})"),
+        DataType::Boolean => "BOOLEAN".into(),
+        DataType::Timestamp(_, Some(_)) => "TIMESTAMPTZ".into(),
+        DataType::Timestamp(_, None) => "TIMESTAMP".into(),
+        DataType::Date32 => "DATE".into(),
+        DataType::Time64(_) => "TIME".into(),
+        DataType::Struct(fields) => format!(
+            "STRUCT({})",
+            fields
+                .iter()
+                .map(|f| format!("{} {}", quote_ident(f.name()), duck_type(f.data_type())))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        DataType::List(item) => format!("{}[]", duck_type(item.data_type())),
+        _ => "VARCHAR".into(),
+    }
+}
+
+/// The logical type of an existing DuckDB column, for evolution.
+fn logical(duck: &str) -> Option<ColumnType> {
+    let d = duck.to_ascii_uppercase();
+    Some(match d.as_str() {
+        "BIGINT" | "INTEGER" | "SMALLINT" | "TINYINT" | "HUGEINT" | "UBIGINT" | "UINTEGER" => {
+            ColumnType::Integer
+        }
+        "DOUBLE" | "FLOAT" | "REAL" => ColumnType::Number,
+        "BOOLEAN" => ColumnType::Boolean,
+        "VARCHAR" => ColumnType::String { max_length: None },
+        "TIMESTAMP WITH TIME ZONE" | "TIMESTAMPTZ" | "TIMESTAMP" => ColumnType::DateTime,
+        "DATE" => ColumnType::Date,
+        "TIME" => ColumnType::Time,
+        "JSON" => ColumnType::Json,
+        t if t.starts_with("DECIMAL(") => {
+            let inner = t.trim_start_matches("DECIMAL(").trim_end_matches(')');
+            let (p, s) = inner.split_once(',')?;
+            ColumnType::Decimal {
+                precision: p.trim().parse().ok(),
+                scale: s.trim().parse().ok(),
+            }
+        }
+        t if t.starts_with("STRUCT") || t.ends_with(']') => ColumnType::Json,
+        _ => return None,
+    })
+}
+
+impl DuckDbTarget {
+    /// Opens (or creates) the database file.
+    ///
+    /// # Errors
+    /// A config error for a bad config; the file cannot be opened (locked by another process,
+    /// not a DuckDB file).
+    pub fn new(config: &Value, scope: Option<&str>) -> anyhow::Result<DuckDbTarget> {
+        let cfg = DuckDbTargetConfig::from_value(config)?;
+        if let Some(dir) = std::path::Path::new(&cfg.path)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating the folder of {}", cfg.path))?;
+        }
+        let conn = Connection::open(&cfg.path).map_err(|e| {
+            anyhow!(
+                "target duckdb: cannot open {}: {e}; if another program (a duckdb shell, a notebook) has it open, close it \
+                 and run again",
+                cfg.path
+            )
+        })?;
+        if let Some(t) = cfg.threads {
+            conn.execute_batch(&format!("SET threads = {t}"))?;
+        }
+        if let Some(m) = &cfg.memory_limit {
+            conn.execute_batch(&format!(
+                "SET memory_limit = {}",
+                crate::sql::quote_literal(m)
+            ))
+            .context("memory_limit")?;
+        }
+        let schema = cfg
+            .schema
+            .clone()
+            .or_else(|| scope.map(fold))
+            .unwrap_or_else(|| "main".into());
+        Ok(DuckDbTarget {
+            cfg,
+            conn,
+            schema,
+            streams: HashMap::new(),
+            in_txn: false,
+            staging_seq: 0,
+            scope: scope.unwrap_or("pipe").to_owned(),
+            received_at: chrono::Utc::now().timestamp_micros(),
+            quarantine: false,
+        })
+    }
+
+    fn begin(&mut self) -> anyhow::Result<()> {
+        if !self.in_txn {
+            self.conn
+                .execute_batch("BEGIN TRANSACTION")
+                .context("BEGIN")?;
+            self.in_txn = true;
+        }
+        Ok(())
+    }
+
+    fn existing_columns(&self, table: &str) -> anyhow::Result<Option<Vec<(String, String)>>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT column_name, data_type FROM information_schema.columns \
+             WHERE table_catalog = current_database() AND table_schema = ? AND table_name = ? ORDER BY ordinal_position",
+        )?;
+        let cols: Vec<(String, String)> = stmt
+            .query_map([&self.schema, table], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        Ok((!cols.is_empty()).then_some(cols))
+    }
+
+    /// Creates or evolves the stream's table (in the open transaction).
+    ///
+    /// # Errors
+    /// A stream without keys when they are required, a change that cannot be made safely, SQL
+    /// errors.
+    pub async fn schema(&mut self, msg: &SchemaMessage) -> anyhow::Result<()> {
+        blocking(|| self.schema_sync(msg))
+    }
+
+    fn schema_sync(&mut self, msg: &SchemaMessage) -> anyhow::Result<()> {
+        let plan = table::plan(
+            msg,
+            PlanOptions {
+                metadata: self.cfg.add_metadata_columns,
+                flatten: self.cfg.data_flattening_max_level,
+                primary_key_required: self.cfg.primary_key_required,
+            },
+        )?;
+        // Rows buffered under the old schema are merged first, in the old layout.
+        if self
+            .streams
+            .get(&msg.stream)
+            .is_some_and(|s| s.batch.rows() > 0 || s.staging.is_some())
+        {
+            self.flush_stream(&msg.stream, true)?;
+        }
+        let nested = self.cfg.nested == Nested::Struct;
+        let mut cols: Vec<Col> = plan
+            .cols
+            .into_iter()
+            .map(|c| {
+                let dt = farrow::data_type(&c, nested);
+                let ty = match (&c.ty, &dt) {
+                    (ColumnType::Json, DataType::Utf8) => "JSON".to_owned(),
+                    _ => duck_type(&dt),
+                };
+                Col { planned: c, ty }
+            })
+            .collect();
+        let key_cols = plan.key_cols;
+        let table = table_name(&msg.stream);
+        let qt = qualified(&self.schema, &table);
+        self.begin()?;
+        self.conn
+            .execute_batch(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {}",
+                quote_ident(&self.schema)
+            ))
+            .with_context(|| format!("creating schema {:?}", self.schema))?;
+        match self.existing_columns(&table)? {
+            None => {
+                let mut defs: Vec<String> = cols
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{} {}{}",
+                            quote_ident(&c.planned.name),
+                            c.ty,
+                            if key_cols.contains(&c.planned.name) {
+                                " NOT NULL"
+                            } else {
+                                ""
+                            }
+                        )
+                    })
+                    .collect();
+                if self.cfg.add_metadata_columns {
+                    defs.push(format!(
+                        "{} TIMESTAMPTZ DEFAULT current_timestamp",
+                        quote_ident(BATCHED_AT)
+                    ));
+                }
+                if !key_cols.is_empty() {
+                    defs.push(format!(
+                        "PRIMARY KEY ({})",
+                        key_cols
+                            .iter()
+                            .map(|k| quote_ident(k))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
+                self.conn
+                    .execute_batch(&format!("CREATE TABLE {qt} ({})", defs.join(", ")))
+                    .with_context(|| format!("creating table {qt}"))?;
+                tracing::info!(stream = %msg.stream, table = %qt, "Table created.");
+            }
+            Some(existing) => {
+                for c in &mut cols {
+                    match existing.iter().find(|(n, _)| *n == c.planned.name) {
+                        None => {
+                            self.conn
+                                .execute_batch(&format!(
+                                    "ALTER TABLE {qt} ADD COLUMN {} {}",
+                                    quote_ident(&c.planned.name),
+                                    c.ty
+                                ))
+                                .with_context(|| {
+                                    format!("adding column {:?} to {qt}", c.planned.name)
+                                })?;
+                            tracing::info!(table = %qt, column = %c.planned.name, ty = %c.ty, "Column added.");
+                        }
+                        Some((_, have)) if have.eq_ignore_ascii_case(&c.ty) => {}
+                        Some((_, have)) => {
+                            let Some(h) = logical(have) else {
+                                // A type ferry does not reason about: DuckDB casts each value.
+                                c.ty.clone_from(have);
+                                continue;
+                            };
+                            match table::evolve(&qt, &c.planned.name, &h, &c.planned.ty)? {
+                                Change::Keep => {
+                                    c.planned.ty = h;
+                                    c.ty.clone_from(have);
+                                }
+                                Change::Widen(to) => {
+                                    let mut wide = c.planned.clone();
+                                    wide.ty = to;
+                                    let dt = farrow::data_type(&wide, nested);
+                                    let to_ty = match (&wide.ty, &dt) {
+                                        (ColumnType::Json, DataType::Utf8) => "JSON".to_owned(),
+                                        _ => duck_type(&dt),
+                                    };
+                                    self.conn
+                                        .execute_batch(&format!(
+                                            "ALTER TABLE {qt} ALTER COLUMN {} SET DATA TYPE {to_ty}",
+                                            quote_ident(&c.planned.name)
+                                        ))
+                                        .with_context(|| {
+                                            format!(
+                                                "widening column {:?} of {qt} from {have} to {to_ty}",
+                                                c.planned.name
+                                            )
+                                        })?;
+                                    tracing::info!(table = %qt, column = %c.planned.name, from = %have, to = %to_ty, "Column widened in place.");
+                                    c.planned = wide;
+                                    c.ty = to_ty;
+                                }
+                            }
+                        }
+                    }
+                }
+                if self.cfg.add_metadata_columns && !existing.iter().any(|(n, _)| n == BATCHED_AT) {
+                    self.conn.execute_batch(&format!(
+                        "ALTER TABLE {qt} ADD COLUMN {} TIMESTAMPTZ DEFAULT current_timestamp",
+                        quote_ident(BATCHED_AT)
+                    ))?;
+                }
+            }
+        }
+        let planned: Vec<PlannedCol> = cols.iter().map(|c| c.planned.clone()).collect();
+        let batch = BatchBuilder::new(&planned, nested, true, self.received_at)?;
+        let prev = self.streams.remove(&msg.stream);
+        self.streams.insert(
+            msg.stream.clone(),
+            DuckStream {
+                table,
+                cols,
+                key_cols,
+                keys: msg.key_properties.clone(),
+                batch,
+                seq: prev.as_ref().map_or(0, |p| p.seq),
+                staging: None,
+                versions: prev
+                    .as_ref()
+                    .map(|p| p.versions.clone())
+                    .unwrap_or_default(),
+                bytes: prev.map_or(0, |p| p.bytes),
+            },
+        );
+        Ok(())
+    }
+
+    /// Adds one record to the stream's batch.
+    ///
+    /// # Errors
+    /// A value that does not fit its column, with stream, key, column and value.
+    pub async fn record(&mut self, msg: &RecordMessage) -> anyhow::Result<()> {
+        let s = self
+            .streams
+            .get_mut(&msg.stream)
+            .ok_or_else(|| anyhow!("no SCHEMA seen for stream {:?}", msg.stream))?;
+        s.versions.record(msg);
+        let flat = if self.cfg.data_flattening_max_level > 0 {
+            let m = msg
+                .record
+                .to_map()
+                .map_err(|_| anyhow!("stream {:?}: a record is not a JSON object", msg.stream))?;
+            let mut flat = Map::new();
+            flatten_record(&m, "", 0, self.cfg.data_flattening_max_level, &mut flat);
+            Some(flat)
+        } else {
+            None
+        };
+        s.seq += 1;
+        if let Err(e) = s.batch.push(msg, flat.as_ref(), s.seq) {
+            let key = record_key_text(&s.keys, msg);
+            if self.quarantine {
+                let reason = format!("column {:?}: value {} has {}", e.column, e.value, e.why);
+                let stream = msg.stream.clone();
+                let text = msg
+                    .record
+                    .to_map()
+                    .map(|m| Value::Object(m.into_owned()).to_string());
+                let row = text.unwrap_or_default();
+                return blocking(|| self.reject(&stream, &reason, &row));
+            }
+            bail!(
+                "stream {:?}{key}, column {:?}: value {} has {}; clean it at the source, or run with --on-invalid quarantine \
+                 to set such records aside",
+                msg.stream,
+                e.column,
+                e.value,
+                e.why
+            );
+        }
+        if s.batch.rows() as u64 >= self.cfg.batch_size_rows
+            || s.batch.bytes() as u64 >= self.cfg.batch_size_bytes
+        {
+            let stream = msg.stream.clone();
+            blocking(|| self.flush_stream(&stream, false))?;
+        }
+        Ok(())
+    }
+
+    /// `--on-invalid quarantine`: keeps a record that does not fit in `_ferry_rejects`.
+    fn reject(&mut self, stream: &str, reason: &str, row: &str) -> anyhow::Result<()> {
+        self.begin()?;
+        let rejects = qualified(&self.schema, "_ferry_rejects");
+        self.conn.execute_batch(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {}; CREATE TABLE IF NOT EXISTS {rejects} (stream VARCHAR NOT NULL, reason VARCHAR NOT NULL, \
+             row_text VARCHAR NOT NULL, rejected_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp)",
+            quote_ident(&self.schema)
+        ))?;
+        self.conn.execute(
+            &format!("INSERT INTO {rejects} (stream, reason, row_text) VALUES (?, ?, ?)"),
+            [stream, reason, row],
+        )?;
+        tracing::warn!(stream, reason, table = %rejects, "A record that does not fit was set aside.");
+        Ok(())
+    }
+
+    /// Appends the batch to the stream's staging table; with `merge`, merges staging into the
+    /// table too. Everything stays inside the open transaction.
+    fn flush_stream(&mut self, stream: &str, merge: bool) -> anyhow::Result<()> {
+        self.begin()?;
+        let Some(s) = self.streams.get_mut(stream) else {
+            return Ok(());
+        };
+        let qt = qualified(&self.schema, &s.table);
+        if s.batch.rows() > 0 {
+            let stg = match &s.staging {
+                Some(n) => n.clone(),
+                None => {
+                    self.staging_seq += 1;
+                    let n = format!("_ferry_stg_{}", self.staging_seq);
+                    let defs: Vec<String> = s
+                        .batch
+                        .schema()
+                        .fields()
+                        .iter()
+                        .map(|f| format!("{} {}", quote_ident(f.name()), duck_type(f.data_type())))
+                        .collect();
+                    self.conn
+                        .execute_batch(&format!(
+                            "CREATE TEMP TABLE {} ({})",
+                            quote_ident(&n),
+                            defs.join(", ")
+                        ))
+                        .context("creating a staging table")?;
+                    s.staging = Some(n.clone());
+                    n
+                }
+            };
+            s.bytes += s.batch.bytes() as u64;
+            let batch = s.batch.finish()?;
+            let mut app = self
+                .conn
+                .appender(&stg)
+                .context("opening an appender on the staging table")?;
+            app.append_record_batch(batch)
+                .and_then(|()| app.flush())
+                .map_err(|e| anyhow!("stream {stream:?}: appending a batch for {qt} failed: {e}; nothing of this batch was committed"))?;
+        }
+        if merge {
+            if let Some(stg) = s.staging.take() {
+                let names: Vec<String> = s
+                    .cols
+                    .iter()
+                    .map(|c| quote_ident(&c.planned.name))
+                    .collect();
+                let list = names.join(", ");
+                let stg_q = quote_ident(&stg);
+                let sql = if s.key_cols.is_empty() {
+                    format!("INSERT INTO {qt} ({list}) SELECT {list} FROM {stg_q} ORDER BY {SEQ}")
+                } else {
+                    let keys = s
+                        .key_cols
+                        .iter()
+                        .map(|k| quote_ident(k))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    let updates: Vec<String> =
+                        s.cols
+                            .iter()
+                            .filter(|c| !s.key_cols.contains(&c.planned.name))
+                            .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(&c.planned.name)))
+                            .chain(self.cfg.add_metadata_columns.then(|| {
+                                format!("{} = current_timestamp", quote_ident(BATCHED_AT))
+                            }))
+                            .collect();
+                    let action = if updates.is_empty() {
+                        "DO NOTHING".to_owned()
+                    } else {
+                        format!("DO UPDATE SET {}", updates.join(", "))
+                    };
+                    // Within a batch the last record of a key wins.
+                    format!(
+                        "INSERT INTO {qt} ({list}) SELECT {list} FROM {stg_q} \
+                         QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {SEQ} DESC) = 1 \
+                         ON CONFLICT ({keys}) {action}"
+                    )
+                };
+                self.conn.execute_batch(&sql).map_err(|e| {
+                    anyhow!("stream {stream:?}: merging a batch into {qt} failed: {e}; nothing of this batch was committed")
+                })?;
+                self.conn.execute_batch(&format!("DROP TABLE {stg_q}"))?;
+            }
+            if self.cfg.hard_delete && self.cfg.add_metadata_columns {
+                self.conn.execute_batch(&format!(
+                    "DELETE FROM {qt} WHERE {} IS NOT NULL",
+                    quote_ident(DELETED_AT)
+                ))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets aside records whose values do not fit instead of failing the batch.
+    pub fn set_quarantine(&mut self, on: bool) {
+        self.quarantine = on;
+    }
+
+    /// Remembers an ACTIVATE_VERSION; applied at commit, after the version's records.
+    pub fn activate_version(&mut self, msg: &ActivateVersionMessage) {
+        if let Some(s) = self.streams.get_mut(&msg.stream) {
+            s.versions.activate(msg.version);
+        }
+    }
+
+    fn apply_activate(&mut self, stream: &str) -> anyhow::Result<()> {
+        let Some(s) = self.streams.get_mut(stream) else {
+            return Ok(());
+        };
+        let Some((v, seen)) = s.versions.take() else {
+            return Ok(());
+        };
+        let qt = qualified(&self.schema, &s.table);
+        if !s.cols.iter().any(|c| c.planned.name == TABLE_VERSION) {
+            tracing::info!(stream, "ACTIVATE_VERSION needs add_metadata_columns (the _sdc_table_version column); rows of older versions are kept.");
+            return Ok(());
+        }
+        let ver = quote_ident(TABLE_VERSION);
+        // Only once records of the version are in the table (see `Versions::take`).
+        if !seen {
+            let present: bool = self.conn.query_row(
+                &format!("SELECT EXISTS (SELECT 1 FROM {qt} WHERE {ver} = ?)"),
+                [v],
+                |r| r.get(0),
+            )?;
+            if !present {
+                return Ok(());
+            }
+        }
+        let n = if self.cfg.hard_delete {
+            self.conn.execute(
+                &format!("DELETE FROM {qt} WHERE {ver} IS DISTINCT FROM ?"),
+                [v],
+            )?
+        } else {
+            let del = quote_ident(DELETED_AT);
+            self.conn.execute(
+                &format!(
+                    "UPDATE {qt} SET {del} = current_timestamp WHERE {ver} IS DISTINCT FROM ? AND {del} IS NULL"
+                ),
+                [v],
+            )?
+        };
+        tracing::info!(
+            stream,
+            version = v,
+            rows = n,
+            "Rows of older table versions removed."
+        );
+        Ok(())
+    }
+
+    fn state_table(&self) -> Option<String> {
+        self.cfg
+            .state_table
+            .as_ref()
+            .map(|t| qualified(&self.schema, &fold(t)))
+    }
+
+    /// Commits: appends what is buffered, merges, applies ACTIVATE_VERSION and the state table,
+    /// then COMMIT.
+    ///
+    /// # Errors
+    /// SQL errors; the transaction is then rolled back and nothing of it is visible.
+    pub async fn commit(&mut self, state: Option<&Value>) -> anyhow::Result<()> {
+        blocking(|| {
+            let res = self.commit_sync(state);
+            if res.is_err() && self.in_txn {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                self.in_txn = false;
+            }
+            res
+        })
+    }
+
+    fn commit_sync(&mut self, state: Option<&Value>) -> anyhow::Result<()> {
+        let work = self
+            .streams
+            .values()
+            .any(|s| s.batch.rows() > 0 || s.staging.is_some() || s.versions.is_pending());
+        let state_table = self.state_table();
+        if !work && !self.in_txn && (state.is_none() || state_table.is_none()) {
+            return Ok(());
+        }
+        self.begin()?;
+        let names: Vec<String> = self.streams.keys().cloned().collect();
+        for n in &names {
+            self.flush_stream(n, true)?;
+            self.apply_activate(n)?;
+        }
+        if let (Some(st), Some(qt)) = (state, state_table) {
+            self.conn.execute_batch(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {}; CREATE TABLE IF NOT EXISTS {qt} (pipeline VARCHAR PRIMARY KEY, state JSON NOT NULL, \
+                 prev_state JSON, committed_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp)",
+                quote_ident(&self.schema)
+            ))?;
+            let prev: Option<String> = self
+                .conn
+                .query_row(
+                    &format!("SELECT state::VARCHAR FROM {qt} WHERE pipeline = ?"),
+                    [&self.scope],
+                    |r| r.get(0),
+                )
+                .ok();
+            // DELETE + INSERT rather than an upsert: DuckDB refuses to update a row twice in
+            // one transaction through ON CONFLICT after a delete of the same key.
+            self.conn.execute(
+                &format!("DELETE FROM {qt} WHERE pipeline = ?"),
+                [&self.scope],
+            )?;
+            self.conn
+                .execute(
+                    &format!("INSERT INTO {qt} (pipeline, state, prev_state) VALUES (?, ?, ?)"),
+                    duckdb::params![&self.scope, st.to_string(), prev],
+                )
+                .context("writing the state table")?;
+        }
+        self.conn.execute_batch("COMMIT").context("COMMIT")?;
+        self.in_txn = false;
+        Ok(())
+    }
+
+    /// The state committed with the data, and the one before it.
+    ///
+    /// # Errors
+    /// SQL errors other than a missing table.
+    pub async fn recover(&self) -> anyhow::Result<Option<Recovered>> {
+        let Some(qt) = self.state_table() else {
+            return Ok(None);
+        };
+        let exists: bool = self.conn.query_row(
+            "SELECT count(*) > 0 FROM information_schema.tables WHERE table_catalog = current_database() AND table_schema = ? AND table_name = ?",
+            [&self.schema, &fold(self.cfg.state_table.as_deref().unwrap_or_default())],
+            |r| r.get(0),
+        )?;
+        if !exists {
+            return Ok(None);
+        }
+        let row: Option<(String, Option<String>)> = self
+            .conn
+            .query_row(
+                &format!("SELECT state::VARCHAR, prev_state::VARCHAR FROM {qt} WHERE pipeline = ?"),
+                [&self.scope],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map(Some)
+            .or_else(|e| match e {
+                duckdb::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            })?;
+        let Some((state, prev)) = row else {
+            return Ok(None);
+        };
+        Ok(Some(Recovered {
+            state: serde_json::from_str(&state)?,
+            prev: prev.map_or(Ok(crate::singer::state::empty()), |p| {
+                serde_json::from_str(&p)
+            })?,
+        }))
+    }
+
+    /// Deletes this pipeline's row of the state table.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn forget_state(&mut self) -> anyhow::Result<()> {
+        if self.recover().await?.is_none() {
+            return Ok(());
+        }
+        if let Some(qt) = self.state_table() {
+            self.conn.execute(
+                &format!("DELETE FROM {qt} WHERE pipeline = ?"),
+                [&self.scope],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Bytes of records loaded for a stream.
+    pub fn bytes_written(&self, stream: &str) -> u64 {
+        self.streams.get(stream).map_or(0, |s| s.bytes)
+    }
+}
