@@ -33,7 +33,7 @@ venv target-jsonl target-jsonl==0.1.4
 venv tap-jsonl tap-jsonl==0.3.1
 venv pipelinewise-target-postgres pipelinewise-target-postgres==2.1.2
 # Independent readers of what the DuckDB and Parquet targets write (same DuckDB version as ferry's).
-venv readers duckdb==1.5.6 pyarrow==26.0.1
+venv readers duckdb==1.5.6 pyarrow==26.0.1 pytz==2025.2
 export PATH
 export FERRY_REQUIRE_INTEROP=1
 

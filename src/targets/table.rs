@@ -214,8 +214,12 @@ pub struct Versions {
 }
 
 impl Versions {
-    /// Notes a record's version.
+    /// Notes a record's version. A record of a version whose ACTIVATE_VERSION is pending shows
+    /// that message was the one taps send before a reload, not the one after it: it is dropped.
     pub fn record(&mut self, msg: &RecordMessage) {
+        if msg.version.is_some() && msg.version == self.pending {
+            self.pending = None;
+        }
         if let Some(v) = msg.version {
             if !self.seen.contains(&v) {
                 self.seen.push(v);
@@ -235,10 +239,11 @@ impl Versions {
 
     /// Takes the pending version to activate, and whether records of it came in this run.
     ///
-    /// A tap may send ACTIVATE_VERSION before the version's records: acting on it then would
-    /// empty the table while the reload runs. It counts once records of it are in the table:
-    /// seen in this run, or (the caller checks when this is false) committed by an earlier run
-    /// that this one resumes.
+    /// A tap may send ACTIVATE_VERSION before the version's records as well as after them:
+    /// acting on the first would empty the table while the reload runs. So a pending version is
+    /// dropped when a record of it follows ([`Versions::record`]), and it counts only once
+    /// records of it are in the table: seen in this run, or (the caller checks when this is
+    /// false) committed by an earlier run that this one resumes.
     pub fn take(&mut self) -> Option<(i64, bool)> {
         self.pending.take().map(|v| (v, self.seen.contains(&v)))
     }

@@ -19,3 +19,6 @@ mod postgres;
 mod postgres_tap;
 // Random bytes and random messages never make the parser or validator panic.
 mod fuzz;
+// Postgres, DuckDB and Parquet held to the same cases; DuckDB and Parquet read back by
+// independent readers.
+mod warehouse;

@@ -496,15 +496,17 @@ impl DuckDbTarget {
                         .map(|k| quote_ident(k))
                         .collect::<Vec<_>>()
                         .join(", ");
-                    let updates: Vec<String> =
-                        s.cols
-                            .iter()
-                            .filter(|c| !s.key_cols.contains(&c.planned.name))
-                            .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(&c.planned.name)))
-                            .chain(self.cfg.add_metadata_columns.then(|| {
-                                format!("{} = current_timestamp", quote_ident(BATCHED_AT))
-                            }))
-                            .collect();
+                    let updates: Vec<String> = s
+                        .cols
+                        .iter()
+                        .filter(|c| !s.key_cols.contains(&c.planned.name))
+                        .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(&c.planned.name)))
+                        .chain(
+                            self.cfg
+                                .add_metadata_columns
+                                .then(|| format!("{} = now()", quote_ident(BATCHED_AT))),
+                        )
+                        .collect();
                     let action = if updates.is_empty() {
                         "DO NOTHING".to_owned()
                     } else {
