@@ -11,7 +11,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-1000000}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ferry/target}"
-cargo build --release --quiet
+# shellcheck source=../.ci/libduckdb.sh
+. .ci/libduckdb.sh  # link the prebuilt DuckDB, as ./test.sh does
+# shellcheck disable=SC2086
+cargo build --release --quiet $FERRY_CARGO_FEATURES
 FERRY="$CARGO_TARGET_DIR/release/ferry"
 W="$PWD/bench/work"
 rm -rf "$W"; mkdir -p "$W"

@@ -99,6 +99,19 @@ def main():
                       "properties": {"path": rng.choice(["/", "/shop", "/cart", "/p/espresso"]), "ms": rng.randrange(20, 900)}}
                 f.write(json.dumps(ev) + "\n")
 
+    # Day 2 also updates 30 day-1 orders (shipped or refunded since): rows with an existing key,
+    # which the warehouse upserts.
+    with open(HERE / "data" / "orders.csv", encoding="utf-8") as f:
+        day1 = list(csv.reader(f))[1:]
+    updates = []
+    for row in day1[::67][:30]:
+        o = list(row)
+        o[2] = "refunded" if o[2] == "refunded" or int(o[0]) % 5 == 0 else "shipped"
+        o[6] = ts(T0 + timedelta(days=1, hours=int(o[0]) % 24))
+        updates.append(o)
+    with open(HERE / "day2" / "orders-day2.csv", "a", newline="", encoding="utf-8") as f:
+        csv.writer(f, lineterminator="\n").writerows(updates)
+
 
 if __name__ == "__main__":
     main()

@@ -824,3 +824,125 @@ fn killed_duckdb_and_parquet_loads_resume_exactly() {
         }
     }
 }
+
+/// Copies the quickstart project (its inputs and ferry.yml) into a fresh folder.
+fn quickstart_copy() -> Dir {
+    let d = Dir::new();
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/quickstart");
+    for sub in ["data", "day2", "crm", "events"] {
+        for e in std::fs::read_dir(src.join(sub)).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            d.write(
+                &format!("{sub}/{name}"),
+                &std::fs::read_to_string(e.path()).unwrap(),
+            );
+        }
+    }
+    d.write(
+        "ferry.yml",
+        &std::fs::read_to_string(src.join("ferry.yml")).unwrap(),
+    );
+    d
+}
+
+/// Sum of a CSV column of decimals with two places, exactly, as text.
+fn csv_cents(d: &Dir, rel: &str, col: usize) -> i64 {
+    d.read(rel)
+        .lines()
+        .skip(1)
+        .map(|l| {
+            l.split(',')
+                .nth(col)
+                .unwrap()
+                .replace('.', "")
+                .parse::<i64>()
+                .unwrap()
+        })
+        .sum()
+}
+
+/// The README's first command's project: loads, a re-run loads nothing, "day 2" loads only
+/// itself and its updates replace rows by key; values read back by DuckDB and pyarrow.
+#[test]
+fn quickstart_loads_then_nothing_then_only_day_two() {
+    let Some(py) = python() else { return };
+    let d = quickstart_copy();
+    let out = d.run(&["sync", "--all"], None).ok();
+    for s in ["customers", "orders", "order_items", "leads", "events"] {
+        assert!(out.stderr.contains(s), "summary names {s}: {}", out.stderr);
+    }
+    let w = d.join("warehouse.duckdb");
+    let w = w.to_str().unwrap();
+    let counts = |d: &Dir| {
+        read_json(
+            &py,
+            &[
+                "duckdb",
+                d.join("warehouse.duckdb").to_str().unwrap(),
+                "SELECT (SELECT count(*) FROM shop.customers), (SELECT count(*) FROM shop.products), (SELECT count(*) FROM shop.orders), \
+                 (SELECT count(*) FROM shop.order_items), (SELECT count(*) FROM crm.leads)",
+            ],
+        )
+    };
+    assert_eq!(counts(&d), [json!([600, 10, 2000, 4019, 300])]);
+    let cents = csv_cents(&d, "data/orders.csv", 3);
+    assert_eq!(
+        read_json(
+            &py,
+            &[
+                "duckdb",
+                w,
+                "SELECT sum(total)::VARCHAR, min(placed_at) FROM shop.orders"
+            ]
+        ),
+        [json!([
+            format!("{}.{:02}", cents / 100, cents % 100),
+            "2026-11-01T00:00:36.000000Z"
+        ])]
+    );
+    assert_eq!(
+        read_json(&py, &["duckdb", w, "SELECT name, custom_fields.industry, custom_fields.tags FROM crm.leads WHERE id = 'lead_0001'"]),
+        [json!(["Léa Müller", "retail", ["trial"]])]
+    );
+    let events = read_json(
+        &py,
+        &["parquet", d.join("lake").to_str().unwrap(), "events"],
+    );
+    assert_eq!(events.len(), 3000);
+    assert!(d.json("lake/_ferry_manifest.json")["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|f| f["path"]
+            .as_str()
+            .unwrap()
+            .starts_with("events/at_date=2026-11-0")));
+
+    // Again: nothing new.
+    let again = d.run(&["sync", "--all"], None).ok();
+    assert_eq!(counts(&d), [json!([600, 10, 2000, 4019, 300])]);
+    assert!(!again.stderr.contains("2000 rows"), "{}", again.stderr);
+
+    // Day 2: only its files, and its updates replace rows by key.
+    for e in std::fs::read_dir(d.join("day2")).unwrap().flatten() {
+        std::fs::copy(e.path(), d.join("data").join(e.file_name())).unwrap();
+    }
+    let day2 = d.run(&["sync", "shop"], None).ok();
+    assert!(
+        day2.stderr.contains("180 rows"),
+        "150 new + 30 updated orders: {}",
+        day2.stderr
+    );
+    assert_eq!(counts(&d), [json!([640, 10, 2150, 4318, 300])]);
+    assert_eq!(
+        read_json(
+            &py,
+            &[
+                "duckdb",
+                w,
+                "SELECT status, updated_at FROM shop.orders WHERE id = 1"
+            ]
+        ),
+        [json!(["shipped", "2026-11-02T01:00:00.000000Z"])]
+    );
+}
