@@ -228,8 +228,32 @@ pub fn widen(a: &ColumnType, b: &ColumnType) -> ColumnType {
     match (a, b) {
         (T::Json, _) | (_, T::Json) => T::Json,
         (T::Integer, T::Number) | (T::Number, T::Integer) => T::Number,
-        (T::Decimal { .. }, T::Integer | T::Number)
-        | (T::Integer | T::Number, T::Decimal { .. }) => T::Number,
+        // An integer column meeting decimals stays exact: room for 19 integer digits.
+        (
+            T::Decimal {
+                precision: Some(p),
+                scale,
+            },
+            T::Integer,
+        )
+        | (
+            T::Integer,
+            T::Decimal {
+                precision: Some(p),
+                scale,
+            },
+        ) => {
+            let s = scale.unwrap_or(0);
+            T::Decimal {
+                precision: Some((p.saturating_sub(s).max(19) + s).min(38)),
+                scale: Some(s),
+            }
+        }
+        (T::Decimal { .. }, T::Integer) | (T::Integer, T::Decimal { .. }) => T::Decimal {
+            precision: None,
+            scale: None,
+        },
+        (T::Decimal { .. }, T::Number) | (T::Number, T::Decimal { .. }) => T::Number,
         (T::Decimal { .. }, T::Decimal { .. }) => T::Decimal {
             precision: None,
             scale: None,

@@ -97,13 +97,11 @@ fn nested_type(schema: &Value) -> Option<DataType> {
             if props.is_empty() {
                 return None;
             }
+            // A field whose schema says too little (no type, a bare object, a decimal) keeps the
+            // whole column as JSON text rather than failing on values that do not fit.
             let fields: Vec<Field> = props
                 .iter()
-                .map(|(k, v)| {
-                    nested_type(v)
-                        .or_else(|| Some(DataType::Utf8).filter(|_| v.is_object()))
-                        .map(|t| Field::new(k, t, true))
-                })
+                .map(|(k, v)| nested_type(v).map(|t| Field::new(k, t, true)))
                 .collect::<Option<_>>()?;
             Some(DataType::Struct(Fields::from(fields)))
         }

@@ -946,3 +946,111 @@ fn quickstart_loads_then_nothing_then_only_day_two() {
         [json!(["shipped", "2026-11-02T01:00:00.000000Z"])]
     );
 }
+
+#[test]
+fn duckdb_nested_columns_evolve_without_losing_fields_and_loose_schemas_stay_json() {
+    let Some(py) = python() else { return };
+    let d = Dir::new();
+    d.write("t.json", r#"{"path": "w.duckdb", "nested": "struct"}"#);
+    let obj = |props: Value| json!({"type": ["null", "object"], "properties": props});
+    let run = |msgs: &[Value]| {
+        d.run(
+            &["target", "duckdb", "--config", "t.json"],
+            Some(&lines(msgs)),
+        )
+    };
+    run(&[
+        schema_msg("s", &["id"], json!({"id": {"type": "integer"}, "n": {"type": "integer"}, "meta": obj(json!({"a": {"type": "integer"}})),
+            "loose": obj(json!({"any": {}, "bag": {"type": "object"}}))})),
+        rec("s", json!({"id": 1, "n": 5, "meta": {"a": 1}, "loose": {"any": {"x": 1}, "bag": {"y": [2]}}})),
+        state(1),
+    ])
+    .ok();
+    // A sub-field appears; the integer column meets decimals.
+    run(&[
+        schema_msg("s", &["id"], json!({"id": {"type": "integer"}, "n": {"type": "string", "format": "x-singer.decimal", "precision": 10, "scale": 2},
+            "meta": obj(json!({"a": {"type": "integer"}, "b": {"type": "string"}})), "loose": obj(json!({"any": {}, "bag": {"type": "object"}}))})),
+        rec("s", json!({"id": 2, "n": "2.25", "meta": {"a": 2, "b": "two"}})),
+        state(2),
+    ])
+    .ok();
+    let f = d.join("w.duckdb");
+    let f = f.to_str().unwrap();
+    assert_eq!(
+        read(&py, &["duckdb-types", f, "main", "s"]),
+        [
+            "id:BIGINT",
+            "n:DECIMAL(21,2)",
+            "meta:STRUCT(a BIGINT, b VARCHAR)",
+            "loose:JSON"
+        ]
+    );
+    assert_eq!(
+        read_json(
+            &py,
+            &[
+                "duckdb",
+                f,
+                "SELECT id, n, meta, loose::VARCHAR FROM main.s ORDER BY id"
+            ]
+        ),
+        [
+            json!([1, "5.00", {"a": 1, "b": null}, "{\"any\":{\"x\":1},\"bag\":{\"y\":[2]}}"]),
+            json!([2, "2.25", {"a": 2, "b": "two"}, null])
+        ]
+    );
+    // A sub-field that disappears would drop stored values: refused, nothing changes.
+    let out = run(&[
+        schema_msg(
+            "s",
+            &["id"],
+            json!({"id": {"type": "integer"}, "meta": obj(json!({"b": {"type": "string"}}))}),
+        ),
+        rec("s", json!({"id": 3, "meta": {"b": "x"}})),
+        state(3),
+    ])
+    .code(1);
+    assert!(out.stderr.contains("would lose fields"), "{}", out.stderr);
+    assert_eq!(
+        read(&py, &["duckdb", f, "SELECT count(*) FROM main.s"]),
+        ["[2]"]
+    );
+}
+
+#[test]
+fn parquet_partition_by_one_name_skips_streams_without_it() {
+    let Some(py) = python() else { return };
+    let d = Dir::new();
+    d.write("t.json", r#"{"path": "lake", "partition_by": "at"}"#);
+    d.run(
+        &["target", "parquet", "--config", "t.json"],
+        Some(&lines(&[
+            schema_msg(
+                "a",
+                &["id"],
+                json!({"id": {"type": "integer"}, "at": {"type": "string", "format": "date"}}),
+            ),
+            schema_msg("b", &["id"], json!({"id": {"type": "integer"}})),
+            rec("a", json!({"id": 1, "at": "2026-11-22"})),
+            rec("b", json!({"id": 2})),
+            state(1),
+        ])),
+    )
+    .ok();
+    let m = d.json("lake/_ferry_manifest.json");
+    let paths: Vec<&str> = m["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert!(
+        paths.iter().any(|p| p.starts_with("a/at_date=2026-11-22/")),
+        "{paths:?}"
+    );
+    assert!(paths.iter().any(|p| p.starts_with("b/part-")), "{paths:?}");
+    assert_eq!(
+        read_json(&py, &["parquet", d.join("lake").to_str().unwrap(), "b"]),
+        [json!({"id": 2})]
+    );
+}

@@ -297,7 +297,51 @@ impl DuckDbTarget {
                                 })?;
                             tracing::info!(table = %qt, column = %c.planned.name, ty = %c.ty, "Column added.");
                         }
-                        Some((_, have)) if have.eq_ignore_ascii_case(&c.ty) => {}
+                        // DuckDB spells types without the quotes ferry puts around field names.
+                        Some((_, have)) if have.eq_ignore_ascii_case(&c.ty.replace('"', "")) => {}
+                        // Nested types (STRUCT, LIST, JSON) change when the schema's objects do:
+                        // altered in place only if every existing value survives the change.
+                        Some((_, have))
+                            if logical(have) == Some(ColumnType::Json)
+                                && c.planned.ty == ColumnType::Json =>
+                        {
+                            let col = quote_ident(&c.planned.name);
+                            let lost: i64 = self
+                                .conn
+                                .query_row(
+                                    &format!(
+                                        "SELECT count(*) FROM {qt} WHERE {col} IS NOT NULL \
+                                         AND TRY_CAST(TRY_CAST({col} AS {new}) AS {have}) IS DISTINCT FROM {col}",
+                                        new = c.ty
+                                    ),
+                                    [],
+                                    |r| r.get(0),
+                                )
+                                .with_context(|| {
+                                    format!("checking column {:?} of {qt} against {}", c.planned.name, c.ty)
+                                })?;
+                            if lost > 0 {
+                                bail!(
+                                    "table {qt}, column {:?} is {have} but the schema now says {}; {lost} existing values would \
+                                     lose fields. Rename or drop the column and run again, or load nested data as JSON \
+                                     (nested: json)",
+                                    c.planned.name,
+                                    c.ty
+                                );
+                            }
+                            self.conn
+                                .execute_batch(&format!(
+                                    "ALTER TABLE {qt} ALTER COLUMN {col} SET DATA TYPE {}",
+                                    c.ty
+                                ))
+                                .with_context(|| {
+                                    format!(
+                                        "changing column {:?} of {qt} from {have} to {}",
+                                        c.planned.name, c.ty
+                                    )
+                                })?;
+                            tracing::info!(table = %qt, column = %c.planned.name, from = %have, to = %c.ty, "Nested column changed in place.");
+                        }
                         Some((_, have)) => {
                             let Some(h) = logical(have) else {
                                 // A type ferry does not reason about: DuckDB casts each value.
@@ -469,7 +513,10 @@ impl DuckDbTarget {
                 }
             };
             s.bytes += s.batch.bytes() as u64;
-            let batch = s.batch.finish()?;
+            let batch = s
+                .batch
+                .finish()
+                .with_context(|| format!("stream {stream:?}: building a batch for {qt}"))?;
             let mut app = self
                 .conn
                 .appender(&stg)

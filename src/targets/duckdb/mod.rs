@@ -113,7 +113,8 @@ pub fn about() -> About {
             ConfigKey { name: "data_flattening_max_level", ty: "integer", required: false, description: "Flatten nested objects into `parent__child` columns down to this depth (default 0)." },
             ConfigKey { name: "nested", ty: "string", required: false, description: "Objects and arrays as `json` (default) or `struct` (STRUCT/LIST typed from the schema)." },
             ConfigKey { name: "state_table", ty: "string", required: false, description: "Table keeping the pipeline state with the data (default `_ferry_state`; null: off)." },
-            ConfigKey { name: "threads, memory_limit", ty: "string", required: false, description: "DuckDB settings for the load." },
+            ConfigKey { name: "threads", ty: "integer", required: false, description: "DuckDB's `threads` setting for the load." },
+            ConfigKey { name: "memory_limit", ty: "string", required: false, description: "DuckDB's `memory_limit` setting for the load, e.g. `\"2GB\"`." },
         ],
     }
 }

@@ -261,11 +261,11 @@ impl ParquetTarget {
             .open(&lock_path)
             .with_context(|| format!("cannot open {}", lock_path.display()))?;
         if lock.try_lock().is_err() {
-            bail!(
+            return Err(anyhow::Error::new(crate::error::Failure::Locked(format!(
                 "another ferry target is writing to {} (lock {}); wait for it to finish",
                 base.display(),
                 lock_path.display()
-            );
+            ))));
         }
         let mpath = base.join(MANIFEST);
         let manifest: Manifest = match fs::read(&mpath) {
@@ -330,7 +330,7 @@ impl ParquetTarget {
             for e in rd.flatten() {
                 let p = e.path();
                 let name = e.file_name().to_string_lossy().into_owned();
-                if p.is_dir() && !name.starts_with('_') {
+                if p.is_dir() && name != RUNS {
                     stack.push(p);
                 } else if name.starts_with(".part-") && name.ends_with(".parquet.tmp") {
                     fs::remove_file(&p)
@@ -344,7 +344,7 @@ impl ParquetTarget {
 
     fn props(&self) -> WriterProperties {
         let c = match self.cfg.compression {
-            Compression::Zstd => PqCompression::ZSTD(ZstdLevel::default()),
+            Compression::Zstd => PqCompression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()),
             Compression::Snappy => PqCompression::SNAPPY,
             Compression::None => PqCompression::UNCOMPRESSED,
         };
@@ -395,6 +395,16 @@ impl ParquetTarget {
             .and_then(|p| p.for_stream(&msg.stream))
         {
             None => None,
+            // One property named for all streams partitions the streams that have it.
+            Some(prop)
+                if matches!(self.cfg.partition_by, Some(super::PartitionBy::All(_)))
+                    && !plan
+                        .cols
+                        .iter()
+                        .any(|c| c.source == Source::Prop(prop.into())) =>
+            {
+                None
+            }
             Some(prop) => {
                 let Some(c) = plan
                     .cols
@@ -535,7 +545,10 @@ impl ParquetTarget {
         let part = s.parts.get_mut(key).expect("part exists");
         if part.batch.rows() > 0 {
             s.bytes += part.batch.bytes() as u64;
-            let batch: RecordBatch = part.batch.finish()?;
+            let batch: RecordBatch = part
+                .batch
+                .finish()
+                .with_context(|| format!("stream {stream:?}: building a batch"))?;
             if part.file.is_none() {
                 self.seq += 1;
                 let mut rel = PathBuf::from(&s.dir);
