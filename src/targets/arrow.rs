@@ -280,6 +280,52 @@ impl Builder {
         }
     }
 
+    /// Takes back the last value appended (rare: a later value of the same record failed).
+    fn drop_last(&mut self) {
+        use arrow::array::Array;
+        use arrow::datatypes::{
+            Date32Type, Decimal128Type, Float64Type, Int64Type, Time64MicrosecondType,
+            TimestampMicrosecondType,
+        };
+        fn rebuild<T: arrow::datatypes::ArrowPrimitiveType>(
+            b: &mut arrow::array::PrimitiveBuilder<T>,
+        ) {
+            let a = b.finish();
+            let keep = a.len().saturating_sub(1);
+            let dt = a.data_type().clone();
+            let mut fresh = arrow::array::PrimitiveBuilder::<T>::new().with_data_type(dt);
+            fresh.extend(a.slice(0, keep).iter());
+            *b = fresh;
+        }
+        match self {
+            Builder::Int(b) => rebuild::<Int64Type>(b),
+            Builder::Float(b) => rebuild::<Float64Type>(b),
+            Builder::Dec(b, ..) => rebuild::<Decimal128Type>(b),
+            Builder::Ts(b) => rebuild::<TimestampMicrosecondType>(b),
+            Builder::Date(b) => rebuild::<Date32Type>(b),
+            Builder::Time(b) => rebuild::<Time64MicrosecondType>(b),
+            Builder::Bool(b) => {
+                let a = b.finish();
+                let mut fresh = BooleanBuilder::new();
+                fresh.extend(a.slice(0, a.len().saturating_sub(1)).iter());
+                *b = fresh;
+            }
+            Builder::Str(b, _) => {
+                let a = b.finish();
+                let mut fresh = StringBuilder::new();
+                fresh.extend(a.slice(0, a.len().saturating_sub(1)).iter());
+                *b = fresh;
+            }
+            Builder::Nested(_, buf, rows) => {
+                // Lines end in '\n': cut after the one before the last.
+                let end = buf.len().saturating_sub(1);
+                let cut = memchr::memrchr(b'\n', &buf[..end]).map_or(0, |i| i + 1);
+                buf.truncate(cut);
+                *rows = rows.saturating_sub(1);
+            }
+        }
+    }
+
     fn finish(&mut self) -> anyhow::Result<ArrayRef> {
         Ok(match self {
             Builder::Int(b) => Arc::new(b.finish()),
@@ -315,6 +361,17 @@ impl Builder {
     }
 }
 
+/// Converts and appends one cell; on error, the reason and an excerpt of the value.
+fn push_cell(b: &mut Builder, cell: &Cell<'_>) -> Result<(), (&'static str, String)> {
+    match b.convert(cell) {
+        Ok(v) => {
+            b.append(v);
+            Ok(())
+        }
+        Err(why) => Err((why, cell.excerpt())),
+    }
+}
+
 /// A converted value, ready to append.
 enum Val<'a> {
     Null,
@@ -335,6 +392,8 @@ pub struct BatchBuilder {
     rows: usize,
     bytes: usize,
     received_at: i64,
+    /// Per column, the byte range of its value in the raw record being pushed (reused).
+    spans: Vec<Option<(usize, usize)>>,
 }
 
 impl std::fmt::Debug for BatchBuilder {
@@ -380,6 +439,7 @@ impl BatchBuilder {
             rows: 0,
             bytes: 0,
             received_at,
+            spans: vec![None; cols.len()],
         })
     }
 
@@ -410,79 +470,80 @@ impl BatchBuilder {
         seq: i64,
     ) -> Result<(), CellError> {
         let n = self.builders.len();
-        let mut cells: Vec<Cell<'_>> = Vec::with_capacity(n);
-        match (flat, &msg.record) {
-            (Some(m), _) => cells.extend(self.sources.iter().map(|s| match s {
-                Source::Prop(p) => Cell::value(m.get(p)),
+        let version = msg.version.map(|v| v.to_string());
+        let meta = |s: &Source| -> Cell<'_> {
+            match s {
+                Source::Extracted => msg
+                    .time_extracted
+                    .as_deref()
+                    .map_or(Cell::Null, |t| Cell::Str(Cow::Borrowed(t))),
+                Source::Version => version.as_deref().map_or(Cell::Null, Cell::Lit),
                 _ => Cell::Null,
-            })),
-            (None, Record::Map(m)) => cells.extend(self.sources.iter().map(|s| match s {
-                Source::Prop(p) => Cell::value(m.get(p)),
-                _ => Cell::Null,
-            })),
-            (None, Record::Raw(raw)) => {
-                let text = raw.get();
-                self.bytes += text.len();
-                cells.resize_with(n, || Cell::Null);
-                let sources = &self.sources;
-                let mut cursor = 0usize;
-                crate::schema::scan::fields(text, |k, v| {
-                    // Properties usually come in schema order: try the next column first.
-                    let hit = match sources.get(cursor) {
-                        Some(Source::Prop(p)) if *p == k => Some(cursor),
-                        _ => sources
-                            .iter()
-                            .position(|s| matches!(s, Source::Prop(p) if *p == k)),
-                    };
-                    if let Some(i) = hit {
-                        cells[i] = Cell::from_raw(v);
-                        cursor = i + 1;
-                    }
-                });
             }
-        }
-        if !matches!(msg.record, Record::Raw(_)) {
+        };
+        let raw_text = match (flat, &msg.record) {
+            (None, Record::Raw(raw)) => Some(raw.get()),
+            _ => None,
+        };
+        let map = match (flat, &msg.record) {
+            (Some(m), _) => Some(m),
+            (None, Record::Map(m)) => Some(m),
+            (None, Record::Raw(_)) => None,
+        };
+        if let Some(text) = raw_text {
+            // Byte ranges of the values, found in one pass over the record's text.
+            self.bytes += text.len();
+            self.spans.iter_mut().for_each(|s| *s = None);
+            let (sources, spans) = (&self.sources, &mut self.spans);
+            let base = text.as_ptr() as usize;
+            let mut cursor = 0usize;
+            crate::schema::scan::fields(text, |k, v| {
+                // Properties usually come in schema order: try the next column first.
+                let hit = match sources.get(cursor) {
+                    Some(Source::Prop(p)) if *p == k => Some(cursor),
+                    _ => sources
+                        .iter()
+                        .position(|s| matches!(s, Source::Prop(p) if *p == k)),
+                };
+                if let Some(i) = hit {
+                    let start = v.as_ptr() as usize - base;
+                    spans[i] = Some((start, start + v.len()));
+                    cursor = i + 1;
+                }
+            });
+        } else {
             self.bytes += 16 * n;
         }
-        let version;
-        for (i, s) in self.sources.iter().enumerate() {
-            match s {
-                Source::Prop(_) => {}
-                Source::Extracted => {
-                    if let Some(t) = msg.time_extracted.as_deref() {
-                        cells[i] = Cell::Str(Cow::Borrowed(t));
-                    }
+        for i in 0..n {
+            let res = match &self.sources[i] {
+                Source::Received => {
+                    self.builders[i].append(Val::I(self.received_at));
+                    Ok(())
                 }
-                Source::Received => {}
-                Source::Version => {
-                    if let Some(v) = msg.version {
-                        version = v.to_string();
-                        cells[i] = Cell::Lit(version.as_str());
-                        break;
-                    }
+                Source::Prop(p) => {
+                    let cell = match (raw_text, map) {
+                        (Some(text), _) => {
+                            self.spans[i].map_or(Cell::Null, |(a, b)| Cell::from_raw(&text[a..b]))
+                        }
+                        (None, Some(m)) => Cell::value(m.get(p)),
+                        (None, None) => Cell::Null,
+                    };
+                    push_cell(&mut self.builders[i], &cell)
                 }
-            }
-        }
-        // Convert every value first, so a value that does not fit leaves nothing behind.
-        let mut vals: Vec<Val<'_>> = Vec::with_capacity(n);
-        for (i, b) in self.builders.iter().enumerate() {
-            if self.sources[i] == Source::Received {
-                vals.push(Val::I(self.received_at));
-                continue;
-            }
-            match b.convert(&cells[i]) {
-                Ok(v) => vals.push(v),
-                Err(why) => {
-                    return Err(CellError {
-                        column: self.schema.field(i).name().clone(),
-                        value: cells[i].excerpt(),
-                        why,
-                    })
+                other => push_cell(&mut self.builders[i], &meta(other)),
+            };
+            if let Err((why, value)) = res {
+                // Values of this record already appended are taken back, so nothing of it
+                // stays (a quarantined record, or a batch whose error is reported).
+                for b in &mut self.builders[..i] {
+                    b.drop_last();
                 }
+                return Err(CellError {
+                    column: self.schema.field(i).name().clone(),
+                    value,
+                    why,
+                });
             }
-        }
-        for (b, v) in self.builders.iter_mut().zip(vals) {
-            b.append(v);
         }
         if let Some(b) = &mut self.seq {
             b.append_value(seq);

@@ -37,6 +37,9 @@ struct DuckStream {
     batch: BatchBuilder,
     seq: i64,
     staging: Option<String>,
+    /// Created in the open transaction and not merged into yet: the merge needs no conflict
+    /// check (duplicates in staging are reduced first).
+    empty: bool,
     versions: Versions,
     bytes: u64,
 }
@@ -244,6 +247,7 @@ impl DuckDbTarget {
                 quote_ident(&self.schema)
             ))
             .with_context(|| format!("creating schema {:?}", self.schema))?;
+        let mut created = false;
         match self.existing_columns(&table)? {
             None => {
                 let mut defs: Vec<String> = cols
@@ -281,6 +285,7 @@ impl DuckDbTarget {
                     .execute_batch(&format!("CREATE TABLE {qt} ({})", defs.join(", ")))
                     .with_context(|| format!("creating table {qt}"))?;
                 tracing::info!(stream = %msg.stream, table = %qt, "Table created.");
+                created = true;
             }
             Some(existing) => {
                 for c in &mut cols {
@@ -401,6 +406,7 @@ impl DuckDbTarget {
                 batch,
                 seq: prev.as_ref().map_or(0, |p| p.seq),
                 staging: None,
+                empty: created,
                 versions: prev
                     .as_ref()
                     .map(|p| p.versions.clone())
@@ -534,7 +540,9 @@ impl DuckDbTarget {
                     .collect();
                 let list = names.join(", ");
                 let stg_q = quote_ident(&stg);
-                let sql = if s.key_cols.is_empty() {
+                let sql = if s.key_cols.is_empty() && s.empty {
+                    format!("INSERT INTO {qt} ({list}) SELECT {list} FROM {stg_q}")
+                } else if s.key_cols.is_empty() {
                     format!("INSERT INTO {qt} ({list}) SELECT {list} FROM {stg_q} ORDER BY {SEQ}")
                 } else {
                     let keys = s
@@ -560,16 +568,21 @@ impl DuckDbTarget {
                         format!("DO UPDATE SET {}", updates.join(", "))
                     };
                     // Within a batch the last record of a key wins.
-                    format!(
+                    let dedupe = format!(
                         "INSERT INTO {qt} ({list}) SELECT {list} FROM {stg_q} \
-                         QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {SEQ} DESC) = 1 \
-                         ON CONFLICT ({keys}) {action}"
-                    )
+                         QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {SEQ} DESC) = 1"
+                    );
+                    if s.empty {
+                        dedupe
+                    } else {
+                        format!("{dedupe} ON CONFLICT ({keys}) {action}")
+                    }
                 };
                 self.conn.execute_batch(&sql).map_err(|e| {
                     anyhow!("stream {stream:?}: merging a batch into {qt} failed: {e}; nothing of this batch was committed")
                 })?;
                 self.conn.execute_batch(&format!("DROP TABLE {stg_q}"))?;
+                s.empty = false;
             }
             if self.cfg.hard_delete && self.cfg.add_metadata_columns {
                 self.conn.execute_batch(&format!(
@@ -707,6 +720,9 @@ impl DuckDbTarget {
         }
         self.conn.execute_batch("COMMIT").context("COMMIT")?;
         self.in_txn = false;
+        for s in self.streams.values_mut() {
+            s.empty = false;
+        }
         Ok(())
     }
 

@@ -87,9 +87,51 @@ pub struct Manifest {
     garbage: Vec<String>,
 }
 
+/// A Parquet file being encoded on a thread of its own, so encoding and compression overlap with
+/// parsing the next records.
+struct Encoder {
+    tx: std::sync::mpsc::SyncSender<RecordBatch>,
+    done: std::thread::JoinHandle<anyhow::Result<File>>,
+}
+
+impl Encoder {
+    fn start(f: File, schema: SchemaRef, props: WriterProperties) -> anyhow::Result<Encoder> {
+        let mut writer = ArrowWriter::try_new(f, schema, Some(props))?;
+        // Two batches in flight at most: memory stays bounded.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<RecordBatch>(2);
+        let done = std::thread::Builder::new()
+            .name("ferry-parquet".into())
+            .spawn(move || {
+                for batch in rx {
+                    writer.write(&batch)?;
+                }
+                let mut f = writer.into_inner()?;
+                std::io::Write::flush(&mut f)?;
+                f.sync_all()?;
+                Ok(f)
+            })?;
+        Ok(Encoder { tx, done })
+    }
+
+    /// Hands a batch over; an error means the encoder failed (reported by `finish`).
+    fn write(&self, batch: RecordBatch) -> bool {
+        self.tx.send(batch).is_ok()
+    }
+
+    /// Closes the file: waits for the encoder and returns the synced file.
+    fn finish(self) -> anyhow::Result<File> {
+        drop(self.tx);
+        self.done
+            .join()
+            .map_err(|_| anyhow!("the Parquet encoder thread panicked"))?
+    }
+}
+
 /// An open file of a stream partition.
 struct OpenFile {
-    writer: ArrowWriter<File>,
+    writer: Encoder,
+    /// Bytes of record JSON written into it: what `file_max_bytes` compares.
+    input_bytes: u64,
     tmp: PathBuf,
     path: String,
     rows: u64,
@@ -543,8 +585,10 @@ impl ParquetTarget {
         let (max_rows, max_bytes) = (self.cfg.file_max_rows, self.cfg.file_max_bytes);
         let s = self.streams.get_mut(stream).expect("stream exists");
         let part = s.parts.get_mut(key).expect("part exists");
+        let mut failed = false;
         if part.batch.rows() > 0 {
-            s.bytes += part.batch.bytes() as u64;
+            let input_bytes = part.batch.bytes() as u64;
+            s.bytes += input_bytes;
             let batch: RecordBatch = part
                 .batch
                 .finish()
@@ -567,9 +611,10 @@ impl ParquetTarget {
                 }
                 let f =
                     File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-                let writer = ArrowWriter::try_new(f, batch.schema(), Some(props))?;
+                let writer = Encoder::start(f, batch.schema(), props)?;
                 part.file = Some(OpenFile {
                     writer,
+                    input_bytes: 0,
                     tmp,
                     path: rel,
                     rows: 0,
@@ -587,25 +632,19 @@ impl ParquetTarget {
                 }
             }
             file.rows += batch.num_rows() as u64;
-            file.writer
-                .write(&batch)
-                .with_context(|| format!("stream {stream:?}: writing {}", file.tmp.display()))?;
+            file.input_bytes += input_bytes;
+            failed = !file.writer.write(batch);
         }
-        let full = part.file.as_ref().is_some_and(|f| {
-            f.rows >= max_rows
-                || (f.writer.bytes_written() + f.writer.in_progress_size()) as u64 >= max_bytes
-        });
-        if (close || full) && part.file.is_some() {
+        let full = part
+            .file
+            .as_ref()
+            .is_some_and(|f| f.rows >= max_rows || f.input_bytes >= max_bytes);
+        if (close || full || failed) && part.file.is_some() {
             let file = part.file.take().expect("file open");
-            let f = file.writer.into_inner().and_then(|mut w| {
-                use std::io::Write;
-                w.flush()?;
-                Ok(w)
-            });
-            let f =
-                f.with_context(|| format!("stream {stream:?}: closing {}", file.tmp.display()))?;
-            let inner = f;
-            inner.sync_all()?;
+            let inner = file
+                .writer
+                .finish()
+                .with_context(|| format!("stream {stream:?}: writing {}", file.tmp.display()))?;
             let bytes = inner.metadata().map(|m| m.len()).unwrap_or(0);
             self.pending.push(Pending {
                 entry: FileEntry {
