@@ -37,6 +37,8 @@ struct DuckStream {
     batch: BatchBuilder,
     seq: i64,
     staging: Option<String>,
+    /// Rows appended to staging and not merged yet.
+    staged: u64,
     /// Created in the open transaction and not merged into yet: the merge needs no conflict
     /// check (duplicates in staging are reduced first).
     empty: bool,
@@ -406,6 +408,7 @@ impl DuckDbTarget {
                 batch,
                 seq: prev.as_ref().map_or(0, |p| p.seq),
                 staging: None,
+                staged: 0,
                 empty: created,
                 versions: prev
                     .as_ref()
@@ -464,7 +467,10 @@ impl DuckDbTarget {
             || s.batch.bytes() as u64 >= self.cfg.batch_size_bytes
         {
             let stream = msg.stream.clone();
-            blocking(|| self.flush_stream(&stream, false))?;
+            // Staging is merged every ten batches too, so a long transaction (one commit for a
+            // whole load) keeps memory bounded.
+            let merge = s.staged + s.batch.rows() as u64 >= 10 * self.cfg.batch_size_rows;
+            blocking(|| self.flush_stream(&stream, merge))?;
         }
         Ok(())
     }
@@ -519,6 +525,7 @@ impl DuckDbTarget {
                 }
             };
             s.bytes += s.batch.bytes() as u64;
+            s.staged += s.batch.rows() as u64;
             let batch = s
                 .batch
                 .finish()
@@ -583,6 +590,7 @@ impl DuckDbTarget {
                 })?;
                 self.conn.execute_batch(&format!("DROP TABLE {stg_q}"))?;
                 s.empty = false;
+                s.staged = 0;
             }
             if self.cfg.hard_delete && self.cfg.add_metadata_columns {
                 self.conn.execute_batch(&format!(

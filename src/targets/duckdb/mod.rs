@@ -27,6 +27,9 @@ const fn default_batch_bytes() -> u64 {
 const fn default_true() -> bool {
     true
 }
+fn default_memory_limit() -> Option<String> {
+    Some("256MB".into())
+}
 fn default_state_table() -> Option<String> {
     Some("_ferry_state".into())
 }
@@ -80,8 +83,9 @@ pub struct DuckDbTargetConfig {
     /// DuckDB's `threads` setting.
     #[serde(default)]
     pub threads: Option<u32>,
-    /// DuckDB's `memory_limit` setting, e.g. `"2GB"`.
-    #[serde(default)]
+    /// DuckDB's `memory_limit` setting (default 256MB, so memory stays flat however large a
+    /// load: DuckDB spills beyond it); `null` for DuckDB's own default (80% of RAM).
+    #[serde(default = "default_memory_limit")]
     pub memory_limit: Option<String>,
 }
 
@@ -114,7 +118,7 @@ pub fn about() -> About {
             ConfigKey { name: "nested", ty: "string", required: false, description: "Objects and arrays as `json` (default) or `struct` (STRUCT/LIST typed from the schema)." },
             ConfigKey { name: "state_table", ty: "string", required: false, description: "Table keeping the pipeline state with the data (default `_ferry_state`; null: off)." },
             ConfigKey { name: "threads", ty: "integer", required: false, description: "DuckDB's `threads` setting for the load." },
-            ConfigKey { name: "memory_limit", ty: "string", required: false, description: "DuckDB's `memory_limit` setting for the load, e.g. `\"2GB\"`." },
+            ConfigKey { name: "memory_limit", ty: "string", required: false, description: "DuckDB's `memory_limit` for the load (default `256MB`: memory stays flat, DuckDB spills beyond it; null: DuckDB's default, 80% of RAM)." },
         ],
     }
 }
