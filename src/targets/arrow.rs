@@ -212,6 +212,10 @@ impl Builder {
     fn convert<'c>(&self, cell: &'c Cell<'c>) -> Result<Val<'c>, &'static str> {
         Ok(match (self, cell) {
             (_, Cell::Null) => Val::Null,
+            (
+                Builder::Nested(DataType::Struct(_) | DataType::List(_), ..),
+                Cell::Lit(_) | Cell::Str(_),
+            ) => return Err("the wrong JSON type for the column (not an object or array)"),
             (Builder::Nested(..), c) => Val::Text(match c {
                 Cell::Json(t) => Cow::Borrowed(t.as_ref()),
                 Cell::Lit(t) => Cow::Borrowed(*t),
@@ -574,11 +578,14 @@ fn parse_int(t: &str) -> Result<i64, &'static str> {
     if let Ok(v) = t.parse::<i64>() {
         return Ok(v);
     }
-    // JSON Schema counts 3.0 as an integer.
-    match t.parse::<f64>() {
-        Ok(f) if f.fract() == 0.0 && f.abs() < 9.2e18 => Ok(f as i64),
-        Ok(f) if f.fract() == 0.0 => Err("a value out of the 64-bit integer range"),
-        _ => Err("a value that is not an integer"),
+    // JSON Schema counts 3.0 and 1e3 as integers: read exactly, never through a float.
+    match parse_decimal(t, 38, 0) {
+        Ok(v) => i64::try_from(v).map_err(|_| "a value out of the 64-bit integer range"),
+        Err("more decimal places than the column's scale") => Err("a value that is not an integer"),
+        Err("more digits than the column's precision") => {
+            Err("a value out of the 64-bit integer range")
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -603,7 +610,7 @@ pub fn parse_decimal(t: &str, precision: u8, scale: i8) -> Result<i128, &'static
         _ => (false, t),
     };
     let (mantissa, exp) = match body.find(['e', 'E']) {
-        Some(i) => (&body[..i], body[i + 1..].parse::<i32>().map_err(|_| BAD)?),
+        Some(i) => (&body[..i], body[i + 1..].parse::<i64>().map_err(|_| BAD)?),
         None => (body, 0),
     };
     let (int_part, frac_part) = mantissa.split_once('.').unwrap_or((mantissa, ""));
@@ -618,9 +625,11 @@ pub fn parse_decimal(t: &str, precision: u8, scale: i8) -> Result<i128, &'static
         digits.push(c - b'0');
     }
     // The value is digits × 10^(exp − frac_len); we want it × 10^scale.
-    let shift = exp - frac_part.len() as i32 + i32::from(scale);
+    let shift = exp
+        .saturating_sub(frac_part.len() as i64)
+        .saturating_add(i64::from(scale));
     if shift < 0 {
-        let drop = (-shift) as usize;
+        let drop = usize::try_from(shift.unsigned_abs()).unwrap_or(usize::MAX);
         let keep = digits.len().saturating_sub(drop);
         if digits[keep..].iter().any(|d| *d != 0) {
             return Err("more decimal places than the column's scale");
@@ -735,6 +744,9 @@ pub fn parse_timestamp(t: &str) -> Result<i64, &'static str> {
                 5 if rest[2] == b':' => two(rest, 3).ok_or(BAD)?,
                 _ => return Err(BAD),
             };
+            if h > 23 || m > 59 {
+                return Err(BAD);
+            }
             let off = i64::from(h * 60 + m);
             if *sign == b'-' {
                 -off
@@ -790,6 +802,12 @@ mod tests {
         assert!(parse_decimal("1234", 4, 2).is_err());
         assert!(parse_decimal("abc", 4, 2).is_err());
         assert!(parse_decimal(".", 4, 2).is_err());
+        assert!(parse_decimal("1e2147483647", 4, 2).is_err());
+        assert!(parse_decimal("1.5e-9223372036854775808", 4, 2).is_err());
+        assert_eq!(parse_int("12345678901234567.0"), Ok(12_345_678_901_234_567));
+        assert_eq!(parse_int("1e3"), Ok(1000));
+        assert!(parse_int("1.5").is_err());
+        assert!(parse_int("1e30").is_err());
         assert_eq!(
             parse_decimal("99999999999999999999999999999.999999999", 38, 9),
             Ok(99_999_999_999_999_999_999_999_999_999_999_999_999)
@@ -812,6 +830,7 @@ mod tests {
         );
         assert!(parse_timestamp("2026-02-30T00:00:00Z").is_err());
         assert!(parse_timestamp("yesterday").is_err());
+        assert!(parse_timestamp("2026-11-22T10:00:00+99:99").is_err());
         assert_eq!(parse_date("2026-11-22"), Ok(20_779));
         assert!(parse_date("2026-11-22T10:00:00Z").is_err());
         assert_eq!(parse_time("10:00:00.5"), Ok(36_000_500_000));

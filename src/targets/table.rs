@@ -211,14 +211,19 @@ pub fn describe(t: &ColumnType) -> &'static str {
 pub struct Versions {
     seen: Vec<i64>,
     pending: Option<i64>,
+    /// The pending ACTIVATE_VERSION came before any record of its version in this run.
+    early: bool,
 }
 
 impl Versions {
-    /// Notes a record's version. A record of a version whose ACTIVATE_VERSION is pending shows
-    /// that message was the one taps send before a reload, not the one after it: it is dropped.
+    /// Notes a record's version. A record of a version whose ACTIVATE_VERSION is pending, when
+    /// no record of that version came before the message, shows it was the one taps send before
+    /// a reload, not the one after it: it is dropped. (Records after a closing ACTIVATE_VERSION,
+    /// e.g. from a log, keep it.)
     pub fn record(&mut self, msg: &RecordMessage) {
-        if msg.version.is_some() && msg.version == self.pending {
+        if self.early && msg.version.is_some() && msg.version == self.pending {
             self.pending = None;
+            self.early = false;
         }
         if let Some(v) = msg.version {
             if !self.seen.contains(&v) {
@@ -230,6 +235,7 @@ impl Versions {
     /// Notes an ACTIVATE_VERSION; it is applied at commit, after the version's records.
     pub fn activate(&mut self, version: i64) {
         self.pending = Some(version);
+        self.early = !self.seen.contains(&version);
     }
 
     /// Whether an ACTIVATE_VERSION waits for the next commit.
@@ -245,6 +251,7 @@ impl Versions {
     /// records of it are in the table: seen in this run, or (the caller checks when this is
     /// false) committed by an earlier run that this one resumes.
     pub fn take(&mut self) -> Option<(i64, bool)> {
+        self.early = false;
         self.pending.take().map(|v| (v, self.seen.contains(&v)))
     }
 }
@@ -385,6 +392,29 @@ mod tests {
             Change::Keep
         );
         assert!(evolve("t", "c", &s, &ColumnType::Json).is_err());
+    }
+
+    #[test]
+    fn activate_version_before_a_reload_is_dropped_and_after_it_kept() {
+        let rec = |v: i64| RecordMessage {
+            stream: "s".into(),
+            record: crate::singer::Record::Map(Map::new()),
+            version: Some(v),
+            time_extracted: None,
+            extra: Map::new(),
+        };
+        let mut v = Versions::default();
+        v.activate(2);
+        v.record(&rec(2));
+        assert_eq!(v.take(), None, "sent before the reload's records");
+        v.record(&rec(3));
+        v.activate(3);
+        v.record(&rec(3));
+        assert_eq!(
+            v.take(),
+            Some((3, true)),
+            "sent after them; a late record keeps it"
+        );
     }
 
     #[test]

@@ -39,9 +39,8 @@ struct DuckStream {
     staging: Option<String>,
     /// Rows appended to staging and not merged yet.
     staged: u64,
-    /// Created in the open transaction and not merged into yet: the merge needs no conflict
-    /// check (duplicates in staging are reduced first).
-    empty: bool,
+    /// Bytes of records appended to staging and not merged yet.
+    staged_bytes: u64,
     versions: Versions,
     bytes: u64,
 }
@@ -249,7 +248,6 @@ impl DuckDbTarget {
                 quote_ident(&self.schema)
             ))
             .with_context(|| format!("creating schema {:?}", self.schema))?;
-        let mut created = false;
         match self.existing_columns(&table)? {
             None => {
                 let mut defs: Vec<String> = cols
@@ -287,7 +285,6 @@ impl DuckDbTarget {
                     .execute_batch(&format!("CREATE TABLE {qt} ({})", defs.join(", ")))
                     .with_context(|| format!("creating table {qt}"))?;
                 tracing::info!(stream = %msg.stream, table = %qt, "Table created.");
-                created = true;
             }
             Some(existing) => {
                 for c in &mut cols {
@@ -305,7 +302,10 @@ impl DuckDbTarget {
                             tracing::info!(table = %qt, column = %c.planned.name, ty = %c.ty, "Column added.");
                         }
                         // DuckDB spells types without the quotes ferry puts around field names.
-                        Some((_, have)) if have.eq_ignore_ascii_case(&c.ty.replace('"', "")) => {}
+                        Some((_, have))
+                            if have
+                                .replace('"', "")
+                                .eq_ignore_ascii_case(&c.ty.replace('"', "")) => {}
                         // Nested types (STRUCT, LIST, JSON) change when the schema's objects do:
                         // altered in place only if every existing value survives the change.
                         Some((_, have))
@@ -409,7 +409,7 @@ impl DuckDbTarget {
                 seq: prev.as_ref().map_or(0, |p| p.seq),
                 staging: None,
                 staged: 0,
-                empty: created,
+                staged_bytes: 0,
                 versions: prev
                     .as_ref()
                     .map(|p| p.versions.clone())
@@ -469,7 +469,8 @@ impl DuckDbTarget {
             let stream = msg.stream.clone();
             // Staging is merged every ten batches too, so a long transaction (one commit for a
             // whole load) keeps memory bounded.
-            let merge = s.staged + s.batch.rows() as u64 >= 10 * self.cfg.batch_size_rows;
+            let merge = s.staged + s.batch.rows() as u64 >= 10 * self.cfg.batch_size_rows
+                || s.staged_bytes + s.batch.bytes() as u64 >= 4 * self.cfg.batch_size_bytes;
             blocking(|| self.flush_stream(&stream, merge))?;
         }
         Ok(())
@@ -526,6 +527,7 @@ impl DuckDbTarget {
             };
             s.bytes += s.batch.bytes() as u64;
             s.staged += s.batch.rows() as u64;
+            s.staged_bytes += s.batch.bytes() as u64;
             let batch = s
                 .batch
                 .finish()
@@ -547,9 +549,7 @@ impl DuckDbTarget {
                     .collect();
                 let list = names.join(", ");
                 let stg_q = quote_ident(&stg);
-                let sql = if s.key_cols.is_empty() && s.empty {
-                    format!("INSERT INTO {qt} ({list}) SELECT {list} FROM {stg_q}")
-                } else if s.key_cols.is_empty() {
+                let sql = if s.key_cols.is_empty() {
                     format!("INSERT INTO {qt} ({list}) SELECT {list} FROM {stg_q} ORDER BY {SEQ}")
                 } else {
                     let keys = s
@@ -579,18 +579,14 @@ impl DuckDbTarget {
                         "INSERT INTO {qt} ({list}) SELECT {list} FROM {stg_q} \
                          QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {SEQ} DESC) = 1"
                     );
-                    if s.empty {
-                        dedupe
-                    } else {
-                        format!("{dedupe} ON CONFLICT ({keys}) {action}")
-                    }
+                    format!("{dedupe} ON CONFLICT ({keys}) {action}")
                 };
                 self.conn.execute_batch(&sql).map_err(|e| {
                     anyhow!("stream {stream:?}: merging a batch into {qt} failed: {e}; nothing of this batch was committed")
                 })?;
                 self.conn.execute_batch(&format!("DROP TABLE {stg_q}"))?;
-                s.empty = false;
                 s.staged = 0;
+                s.staged_bytes = 0;
             }
             if self.cfg.hard_delete && self.cfg.add_metadata_columns {
                 self.conn.execute_batch(&format!(
@@ -712,7 +708,12 @@ impl DuckDbTarget {
                     [&self.scope],
                     |r| r.get(0),
                 )
-                .ok();
+                .map(Some)
+                .or_else(|e| match e {
+                    duckdb::Error::QueryReturnedNoRows => Ok(None),
+                    e => Err(e),
+                })
+                .context("reading the state table")?;
             // DELETE + INSERT rather than an upsert: DuckDB refuses to update a row twice in
             // one transaction through ON CONFLICT after a delete of the same key.
             self.conn.execute(
@@ -728,9 +729,6 @@ impl DuckDbTarget {
         }
         self.conn.execute_batch("COMMIT").context("COMMIT")?;
         self.in_txn = false;
-        for s in self.streams.values_mut() {
-            s.empty = false;
-        }
         Ok(())
     }
 

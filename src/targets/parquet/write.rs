@@ -328,7 +328,13 @@ impl ParquetTarget {
             manifest,
             streams: HashMap::new(),
             pending: Vec::new(),
-            run: format!("{}-{}", now.format("%Y%m%dT%H%M%SZ"), std::process::id()),
+            // Unique per run even for runs in the same second in containers (pid 1).
+            run: format!(
+                "{}-{}-{:09}",
+                now.format("%Y%m%dT%H%M%SZ"),
+                std::process::id(),
+                now.timestamp_subsec_nanos()
+            ),
             seq: 0,
             run_files: Vec::new(),
             scope: scope.unwrap_or("pipe").to_owned(),
@@ -484,7 +490,7 @@ impl ParquetTarget {
         self.streams.insert(
             msg.stream.clone(),
             PqStream {
-                dir: table_name(&msg.stream),
+                dir: folder_name(&msg.stream),
                 cols: plan.cols,
                 keys: msg.key_properties.clone(),
                 schema_idx,
@@ -566,7 +572,7 @@ impl ParquetTarget {
                 e.why
             );
         }
-        if part.batch.rows() as u64 >= self.cfg.row_group_rows {
+        if part.batch.rows() as u64 >= self.cfg.row_group_rows || part.batch.bytes() >= 64 << 20 {
             let stream = msg.stream.clone();
             self.write_part(&stream, &part_key, false)?;
         }
@@ -737,6 +743,18 @@ impl ParquetTarget {
         if self.pending.is_empty() && removed.is_empty() && state.is_none() {
             return Ok(());
         }
+        // New folders (partitions, streams) must be durable before the manifest names files in them.
+        let mut new_dirs = std::collections::BTreeSet::new();
+        for p in &self.pending {
+            let mut d = p.tmp.parent();
+            while let Some(dir) = d.filter(|d| d.starts_with(&self.base)) {
+                new_dirs.insert(dir.to_path_buf());
+                d = dir.parent();
+            }
+        }
+        for d in &new_dirs {
+            sync_dir(d);
+        }
         let new_files: Vec<FileEntry> = self.pending.iter().map(|p| p.entry.clone()).collect();
         self.manifest.files.extend(new_files.iter().cloned());
         self.manifest.garbage.extend(removed.iter().cloned());
@@ -815,6 +833,26 @@ impl ParquetTarget {
     /// Bytes of records written for a stream in this run.
     pub fn bytes_written(&self, stream: &str) -> u64 {
         self.streams.get(stream).map_or(0, |s| s.bytes)
+    }
+}
+
+/// The folder of a stream: its table name with path separators and a leading dot replaced, so
+/// no stream name can reach outside the base folder.
+fn folder_name(stream: &str) -> String {
+    let name: String = table_name(stream)
+        .chars()
+        .map(|c| {
+            if matches!(c, '/' | '\\' | '\0') {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    match name.strip_prefix('.') {
+        Some(rest) => format!("_{rest}"),
+        None if name.is_empty() => "_".into(),
+        None => name,
     }
 }
 
