@@ -746,3 +746,72 @@ fn activate_version_after_a_resumed_load() {
         ["1", "3"]
     );
 }
+
+/// Keyed streams load on connections of their own (up to `max_parallelism`), append-only ones
+/// with the state on the main connection; the rows are the same either way.
+#[test]
+fn streams_load_in_parallel_on_separate_connections() {
+    let pg = Pg::new("par");
+    for max in [4, 1] {
+        let d = Dir::new();
+        d.write(
+            "t.json",
+            &pg.config(json!({"state_table": "_ferry_state", "batch_size_rows": 3, "primary_key_required": false,
+                "max_parallelism": max})),
+        );
+        let mut msgs = Vec::new();
+        for t in ["a", "b", "c"] {
+            msgs.push(schema_msg(
+                t,
+                &["id"],
+                json!({"id": {"type": "integer"}, "v": {"type": "string"}}),
+            ));
+        }
+        msgs.push(schema_msg("z", &[], json!({"id": {"type": "integer"}})));
+        for i in 0..20 {
+            for t in ["a", "b", "c"] {
+                // Each key twice, in different batches: the last one wins.
+                msgs.push(rec(t, json!({"id": i % 10, "v": format!("{t}{i}")})));
+            }
+            msgs.push(rec("z", json!({"id": i})));
+            if i % 7 == 6 {
+                msgs.push(state(i));
+            }
+        }
+        msgs.push(state(99));
+        let out = d
+            .run(
+                &["target", "postgres", "--config", "t.json"],
+                Some(&lines(&msgs)),
+            )
+            .ok();
+        let own = out
+            .stderr
+            .matches("Keyed stream loads on a connection of its own.")
+            .count();
+        assert_eq!(own, if max == 4 { 3 } else { 0 }, "{}", out.stderr);
+        for t in ["a", "b", "c"] {
+            let rows = pg.sql(&format!(
+                "SELECT string_agg(id || '=' || v, ',' ORDER BY id) FROM \"{}\".{t}",
+                pg.schema
+            ));
+            let want: Vec<String> = (0..10).map(|i| format!("{i}={t}{}", i + 10)).collect();
+            assert_eq!(rows, [want.join(",")], "max_parallelism={max}");
+        }
+        assert_eq!(
+            pg.sql(&format!(
+                "SELECT count(*), sum(id) FROM \"{}\".z",
+                pg.schema
+            )),
+            ["20|190"]
+        );
+        assert_eq!(
+            pg.sql(&format!(
+                "SELECT state::text FROM \"{}\"._ferry_state",
+                pg.schema
+            )),
+            ["{\"bookmarks\": {\"s\": 99}}"]
+        );
+        pg.sql(&format!("DROP SCHEMA \"{}\" CASCADE", pg.schema));
+    }
+}

@@ -44,16 +44,73 @@ struct PgStream {
     staged: u64,
     versions: Versions,
     bytes: u64,
+    /// Index of the connection it loads on (0: the main one).
+    conn: usize,
+}
+
+/// A connection and its transaction.
+struct Conn {
+    client: Client,
+    task: tokio::task::JoinHandle<()>,
+    in_txn: bool,
+    staging_seq: u64,
+}
+
+impl Conn {
+    async fn open(cfg: &PostgresTargetConfig) -> anyhow::Result<Conn> {
+        let (client, task) = crate::pg::connect(
+            "target postgres",
+            crate::pg::ConnParams {
+                host: cfg.host.as_deref(),
+                port: cfg.port,
+                user: cfg.user.as_deref(),
+                password: cfg.password.as_deref(),
+                dbname: cfg.dbname.as_deref(),
+                url: cfg.url.as_deref(),
+                sslmode: cfg.sslmode.as_deref(),
+                sslrootcert: cfg.sslrootcert.as_deref(),
+                application_name: "ferry",
+            },
+        )
+        .await?;
+        Ok(Conn {
+            client,
+            task,
+            in_txn: false,
+            staging_seq: 0,
+        })
+    }
+
+    async fn begin(&mut self) -> anyhow::Result<()> {
+        if !self.in_txn {
+            self.client.batch_execute("BEGIN").await.context("BEGIN")?;
+            self.in_txn = true;
+        }
+        Ok(())
+    }
+
+    async fn commit(&mut self) -> anyhow::Result<()> {
+        if self.in_txn {
+            self.client
+                .batch_execute("COMMIT")
+                .await
+                .context("COMMIT")?;
+            self.in_txn = false;
+        }
+        Ok(())
+    }
 }
 
 /// The `postgres` target.
 pub struct PostgresTarget {
     cfg: PostgresTargetConfig,
-    client: Client,
-    conn: tokio::task::JoinHandle<()>,
+    /// `conns[0]` is the main connection: append-only streams, DDL of schemas, the state table.
+    /// Keyed streams get connections of their own, up to the configured parallelism.
+    conns: Vec<Conn>,
+    parallel: usize,
     streams: HashMap<String, PgStream>,
-    in_txn: bool,
-    staging_seq: u64,
+    /// Schemas known to exist (made outside transactions when loading in parallel).
+    made_schemas: std::collections::HashSet<String>,
     scope: String,
     received_at: String,
     /// `--on-invalid quarantine`: rows the database rejects go to `_ferry_rejects`.
@@ -71,7 +128,9 @@ impl std::fmt::Debug for PostgresTarget {
 impl Drop for PostgresTarget {
     fn drop(&mut self) {
         // An open transaction dies with the connection: nothing uncommitted survives.
-        self.conn.abort();
+        for c in &self.conns {
+            c.task.abort();
+        }
     }
 }
 
@@ -223,39 +282,94 @@ impl PostgresTarget {
         let cfg: PostgresTargetConfig = serde_json::from_value(config.clone())
             .map_err(|e| config_error(format!("target postgres config: {e}")))?;
         crate::pg::check_sslmode("target postgres", cfg.sslmode.as_deref())?;
-        let (client, conn) = crate::pg::connect(
-            "target postgres",
-            crate::pg::ConnParams {
-                host: cfg.host.as_deref(),
-                port: cfg.port,
-                user: cfg.user.as_deref(),
-                password: cfg.password.as_deref(),
-                dbname: cfg.dbname.as_deref(),
-                url: cfg.url.as_deref(),
-                sslmode: cfg.sslmode.as_deref(),
-                sslrootcert: cfg.sslrootcert.as_deref(),
-                application_name: "ferry",
-            },
-        )
-        .await?;
+        let main = Conn::open(&cfg).await?;
+        // PipelineWise's meaning: `parallelism` 0 = a connection per stream up to
+        // `max_parallelism` (16), -1 = one per CPU core, N = N.
+        let max = cfg.max_parallelism.unwrap_or(16).max(1) as usize;
+        let parallel = match cfg.parallelism.unwrap_or(0) {
+            0 => max,
+            n if n < 0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n as usize,
+        }
+        .min(max)
+        .max(1);
         Ok(PostgresTarget {
             cfg,
-            client,
-            conn,
+            conns: vec![main],
+            parallel,
             streams: HashMap::new(),
-            in_txn: false,
-            staging_seq: 0,
+            made_schemas: std::collections::HashSet::new(),
             scope: scope.unwrap_or("pipe").to_owned(),
             received_at: chrono::Utc::now().to_rfc3339(),
             quarantine: false,
         })
     }
 
-    async fn begin(&mut self) -> anyhow::Result<()> {
-        if !self.in_txn {
-            self.client.batch_execute("BEGIN").await.context("BEGIN")?;
-            self.in_txn = true;
+    /// The connection a stream loads on: its own if it has one; the one of another stream
+    /// writing the same table; for a keyed stream, a new connection up to the parallelism (or
+    /// the least busy); the main connection for append-only streams, whose rows must commit
+    /// with the state.
+    async fn conn_for(
+        &mut self,
+        stream: &str,
+        schema: &str,
+        table: &str,
+        keyed: bool,
+    ) -> anyhow::Result<usize> {
+        if let Some(s) = self.streams.get(stream) {
+            return Ok(s.conn);
         }
+        if let Some(o) = self
+            .streams
+            .values()
+            .find(|o| o.schema == schema && o.table == table)
+        {
+            return Ok(o.conn);
+        }
+        if !keyed || self.parallel <= 1 || self.quarantine {
+            return Ok(0);
+        }
+        if self.conns.len() < self.parallel {
+            self.conns.push(Conn::open(&self.cfg).await?);
+            tracing::info!(
+                stream,
+                connections = self.conns.len(),
+                "Keyed stream loads on a connection of its own."
+            );
+            return Ok(self.conns.len() - 1);
+        }
+        let load = |i: usize| self.streams.values().filter(|s| s.conn == i).count();
+        Ok((1..self.conns.len()).min_by_key(|i| load(*i)).unwrap_or(0))
+    }
+
+    /// Creates a schema if missing. With several connections it is made outside any load's
+    /// transaction (two open transactions creating the same schema would wait on each other).
+    async fn ensure_schema(&mut self, idx: usize, schema: &str) -> anyhow::Result<()> {
+        let sql = format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(schema));
+        if self.parallel <= 1 {
+            self.conns[idx].begin().await?;
+            self.conns[idx]
+                .client
+                .batch_execute(&sql)
+                .await
+                .with_context(|| format!("creating schema {schema:?}"))?;
+            return Ok(());
+        }
+        if self.made_schemas.contains(schema) {
+            return Ok(());
+        }
+        let exists = self.conns[0]
+            .client
+            .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&schema])
+            .await?
+            .is_some();
+        if !exists {
+            let c = Conn::open(&self.cfg).await?;
+            let res = c.client.batch_execute(&sql).await;
+            c.task.abort();
+            res.with_context(|| format!("creating schema {schema:?}"))?;
+        }
+        self.made_schemas.insert(schema.to_owned());
         Ok(())
     }
 
@@ -273,12 +387,11 @@ impl PostgresTarget {
     }
 
     async fn existing_columns(
-        &self,
+        client: &Client,
         schema: &str,
         table: &str,
     ) -> anyhow::Result<Option<Vec<(String, String)>>> {
-        let rows = self
-            .client
+        let rows = client
             .query(
                 "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) \
                  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -288,8 +401,7 @@ impl PostgresTarget {
             .await
             .context("reading the table's columns")?;
         if rows.is_empty() {
-            let exists = self
-                .client
+            let exists = client
                 .query_opt("SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2", &[&schema, &table])
                 .await?;
             return Ok(exists.map(|_| Vec::new()));
@@ -338,16 +450,13 @@ impl PostgresTarget {
         let schema_name = self.target_schema(&msg.stream);
         let table = table_name(&msg.stream);
         let qt = qualified(&schema_name, &table);
-        self.begin().await?;
-        self.client
-            .batch_execute(&format!(
-                "CREATE SCHEMA IF NOT EXISTS {}",
-                quote_ident(&schema_name)
-            ))
-            .await
-            .with_context(|| format!("creating schema {schema_name:?}"))?;
+        let idx = self
+            .conn_for(&msg.stream, &schema_name, &table, !key_cols.is_empty())
+            .await?;
+        self.ensure_schema(idx, &schema_name).await?;
+        self.conns[idx].begin().await?;
         let mut created = false;
-        match self.existing_columns(&schema_name, &table).await? {
+        match Self::existing_columns(&self.conns[idx].client, &schema_name, &table).await? {
             None => {
                 let mut defs: Vec<String> = cols
                     .iter()
@@ -380,7 +489,8 @@ impl PostgresTarget {
                             .join(", ")
                     ));
                 }
-                self.client
+                self.conns[idx]
+                    .client
                     .batch_execute(&format!("CREATE TABLE {qt} ({})", defs.join(", ")))
                     .await
                     .with_context(|| format!("creating table {qt}"))?;
@@ -391,7 +501,8 @@ impl PostgresTarget {
                 for c in &mut cols {
                     match existing.iter().find(|(n, _)| *n == c.name) {
                         None => {
-                            self.client
+                            self.conns[idx]
+                                .client
                                 .batch_execute(&format!(
                                     "ALTER TABLE {qt} ADD COLUMN {} {}",
                                     quote_ident(&c.name),
@@ -405,7 +516,7 @@ impl PostgresTarget {
                             match evolve(&qt, &c.name, have, &c.logical, &c.ty, double)? {
                                 None => c.ty.clone_from(have),
                                 Some(to) => {
-                                    self.client
+                                    self.conns[idx].client
                                     .batch_execute(&format!(
                                         "ALTER TABLE {qt} ALTER COLUMN {col} TYPE {to} USING {col}::{to}",
                                         col = quote_ident(&c.name)
@@ -420,7 +531,8 @@ impl PostgresTarget {
                     }
                 }
                 if self.cfg.add_metadata_columns && !existing.iter().any(|(n, _)| n == BATCHED_AT) {
-                    self.client
+                    self.conns[idx]
+                        .client
                         .batch_execute(&format!(
                             "ALTER TABLE {qt} ADD COLUMN {} timestamp with time zone DEFAULT now()",
                             quote_ident(BATCHED_AT)
@@ -448,6 +560,7 @@ impl PostgresTarget {
                     .map(|p| p.versions.clone())
                     .unwrap_or_default(),
                 bytes: prev.map_or(0, |p| p.bytes),
+                conn: idx,
             },
         );
         Ok(())
@@ -495,10 +608,32 @@ impl PostgresTarget {
     /// Copies the buffer into the stream's staging table; with `merge`, merges staging into the
     /// table too. Everything stays inside the open transaction.
     async fn flush_stream(&mut self, stream: &str, merge: bool) -> anyhow::Result<()> {
-        self.begin().await?;
         let Some(s) = self.streams.get_mut(stream) else {
             return Ok(());
         };
+        flush(
+            &mut self.conns[s.conn],
+            s,
+            &self.cfg,
+            self.quarantine,
+            stream,
+            merge,
+        )
+        .await
+    }
+}
+
+/// [`PostgresTarget::flush_stream`] on the stream's own connection.
+async fn flush(
+    conn: &mut Conn,
+    s: &mut PgStream,
+    cfg: &PostgresTargetConfig,
+    quarantine: bool,
+    stream: &str,
+    merge: bool,
+) -> anyhow::Result<()> {
+    {
+        conn.begin().await?;
         let qt = qualified(&s.schema, &s.table);
         let cols = s
             .cols
@@ -512,9 +647,9 @@ impl PostgresTarget {
         // batch goes the merge way.
         if s.buffered > 0 && s.staging.is_none() && (s.fresh || s.key_cols.is_empty()) {
             let data = Bytes::from(std::mem::replace(&mut s.buf, Vec::with_capacity(1 << 16)));
-            self.client.batch_execute("SAVEPOINT ferry_direct").await?;
+            conn.client.batch_execute("SAVEPOINT ferry_direct").await?;
             let direct = async {
-                let sink = self
+                let sink = conn
                     .client
                     .copy_in::<_, Bytes>(&format!("COPY {qt} ({cols}) FROM STDIN"))
                     .await?;
@@ -525,7 +660,7 @@ impl PostgresTarget {
             .await;
             match direct {
                 Ok(_) => {
-                    self.client
+                    conn.client
                         .batch_execute("RELEASE SAVEPOINT ferry_direct")
                         .await?;
                     s.bytes += data.len() as u64;
@@ -533,9 +668,9 @@ impl PostgresTarget {
                 }
                 Err(e)
                     if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
-                        || (self.quarantine && is_data_error(&e)) =>
+                        || (quarantine && is_data_error(&e)) =>
                 {
-                    self.client
+                    conn.client
                         .batch_execute(
                             "ROLLBACK TO SAVEPOINT ferry_direct; RELEASE SAVEPOINT ferry_direct",
                         )
@@ -551,14 +686,14 @@ impl PostgresTarget {
             let stg = match &s.staging {
                 Some(n) => n.clone(),
                 None => {
-                    self.staging_seq += 1;
-                    let n = format!("_ferry_stg_{}", self.staging_seq);
+                    conn.staging_seq += 1;
+                    let n = format!("_ferry_stg_{}", conn.staging_seq);
                     let defs: Vec<String> = s
                         .cols
                         .iter()
                         .map(|c| format!("{} {}", quote_ident(&c.name), c.ty))
                         .collect();
-                    self.client
+                    conn.client
                         .batch_execute(&format!(
                             "CREATE TEMP TABLE {} ({}, _ferry_seq bigserial) ON COMMIT DROP",
                             quote_ident(&n),
@@ -573,27 +708,27 @@ impl PostgresTarget {
             let data = Bytes::from(std::mem::replace(&mut s.buf, Vec::with_capacity(1 << 16)));
             s.bytes += data.len() as u64;
             let into = format!("{} ({cols})", quote_ident(&stg));
-            if self.quarantine {
-                self.client.batch_execute("SAVEPOINT ferry_batch").await?;
-                match copy_rows(&self.client, &into, data.clone()).await {
+            if quarantine {
+                conn.client.batch_execute("SAVEPOINT ferry_batch").await?;
+                match copy_rows(&conn.client, &into, data.clone()).await {
                     Ok(()) => {
-                        self.client
+                        conn.client
                             .batch_execute("RELEASE SAVEPOINT ferry_batch")
                             .await?
                     }
                     Err(e) if is_data_error(&e) => {
-                        self.client
+                        conn.client
                             .batch_execute(
                                 "ROLLBACK TO SAVEPOINT ferry_batch; RELEASE SAVEPOINT ferry_batch",
                             )
                             .await?;
-                        let schema = self.cfg.default_target_schema.clone();
-                        isolate(&self.client, stream, &into, &schema, &data).await?;
+                        let schema = cfg.default_target_schema.clone();
+                        isolate(&conn.client, stream, &into, &schema, &data).await?;
                     }
                     Err(e) => return Err(copy_error(stream, &qt, &e)),
                 }
             } else {
-                copy_rows(&self.client, &into, data)
+                copy_rows(&conn.client, &into, data)
                     .await
                     .map_err(|e| copy_error(stream, &qt, &e))?;
             }
@@ -622,8 +757,7 @@ impl PostgresTarget {
                         .filter(|c| !s.key_cols.contains(&c.name))
                         .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(&c.name)))
                         .chain(
-                            self.cfg
-                                .add_metadata_columns
+                            cfg.add_metadata_columns
                                 .then(|| format!("{} = now()", quote_ident(BATCHED_AT))),
                         )
                         .collect();
@@ -639,17 +773,17 @@ impl PostgresTarget {
                         quote_ident(&stg)
                     )
                 };
-                self.client
+                conn.client
                     .batch_execute(&sql)
                     .await
                     .map_err(|e| copy_error(stream, &qt, &e))?;
-                self.client
+                conn.client
                     .batch_execute(&format!("DROP TABLE {}", quote_ident(&stg)))
                     .await?;
                 s.staged = 0;
             }
-            if self.cfg.hard_delete && self.cfg.add_metadata_columns {
-                self.client
+            if cfg.hard_delete && cfg.add_metadata_columns {
+                conn.client
                     .batch_execute(&format!(
                         "DELETE FROM {qt} WHERE {} IS NOT NULL",
                         quote_ident(DELETED_AT)
@@ -659,7 +793,9 @@ impl PostgresTarget {
         }
         Ok(())
     }
+}
 
+impl PostgresTarget {
     /// Sets aside rows the database rejects instead of failing the batch.
     pub fn set_quarantine(&mut self, on: bool) {
         self.quarantine = on;
@@ -671,11 +807,16 @@ impl PostgresTarget {
             s.versions.activate(msg.version);
         }
     }
+}
 
-    async fn apply_activate(&mut self, stream: &str) -> anyhow::Result<()> {
-        let Some(s) = self.streams.get_mut(stream) else {
-            return Ok(());
-        };
+/// Applies a stream's pending ACTIVATE_VERSION on its connection, after its merge.
+async fn activate(
+    conn: &mut Conn,
+    s: &mut PgStream,
+    cfg: &PostgresTargetConfig,
+    stream: &str,
+) -> anyhow::Result<()> {
+    {
         let Some((v, seen)) = s.versions.take() else {
             return Ok(());
         };
@@ -686,7 +827,7 @@ impl PostgresTarget {
         }
         // Only once records of the version are in the table (see `Versions::take`).
         if !seen {
-            let present: bool = self
+            let present: bool = conn
                 .client
                 .query_one(
                     &format!(
@@ -707,15 +848,15 @@ impl PostgresTarget {
             }
         }
         let ver = quote_ident(TABLE_VERSION);
-        let n = if self.cfg.hard_delete {
-            self.client
+        let n = if cfg.hard_delete {
+            conn.client
                 .execute(
                     &format!("DELETE FROM {qt} WHERE {ver} IS DISTINCT FROM $1"),
                     &[&v],
                 )
                 .await?
         } else {
-            self.client
+            conn.client
                 .execute(
                     &format!(
                         "UPDATE {qt} SET {} = now() WHERE {ver} IS DISTINCT FROM $1 AND {} IS NULL",
@@ -734,7 +875,9 @@ impl PostgresTarget {
         );
         Ok(())
     }
+}
 
+impl PostgresTarget {
     /// Commits: stages what is buffered, merges, applies ACTIVATE_VERSION and the state table,
     /// then COMMIT.
     ///
@@ -745,18 +888,53 @@ impl PostgresTarget {
             .streams
             .values()
             .any(|s| s.buffered > 0 || s.staging.is_some() || s.versions.is_pending());
-        if !work && !self.in_txn && (state.is_none() || self.cfg.state_table.is_none()) {
+        if !work
+            && !self.conns.iter().any(|c| c.in_txn)
+            && (state.is_none() || self.cfg.state_table.is_none())
+        {
             return Ok(());
         }
-        self.begin().await?;
-        let names: Vec<String> = self.streams.keys().cloned().collect();
-        for n in &names {
-            self.flush_stream(n, true).await?;
-            self.apply_activate(n).await?;
+        if state.is_some() && self.cfg.state_table.is_some() {
+            let schema = self.cfg.default_target_schema.clone();
+            self.ensure_schema(0, &schema).await?;
+        }
+        {
+            let cfg = &self.cfg;
+            let quarantine = self.quarantine;
+            let mut groups: Vec<Vec<(&String, &mut PgStream)>> =
+                (0..self.conns.len()).map(|_| Vec::new()).collect();
+            for (n, s) in &mut self.streams {
+                groups[s.conn].push((n, s));
+            }
+            let mut groups = groups.into_iter();
+            let main_group = groups.next().unwrap_or_default();
+            let (main, workers) = self
+                .conns
+                .split_first_mut()
+                .ok_or_else(|| anyhow!("no connection"))?;
+            // Keyed streams on connections of their own merge and commit first, all at once. A
+            // crash before the main commit below replays them from the older state: upserts of
+            // the same rows, so nothing is duplicated. Append-only streams commit with the state.
+            let work = workers
+                .iter_mut()
+                .zip(groups)
+                .map(|(conn, group)| async move {
+                    for (n, s) in group {
+                        flush(conn, s, cfg, quarantine, n, true).await?;
+                        activate(conn, s, cfg, n).await?;
+                    }
+                    conn.commit().await
+                });
+            futures_util::future::try_join_all(work).await?;
+            main.begin().await?;
+            for (n, s) in main_group {
+                flush(main, s, cfg, quarantine, n, true).await?;
+                activate(main, s, cfg, n).await?;
+            }
         }
         if let (Some(st), Some(table)) = (state, self.cfg.state_table.clone()) {
             let qt = qualified(&self.cfg.default_target_schema, &fold(&table));
-            self.client
+            self.conns[0].client
                 .batch_execute(&format!(
                     "CREATE SCHEMA IF NOT EXISTS {}; CREATE TABLE IF NOT EXISTS {qt} (pipeline text PRIMARY KEY, state jsonb NOT NULL, \
                      prev_state jsonb, committed_at timestamptz NOT NULL DEFAULT now())",
@@ -764,7 +942,7 @@ impl PostgresTarget {
                 ))
                 .await?;
             let text = st.to_string();
-            self.client
+            self.conns[0].client
                 .execute(
                     &format!(
                         "INSERT INTO {qt} (pipeline, state) VALUES ($1, $2::text::jsonb) ON CONFLICT (pipeline) DO UPDATE \
@@ -775,12 +953,7 @@ impl PostgresTarget {
                 .await
                 .context("writing the state table")?;
         }
-        self.client
-            .batch_execute("COMMIT")
-            .await
-            .context("COMMIT")?;
-        self.in_txn = false;
-        Ok(())
+        self.conns[0].commit().await
     }
 
     /// The state committed with the data (`state_table`), and the one before it.
@@ -792,7 +965,7 @@ impl PostgresTarget {
             return Ok(None);
         };
         let qt = qualified(&self.cfg.default_target_schema, &fold(table));
-        let exists = self
+        let exists = self.conns[0]
             .client
             .query_one("SELECT to_regclass($1) IS NOT NULL", &[&qt])
             .await?
@@ -800,7 +973,7 @@ impl PostgresTarget {
         if !exists {
             return Ok(None);
         }
-        let row = self
+        let row = self.conns[0]
             .client
             .query_opt(
                 &format!("SELECT state::text, prev_state::text FROM {qt} WHERE pipeline = $1"),
@@ -826,13 +999,14 @@ impl PostgresTarget {
             return Ok(());
         };
         let qt = qualified(&self.cfg.default_target_schema, &fold(table));
-        let exists: bool = self
+        let exists: bool = self.conns[0]
             .client
             .query_one("SELECT to_regclass($1) IS NOT NULL", &[&qt])
             .await?
             .get(0);
         if exists {
-            self.client
+            self.conns[0]
+                .client
                 .execute(
                     &format!("DELETE FROM {qt} WHERE pipeline = $1"),
                     &[&self.scope],

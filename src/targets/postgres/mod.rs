@@ -97,10 +97,11 @@ pub struct PostgresTargetConfig {
     /// Keep the pipeline state in this table, committed with the data.
     #[serde(default)]
     pub state_table: Option<String>,
-    /// Accepted for compatibility and ignored.
+    /// Most connections opened (the main one included; default 16).
     #[serde(default)]
     pub max_parallelism: Option<u32>,
-    /// Accepted for compatibility and ignored.
+    /// PipelineWise's meaning: 0 (default) a connection per keyed stream up to
+    /// `max_parallelism`, -1 one per CPU core, N at most N.
     #[serde(default)]
     pub parallelism: Option<i32>,
     /// Accepted for compatibility and ignored.
@@ -130,6 +131,7 @@ pub fn about() -> About {
             ConfigKey { name: "primary_key_required", ty: "boolean", required: false, description: "Refuse streams without key properties (default true)." },
             ConfigKey { name: "use_double_for_number", ty: "boolean", required: false, description: "`number` as double precision instead of numeric (default false)." },
             ConfigKey { name: "state_table", ty: "string", required: false, description: "Keep the pipeline state in this table, in the same transaction as the data." },
+            ConfigKey { name: "max_parallelism, parallelism", ty: "integer", required: false, description: "Keyed streams load on connections of their own, at most `max_parallelism` (16) connections; `parallelism` as PipelineWise (0: one per stream, -1: one per core)." },
         ],
     }
 }
