@@ -50,10 +50,26 @@ struct PgStream {
 
 /// A connection and its transaction.
 struct Conn {
-    client: Client,
+    client: std::sync::Arc<Client>,
     task: tokio::task::JoinHandle<()>,
     in_txn: bool,
     staging_seq: u64,
+    /// A COPY straight into a table, sent in the background so the next batch is encoded
+    /// while Postgres loads this one; settled before the connection's next statement.
+    pending: Option<PendingCopy>,
+    /// Batches a direct COPY gave back (a repeated key): they go the merge way, re-sent by
+    /// their stream's next flush.
+    returned: Vec<(String, Bytes, u64)>,
+}
+
+/// A direct COPY in flight, under the savepoint `ferry_direct`.
+struct PendingCopy {
+    stream: String,
+    table: String,
+    data: Bytes,
+    rows: u64,
+    quarantine: bool,
+    handle: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
 }
 
 impl Conn {
@@ -74,14 +90,68 @@ impl Conn {
         )
         .await?;
         Ok(Conn {
-            client,
+            client: std::sync::Arc::new(client),
             task,
             in_txn: false,
             staging_seq: 0,
+            pending: None,
+            returned: Vec::new(),
         })
     }
 
+    /// Waits for the COPY in flight: keeps it (RELEASE), or, when it repeats a key, rolls it
+    /// back to its savepoint and keeps the batch for the merge way.
+    async fn settle(&mut self) -> anyhow::Result<()> {
+        let Some(p) = self.pending.take() else {
+            return Ok(());
+        };
+        let res = p
+            .handle
+            .await
+            .map_err(|e| anyhow!("stream {:?}: a COPY task failed: {e}", p.stream))?;
+        match res {
+            Ok(()) => {
+                self.client
+                    .batch_execute("RELEASE SAVEPOINT ferry_direct")
+                    .await?;
+            }
+            Err(e)
+                if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+                    || (p.quarantine && is_data_error(&e)) =>
+            {
+                self.client
+                    .batch_execute(
+                        "ROLLBACK TO SAVEPOINT ferry_direct; RELEASE SAVEPOINT ferry_direct",
+                    )
+                    .await?;
+                tracing::debug!(stream = %p.stream, "A batch repeats keys; merging from now on.");
+                self.returned.push((p.stream, p.data, p.rows));
+            }
+            Err(e) => return Err(copy_error(&p.stream, &p.table, &e)),
+        }
+        Ok(())
+    }
+
+    /// Hands a stream the batches its direct COPYs gave back, in front of what it buffered.
+    fn take_returned(&mut self, s: &mut PgStream, stream: &str) {
+        let mut i = 0;
+        while i < self.returned.len() {
+            if self.returned[i].0 == stream {
+                let (_, data, rows) = self.returned.remove(i);
+                let mut buf = data.to_vec();
+                buf.extend_from_slice(&s.buf);
+                s.buf = buf;
+                s.buffered += rows;
+                s.bytes = s.bytes.saturating_sub(data.len() as u64);
+                s.fresh = false;
+            } else {
+                i += 1;
+            }
+        }
+    }
+
     async fn begin(&mut self) -> anyhow::Result<()> {
+        self.settle().await?;
         if !self.in_txn {
             self.client.batch_execute("BEGIN").await.context("BEGIN")?;
             self.in_txn = true;
@@ -90,6 +160,10 @@ impl Conn {
     }
 
     async fn commit(&mut self) -> anyhow::Result<()> {
+        self.settle().await?;
+        if let Some((stream, ..)) = self.returned.first() {
+            bail!("stream {stream:?}: a batch was not loaded before the commit");
+        }
         if self.in_txn {
             self.client
                 .batch_execute("COMMIT")
@@ -634,6 +708,7 @@ async fn flush(
 ) -> anyhow::Result<()> {
     {
         conn.begin().await?;
+        conn.take_returned(s, stream);
         let qt = qualified(&s.schema, &s.table);
         let cols = s
             .cols
@@ -648,38 +723,28 @@ async fn flush(
         if s.buffered > 0 && s.staging.is_none() && (s.fresh || s.key_cols.is_empty()) {
             let data = Bytes::from(std::mem::replace(&mut s.buf, Vec::with_capacity(1 << 16)));
             conn.client.batch_execute("SAVEPOINT ferry_direct").await?;
-            let direct = async {
-                let sink = conn
-                    .client
-                    .copy_in::<_, Bytes>(&format!("COPY {qt} ({cols}) FROM STDIN"))
-                    .await?;
-                futures_util::pin_mut!(sink);
-                sink.send(data.clone()).await?;
-                sink.as_mut().finish().await
-            }
-            .await;
-            match direct {
-                Ok(_) => {
-                    conn.client
-                        .batch_execute("RELEASE SAVEPOINT ferry_direct")
-                        .await?;
-                    s.bytes += data.len() as u64;
-                    s.buffered = 0;
-                }
-                Err(e)
-                    if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
-                        || (quarantine && is_data_error(&e)) =>
-                {
-                    conn.client
-                        .batch_execute(
-                            "ROLLBACK TO SAVEPOINT ferry_direct; RELEASE SAVEPOINT ferry_direct",
-                        )
-                        .await?;
-                    tracing::debug!(stream, "A batch repeats keys; merging from now on.");
-                    s.fresh = false;
-                    s.buf = data.to_vec();
-                }
-                Err(e) => return Err(copy_error(stream, &qt, &e)),
+            let client = conn.client.clone();
+            let sql = format!("COPY {qt} ({cols}) FROM STDIN");
+            let sent = data.clone();
+            conn.pending = Some(PendingCopy {
+                stream: stream.to_owned(),
+                table: qt.clone(),
+                rows: s.buffered,
+                quarantine,
+                handle: tokio::spawn(async move {
+                    let sink = client.copy_in::<_, Bytes>(&sql).await?;
+                    futures_util::pin_mut!(sink);
+                    sink.send(sent).await?;
+                    sink.as_mut().finish().await.map(|_| ())
+                }),
+                data,
+            });
+            s.bytes += conn.pending.as_ref().map_or(0, |p| p.data.len() as u64);
+            s.buffered = 0;
+            // A merge (and quarantine, which must know at once) needs the outcome now.
+            if merge || quarantine {
+                conn.settle().await?;
+                conn.take_returned(s, stream);
             }
         }
         if s.buffered > 0 {
@@ -816,6 +881,7 @@ async fn activate(
     cfg: &PostgresTargetConfig,
     stream: &str,
 ) -> anyhow::Result<()> {
+    conn.settle().await?;
     {
         let Some((v, seen)) = s.versions.take() else {
             return Ok(());
