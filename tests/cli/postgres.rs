@@ -815,3 +815,62 @@ fn streams_load_in_parallel_on_separate_connections() {
         pg.sql(&format!("DROP SCHEMA \"{}\" CASCADE", pg.schema));
     }
 }
+
+/// A keyed and an append-only stream loading at once (the keyed one on its own connection),
+/// killed at several points and re-run: exactly the source rows in both.
+#[test]
+fn killed_parallel_load_of_keyed_and_append_only_streams_resumes_exactly() {
+    const ROWS: u64 = 30_000;
+    let pg = Pg::new("killpar");
+    for kill_after in [None, Some(2_000), Some(15_000), Some(27_000)] {
+        let d = Dir::new();
+        for name in ["k", "a"] {
+            let mut body = String::from("id,amount\n");
+            for i in 0..ROWS {
+                body.push_str(&format!("{i},{i}.5\n"));
+            }
+            d.write(&format!("src/{name}.csv"), &body);
+        }
+        d.write(
+            "ferry.yml",
+            &format!(
+                "pipelines:\n  p:\n    tap: {{ name: csv, config: {{ state_every_rows: 1000, files: [{{ entity: k, path: src/k.csv, keys: [id] }}, {{ entity: a, path: src/a.csv }}] }} }}\n    target: {{ name: postgres, config: {} }}\n    commit_interval_secs: 0.01\n",
+                pg.config(json!({"state_table": "_ferry_state", "batch_size_rows": 1500, "primary_key_required": false}))
+            ),
+        );
+        pg.sql(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", pg.schema));
+        let mut child = d
+            .cmd(&["-q", "sync", "p"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        if let Some(n) = kill_after {
+            crate::util::wait_until(&mut child, "a commit", || {
+                std::fs::read_to_string(d.join("state/p.json"))
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                    .is_some_and(|v| {
+                        ["k", "a"]
+                            .iter()
+                            .any(|s| v["bookmarks"][s]["offset"].as_u64().is_some_and(|o| o >= n))
+                    })
+            });
+        }
+        let _ = child.kill();
+        child.wait().unwrap();
+        let out = d.run(&["sync", "p"], None);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let sum: f64 = (0..ROWS).map(|i| i as f64 + 0.5).sum();
+        for t in ["k", "a"] {
+            assert_eq!(
+                pg.sql(&format!(
+                    "SELECT count(*), count(DISTINCT id), sum(amount) FROM \"{}\".{t}",
+                    pg.schema
+                )),
+                [format!("{ROWS}|{ROWS}|{sum:.1}")],
+                "{t} kill_after={kill_after:?}"
+            );
+        }
+    }
+}
