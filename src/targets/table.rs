@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 use super::names::column_names;
 use crate::schema::{self, ColumnType};
 use crate::singer::{RecordMessage, SchemaMessage};
+use crate::sql::quote_ident;
 
 /// `time_extracted` of the record.
 pub const EXTRACTED_AT: &str = "_sdc_extracted_at";
@@ -325,6 +326,49 @@ pub fn flatten_record(
             }
         }
     }
+}
+
+/// `CREATE TABLE qt (…)` for planned columns given as (name, SQL type): key columns NOT NULL and
+/// the primary key, plus `extra` column definitions (e.g. `_sdc_batched_at` with its default).
+pub fn create_table_sql<'a>(
+    qt: &str,
+    cols: impl Iterator<Item = (&'a str, &'a str)>,
+    key_cols: &[String],
+    extra: Option<String>,
+) -> String {
+    let mut defs: Vec<String> = cols
+        .map(|(name, ty)| {
+            let not_null = if key_cols.iter().any(|k| k == name) {
+                " NOT NULL"
+            } else {
+                ""
+            };
+            format!("{} {ty}{not_null}", quote_ident(name))
+        })
+        .collect();
+    defs.extend(extra);
+    if !key_cols.is_empty() {
+        let keys: Vec<String> = key_cols.iter().map(|k| quote_ident(k)).collect();
+        defs.push(format!("PRIMARY KEY ({})", keys.join(", ")));
+    }
+    format!("CREATE TABLE {qt} ({})", defs.join(", "))
+}
+
+/// The record flattened as `data_flattening_max_level` asks (`None` when it is 0).
+///
+/// # Errors
+/// A record that is not a JSON object.
+pub fn flat_record(msg: &RecordMessage, max: u32) -> anyhow::Result<Option<Map<String, Value>>> {
+    if max == 0 {
+        return Ok(None);
+    }
+    let m = msg
+        .record
+        .to_map()
+        .map_err(|_| anyhow::anyhow!("stream {:?}: a record is not a JSON object", msg.stream))?;
+    let mut flat = Map::new();
+    flatten_record(&m, "", 0, max, &mut flat);
+    Ok(Some(flat))
 }
 
 /// The first 60 bytes of a value's JSON text, for error messages.

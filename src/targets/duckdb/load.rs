@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use anyhow::{anyhow, bail, Context};
 use arrow::datatypes::DataType;
 use duckdb::Connection;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::{DuckDbTargetConfig, Nested};
 use crate::schema::ColumnType;
@@ -16,8 +16,8 @@ use crate::sql::{qualified, quote_ident};
 use crate::targets::arrow::{self as farrow, BatchBuilder, SEQ};
 use crate::targets::names::{fold, table_name};
 use crate::targets::table::{
-    self, flatten_record, record_key_text, Change, PlanOptions, PlannedCol, Versions, BATCHED_AT,
-    DELETED_AT, TABLE_VERSION,
+    self, record_key_text, Change, PlanOptions, PlannedCol, Versions, BATCHED_AT, DELETED_AT,
+    TABLE_VERSION,
 };
 use crate::targets::Recovered;
 
@@ -250,39 +250,20 @@ impl DuckDbTarget {
             .with_context(|| format!("creating schema {:?}", self.schema))?;
         match self.existing_columns(&table)? {
             None => {
-                let mut defs: Vec<String> = cols
-                    .iter()
-                    .map(|c| {
+                let create = table::create_table_sql(
+                    &qt,
+                    cols.iter()
+                        .map(|c| (c.planned.name.as_str(), c.ty.as_str())),
+                    &key_cols,
+                    self.cfg.add_metadata_columns.then(|| {
                         format!(
-                            "{} {}{}",
-                            quote_ident(&c.planned.name),
-                            c.ty,
-                            if key_cols.contains(&c.planned.name) {
-                                " NOT NULL"
-                            } else {
-                                ""
-                            }
+                            "{} TIMESTAMPTZ DEFAULT current_timestamp",
+                            quote_ident(BATCHED_AT)
                         )
-                    })
-                    .collect();
-                if self.cfg.add_metadata_columns {
-                    defs.push(format!(
-                        "{} TIMESTAMPTZ DEFAULT current_timestamp",
-                        quote_ident(BATCHED_AT)
-                    ));
-                }
-                if !key_cols.is_empty() {
-                    defs.push(format!(
-                        "PRIMARY KEY ({})",
-                        key_cols
-                            .iter()
-                            .map(|k| quote_ident(k))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ));
-                }
+                    }),
+                );
                 self.conn
-                    .execute_batch(&format!("CREATE TABLE {qt} ({})", defs.join(", ")))
+                    .execute_batch(&create)
                     .with_context(|| format!("creating table {qt}"))?;
                 tracing::info!(stream = %msg.stream, table = %qt, "Table created.");
             }
@@ -430,17 +411,7 @@ impl DuckDbTarget {
             .get_mut(&msg.stream)
             .ok_or_else(|| anyhow!("no SCHEMA seen for stream {:?}", msg.stream))?;
         s.versions.record(msg);
-        let flat = if self.cfg.data_flattening_max_level > 0 {
-            let m = msg
-                .record
-                .to_map()
-                .map_err(|_| anyhow!("stream {:?}: a record is not a JSON object", msg.stream))?;
-            let mut flat = Map::new();
-            flatten_record(&m, "", 0, self.cfg.data_flattening_max_level, &mut flat);
-            Some(flat)
-        } else {
-            None
-        };
+        let flat = table::flat_record(msg, self.cfg.data_flattening_max_level)?;
         s.seq += 1;
         if let Err(e) = s.batch.push(msg, flat.as_ref(), s.seq) {
             let key = record_key_text(&s.keys, msg);

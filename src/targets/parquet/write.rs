@@ -22,7 +22,7 @@ use super::{Compression, Nested, ParquetTargetConfig};
 use crate::singer::{ActivateVersionMessage, Record, RecordMessage, SchemaMessage};
 use crate::targets::arrow::{parse_date, parse_timestamp, BatchBuilder, Cell};
 use crate::targets::names::table_name;
-use crate::targets::table::{self, flatten_record, record_key_text, PlanOptions, Source, Versions};
+use crate::targets::table::{self, record_key_text, PlanOptions, Source, Versions};
 use crate::targets::Recovered;
 
 /// The manifest's file name, at the root of the base folder.
@@ -528,17 +528,7 @@ impl ParquetTarget {
             let s = self.streams.get_mut(&msg.stream).expect("stream exists");
             s.version = msg.version;
         }
-        let flat = if self.cfg.data_flattening_max_level > 0 {
-            let m = msg
-                .record
-                .to_map()
-                .map_err(|_| anyhow!("stream {:?}: a record is not a JSON object", msg.stream))?;
-            let mut flat = Map::new();
-            flatten_record(&m, "", 0, self.cfg.data_flattening_max_level, &mut flat);
-            Some(flat)
-        } else {
-            None
-        };
+        let flat = table::flat_record(msg, self.cfg.data_flattening_max_level)?;
         let s = self.streams.get_mut(&msg.stream).expect("stream exists");
         let part_key = match &s.partition {
             None => None,

@@ -532,40 +532,20 @@ impl PostgresTarget {
         let mut created = false;
         match Self::existing_columns(&self.conns[idx].client, &schema_name, &table).await? {
             None => {
-                let mut defs: Vec<String> = cols
-                    .iter()
-                    .map(|c| {
+                let create = table::create_table_sql(
+                    &qt,
+                    cols.iter().map(|c| (c.name.as_str(), c.ty.as_str())),
+                    &key_cols,
+                    self.cfg.add_metadata_columns.then(|| {
                         format!(
-                            "{} {}{}",
-                            quote_ident(&c.name),
-                            c.ty,
-                            if key_cols.contains(&c.name) {
-                                " NOT NULL"
-                            } else {
-                                ""
-                            }
+                            "{} timestamp with time zone DEFAULT now()",
+                            quote_ident(BATCHED_AT)
                         )
-                    })
-                    .collect();
-                if self.cfg.add_metadata_columns {
-                    defs.push(format!(
-                        "{} timestamp with time zone DEFAULT now()",
-                        quote_ident(BATCHED_AT)
-                    ));
-                }
-                if !key_cols.is_empty() {
-                    defs.push(format!(
-                        "PRIMARY KEY ({})",
-                        key_cols
-                            .iter()
-                            .map(|k| quote_ident(k))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ));
-                }
+                    }),
+                );
                 self.conns[idx]
                     .client
-                    .batch_execute(&format!("CREATE TABLE {qt} ({})", defs.join(", ")))
+                    .batch_execute(&create)
                     .await
                     .with_context(|| format!("creating table {qt}"))?;
                 tracing::info!(stream = %msg.stream, table = %qt, "Table created.");
