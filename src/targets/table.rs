@@ -354,6 +354,30 @@ pub fn create_table_sql<'a>(
     format!("CREATE TABLE {qt} ({})", defs.join(", "))
 }
 
+/// Quoted identifiers joined by commas.
+pub fn ident_list<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    names.map(quote_ident).collect::<Vec<_>>().join(", ")
+}
+
+/// The `ON CONFLICT` action of an upsert: every non-key column takes the new value (and
+/// `_sdc_batched_at` is refreshed with `metadata`); `DO NOTHING` when only keys remain.
+pub fn upsert_action<'a>(
+    cols: impl Iterator<Item = &'a str>,
+    key_cols: &[String],
+    metadata: bool,
+) -> String {
+    let updates: Vec<String> = cols
+        .filter(|c| !key_cols.iter().any(|k| k == c))
+        .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(c)))
+        .chain(metadata.then(|| format!("{} = now()", quote_ident(BATCHED_AT))))
+        .collect();
+    if updates.is_empty() {
+        "DO NOTHING".to_owned()
+    } else {
+        format!("DO UPDATE SET {}", updates.join(", "))
+    }
+}
+
 /// The record flattened as `data_flattening_max_level` asks (`None` when it is 0).
 ///
 /// # Errors

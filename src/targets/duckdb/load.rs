@@ -513,38 +513,17 @@ impl DuckDbTarget {
         }
         if merge {
             if let Some(stg) = s.staging.take() {
-                let names: Vec<String> = s
-                    .cols
-                    .iter()
-                    .map(|c| quote_ident(&c.planned.name))
-                    .collect();
-                let list = names.join(", ");
+                let list = table::ident_list(s.cols.iter().map(|c| c.planned.name.as_str()));
                 let stg_q = quote_ident(&stg);
                 let sql = if s.key_cols.is_empty() {
                     format!("INSERT INTO {qt} ({list}) SELECT {list} FROM {stg_q} ORDER BY {SEQ}")
                 } else {
-                    let keys = s
-                        .key_cols
-                        .iter()
-                        .map(|k| quote_ident(k))
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    let updates: Vec<String> = s
-                        .cols
-                        .iter()
-                        .filter(|c| !s.key_cols.contains(&c.planned.name))
-                        .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(&c.planned.name)))
-                        .chain(
-                            self.cfg
-                                .add_metadata_columns
-                                .then(|| format!("{} = now()", quote_ident(BATCHED_AT))),
-                        )
-                        .collect();
-                    let action = if updates.is_empty() {
-                        "DO NOTHING".to_owned()
-                    } else {
-                        format!("DO UPDATE SET {}", updates.join(", "))
-                    };
+                    let keys = table::ident_list(s.key_cols.iter().map(String::as_str));
+                    let action = table::upsert_action(
+                        s.cols.iter().map(|c| c.planned.name.as_str()),
+                        &s.key_cols,
+                        self.cfg.add_metadata_columns,
+                    );
                     // Within a batch the last record of a key wins. Most batches repeat no key:
                     // a distinct count (a hash aggregate) is cheaper than the window then.
                     let repeats: bool = self

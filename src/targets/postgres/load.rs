@@ -782,35 +782,19 @@ async fn flush(
         }
         if merge {
             if let Some(stg) = s.staging.take() {
-                let cols: Vec<String> = s.cols.iter().map(|c| quote_ident(&c.name)).collect();
-                let list = cols.join(", ");
+                let list = table::ident_list(s.cols.iter().map(|c| c.name.as_str()));
                 let sql = if s.key_cols.is_empty() {
                     format!(
                         "INSERT INTO {qt} ({list}) SELECT {list} FROM {} ORDER BY _ferry_seq",
                         quote_ident(&stg)
                     )
                 } else {
-                    let keys = s
-                        .key_cols
-                        .iter()
-                        .map(|k| quote_ident(k))
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    let updates: Vec<String> = s
-                        .cols
-                        .iter()
-                        .filter(|c| !s.key_cols.contains(&c.name))
-                        .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(&c.name)))
-                        .chain(
-                            cfg.add_metadata_columns
-                                .then(|| format!("{} = now()", quote_ident(BATCHED_AT))),
-                        )
-                        .collect();
-                    let action = if updates.is_empty() {
-                        "DO NOTHING".to_owned()
-                    } else {
-                        format!("DO UPDATE SET {}", updates.join(", "))
-                    };
+                    let keys = table::ident_list(s.key_cols.iter().map(String::as_str));
+                    let action = table::upsert_action(
+                        s.cols.iter().map(|c| c.name.as_str()),
+                        &s.key_cols,
+                        cfg.add_metadata_columns,
+                    );
                     // Within a batch the last record of a key wins.
                     format!(
                         "INSERT INTO {qt} ({list}) SELECT {list} FROM (SELECT DISTINCT ON ({keys}) * FROM {} ORDER BY {keys}, _ferry_seq DESC) s \
