@@ -24,6 +24,7 @@ pub mod about;
 pub mod cli;
 pub mod commands;
 pub mod error;
+pub mod http;
 pub mod pg;
 pub mod process;
 pub mod progress;

@@ -230,6 +230,12 @@ fn interpolate_path(p: &Path) -> anyhow::Result<PathBuf> {
 /// unreadable or names a missing environment variable.
 pub fn resolve_connector(spec: ConnectorSpec, dir: &Path) -> anyhow::Result<Connector> {
     let kind = match (spec.name, spec.command) {
+        // A REST definition is a file next to ferry.yml.
+        (Some(n), None) if crate::taps::rest::is_definition(&n) => ConnectorKind::Builtin(
+            dir.join(interpolate_path(Path::new(&n))?)
+                .display()
+                .to_string(),
+        ),
         (Some(n), None) => ConnectorKind::Builtin(n),
         (None, Some(c)) => ConnectorKind::Command(c, spec.args),
         (Some(_), Some(_)) => {

@@ -6,6 +6,7 @@
 
 pub mod file;
 pub mod postgres;
+pub mod rest;
 
 use serde_json::Value;
 
@@ -24,6 +25,8 @@ pub enum Tap {
     File(file::FileTap),
     /// `postgres`: tables and views.
     Postgres(Box<postgres::PostgresTap>),
+    /// A REST API described by a definition file (`taps/<api>.yml`).
+    Rest(Box<rest::RestTap>),
 }
 
 /// One line of a `--dry-run` plan.
@@ -49,6 +52,10 @@ impl Tap {
             "csv" => Ok(Tap::File(file::FileTap::new(file::Format::Csv, config)?)),
             "jsonl" => Ok(Tap::File(file::FileTap::new(file::Format::Jsonl, config)?)),
             "postgres" => Ok(Tap::Postgres(Box::new(postgres::PostgresTap::new(config)?))),
+            def if rest::is_definition(def) => Ok(Tap::Rest(Box::new(rest::RestTap::new(
+                std::path::Path::new(def),
+                config,
+            )?))),
             other => Err(unknown(other)),
         }
     }
@@ -62,6 +69,7 @@ impl Tap {
             "csv" => Ok(file::about(file::Format::Csv)),
             "jsonl" => Ok(file::about(file::Format::Jsonl)),
             "postgres" => Ok(postgres::about()),
+            def if rest::is_definition(def) => rest::about(std::path::Path::new(def)),
             other => Err(unknown(other)),
         }
     }
@@ -74,6 +82,7 @@ impl Tap {
         match self {
             Tap::File(t) => t.discover().await,
             Tap::Postgres(t) => t.discover().await,
+            Tap::Rest(t) => t.discover().await,
         }
     }
 
@@ -91,6 +100,7 @@ impl Tap {
         match self {
             Tap::File(t) => t.sync(catalog, state, emitter).await,
             Tap::Postgres(t) => t.sync(catalog, state, emitter).await,
+            Tap::Rest(t) => t.sync(catalog, state, emitter).await,
         }
     }
 
@@ -102,13 +112,14 @@ impl Tap {
         match self {
             Tap::File(t) => t.plan(catalog, state),
             Tap::Postgres(t) => t.plan(catalog, state),
+            Tap::Rest(t) => t.plan(catalog, state),
         }
     }
 }
 
 fn unknown(name: &str) -> anyhow::Error {
     config_error(format!(
-        "unknown tap {name:?}; built-in taps: {}; for any other Singer tap use `command: {name}` in ferry.yml",
+        "unknown tap {name:?}; built-in taps: {}; a REST API definition is a path ending in .yml (taps/github.yml); for any other Singer tap use `command: {name}` in ferry.yml",
         BUILTIN.join(", ")
     ))
 }
