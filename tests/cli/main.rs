@@ -22,3 +22,5 @@ mod fuzz;
 // Postgres, DuckDB and Parquet held to the same cases; DuckDB and Parquet read back by
 // independent readers.
 mod warehouse;
+// REST API taps (taps/*.yml) against a local server imitating the real APIs, with faults.
+mod rest;

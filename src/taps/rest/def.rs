@@ -200,6 +200,11 @@ pub struct Incremental {
     /// bookmark (for endpoints without a filter).
     #[serde(default)]
     pub stop_at_bookmark: bool,
+    /// With `order: asc`: after this many records, start the query again from the greatest
+    /// replication-key value seen (APIs that cap a query's results, such as HubSpot search at
+    /// 10,000).
+    #[serde(default)]
+    pub restart_after_records: Option<u64>,
 }
 
 /// One stream.
@@ -310,6 +315,12 @@ impl Definition {
                 .is_some_and(|i| i.stop_at_bookmark && s.order != Order::Desc)
             {
                 return Err(at("`stop_at_bookmark` needs `order: desc`".into()));
+            }
+            if s.incremental
+                .as_ref()
+                .is_some_and(|i| i.restart_after_records.is_some() && s.order != Order::Asc)
+            {
+                return Err(at("`restart_after_records` needs `order: asc`".into()));
             }
             match self.pagination_of(s) {
                 Pagination::Cursor {

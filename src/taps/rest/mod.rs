@@ -337,12 +337,13 @@ impl RestTap {
         }
         let mut headers = Vec::new();
         for (k, v) in self.def.headers.iter().chain(&s.headers) {
-            headers.push((
-                k.clone(),
-                Template::parse(v)
-                    .and_then(|t| t.render_str(&ctx))
-                    .map_err(at)?,
-            ));
+            let v = Template::parse(v)
+                .and_then(|t| t.render_str(&ctx))
+                .map_err(at)?;
+            // An optional header (`{{ config.x | default('') }}`) that is not configured.
+            if !v.is_empty() {
+                headers.push((k.clone(), v));
+            }
         }
         let method = if s.method == "POST" {
             Method::POST

@@ -234,7 +234,7 @@ impl RestTap {
                 Mark::default()
             };
             let resume = mark.resume.take().unwrap_or_default();
-            let filter = match (&s.incremental, tracked) {
+            let mut filter = match (&s.incremental, tracked) {
                 (Some(_), true) => resume
                     .filter
                     .clone()
@@ -249,6 +249,12 @@ impl RestTap {
                 .filter(|c| self.needed(c, selected))
                 .collect();
             let stop_at = s.incremental.as_ref().is_some_and(|i| i.stop_at_bookmark);
+            let restart_after = s
+                .incremental
+                .as_ref()
+                .and_then(|i| i.restart_after_records)
+                .filter(|_| tracked);
+            let mut in_query = 0u64;
             let mut page_no = 0u64;
             loop {
                 page_no += 1;
@@ -257,23 +263,20 @@ impl RestTap {
                     .await?;
                 let now = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
                 let mut stop = false;
+                in_query += page.records.len() as u64;
                 for raw in page.records {
                     let mut rec = shape(s, parent.as_ref(), raw);
-                    if let Some(rk) = &s.replication_key {
-                        match rec.get(rk).filter(|v| !v.is_null()) {
-                            Some(v) => {
-                                if filter
-                                    .as_ref()
-                                    .is_some_and(|f| cmp_keys(v, f) == Some(Ordering::Less))
-                                {
-                                    // Older than the bookmark: already loaded.
-                                    stop |= stop_at;
-                                    continue;
-                                }
-                                max = max_key(max, v);
-                            }
-                            None => {}
+                    let key = s.replication_key.as_ref().and_then(|rk| rec.get(rk));
+                    if let Some(v) = key.filter(|v| !v.is_null()) {
+                        if filter
+                            .as_ref()
+                            .is_some_and(|f| cmp_keys(v, f) == Some(Ordering::Less))
+                        {
+                            // Older than the bookmark: already loaded.
+                            stop |= stop_at;
+                            continue;
                         }
+                        max = max_key(max, v);
                     }
                     let contexts: Vec<(&StreamDef, Map<String, Value>)> = kids
                         .iter()
@@ -297,7 +300,27 @@ impl RestTap {
                         self.walk(kid, Some(ctx), selected, st, emitter).await?;
                     }
                 }
-                let next_page = if stop { None } else { page.next };
+                let mut next_page = if stop { None } else { page.next };
+                if let (Some(limit), Some(_)) = (restart_after, &next_page) {
+                    if in_query >= limit {
+                        // The API caps one query: ask again from the newest value seen.
+                        let advanced = match (&max, &filter) {
+                            (Some(m), Some(f)) => cmp_keys(m, f) == Some(Ordering::Greater),
+                            (Some(_), None) => true,
+                            (None, _) => false,
+                        };
+                        if !advanced {
+                            return Err(anyhow!(
+                                "stream {:?}: more than {limit} records share the replication-key value {}; the API cannot page past them",
+                                s.name,
+                                max.as_ref().map_or_else(|| "null".into(), Value::to_string)
+                            ));
+                        }
+                        filter.clone_from(&max);
+                        next_page = Some(Next::First);
+                        in_query = 0;
+                    }
+                }
                 if tracked {
                     match &next_page {
                         Some(n) => {
