@@ -145,4 +145,15 @@ mod tests {
         assert_eq!(p.take(&mut body), Some(json!([1, 2])));
         assert_eq!(body, json!({"results": null}));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_path_parses_or_errs_without_panicking(t in "\\PC{0,30}") {
+            if let Ok(p) = Path::parse(&t) {
+                let mut body = json!({"a": [{"b": 1}], "c": null});
+                let _ = p.get(&body);
+                let _ = p.take(&mut body);
+            }
+        }
+    }
 }

@@ -365,4 +365,15 @@ mod tests {
             json!({"filters": [{"value": 5, "op": "GTE"}], "n": 1})
         );
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_parses_or_errs_without_panicking(t in "\\PC{0,40}", v in "\\PC{0,12}") {
+            if let Ok(tpl) = Template::parse(&t) {
+                let ctx = json!({"config": {"a": v}, "bookmark": v});
+                let _ = tpl.render(&ctx);
+                let _ = tpl.render_path(&ctx);
+            }
+        }
+    }
 }

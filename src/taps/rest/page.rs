@@ -348,4 +348,18 @@ mod tests {
         Mark::default().write(None, &mut out);
         assert_eq!(Value::Object(out), json!({"replication_key": "created"}));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_link_header_parses_without_panicking(t in "[<>;,=\" a-z/?.0-9]{0,60}") {
+            let _ = link_next(&t);
+        }
+
+        #[test]
+        fn any_key_pair_compares_without_panicking(a in "\\PC{0,25}", b in "\\PC{0,25}", n in proptest::num::i64::ANY) {
+            let _ = cmp_keys(&json!(a), &json!(b));
+            let _ = cmp_keys(&json!(a), &json!(n));
+            let _ = Mark::from_value(Some(&json!({"replication_key_value": a, "resume": {"next": {"page": n}}})));
+        }
+    }
 }
