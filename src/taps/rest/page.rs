@@ -3,6 +3,7 @@
 
 use std::cmp::Ordering;
 
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Map, Value};
 
 use super::def::Pagination;
@@ -62,6 +63,9 @@ pub struct Resume {
     pub filter: Option<Value>,
     /// The greatest replication-key value emitted so far.
     pub max: Option<Value>,
+    /// When the query began, by the server's `Date` (RFC 3339): records changed after it may sit
+    /// on pages already read, so a resumed unsorted stream reads them in a catch-up pass.
+    pub started: Option<String>,
 }
 
 /// A stream's (or partition's) bookmark.
@@ -87,6 +91,7 @@ impl Mark {
             next: r.get("next").map(Next::from_value),
             filter: r.get("filter").filter(|x| !x.is_null()).cloned(),
             max: r.get("max").filter(|x| !x.is_null()).cloned(),
+            started: r.get("started").and_then(Value::as_str).map(str::to_owned),
         });
         Mark { value, resume }
     }
@@ -116,6 +121,9 @@ impl Mark {
                 if let Some(x) = &r.max {
                     m.insert("max".into(), x.clone());
                 }
+                if let Some(x) = &r.started {
+                    m.insert("started".into(), json!(x));
+                }
                 out.insert("resume".into(), Value::Object(m));
             }
             None => {
@@ -143,6 +151,18 @@ pub fn max_key(a: Option<Value>, b: &Value) -> Option<Value> {
     match a {
         Some(x) if cmp_keys(&x, b) != Some(Ordering::Less) => Some(x),
         _ => Some(b.clone()),
+    }
+}
+
+/// An instant as a replication-key value of the same kind as `like`: Unix seconds (or
+/// milliseconds, when `like` is that large) for a number, RFC 3339 text otherwise.
+pub fn key_like(t: DateTime<Utc>, like: Option<&Value>) -> Value {
+    match like {
+        Some(Value::Number(n)) if n.as_f64().is_some_and(|x| x.abs() >= 1e11) => {
+            json!(t.timestamp_millis())
+        }
+        Some(Value::Number(_)) => json!(t.timestamp()),
+        _ => json!(t.to_rfc3339_opts(SecondsFormat::Secs, true)),
     }
 }
 
@@ -340,6 +360,7 @@ mod tests {
                 next: Some(Next::Token("cus_9".into())),
                 filter: Some(json!(5)),
                 max: Some(json!(9)),
+                started: Some("2026-11-22T10:00:00Z".into()),
             }),
         };
         let mut out = Map::new();

@@ -11,7 +11,7 @@ use chrono::{SecondsFormat, Utc};
 use serde_json::{json, Map, Value};
 
 use super::def::ParentDef;
-use super::page::{cmp_keys, max_key, next_page, Mark, Next, Resume};
+use super::page::{cmp_keys, key_like, max_key, next_page, Mark, Next, Resume};
 use super::{kept_properties, Order, RestTap, StreamDef};
 use crate::http::excerpt;
 use crate::http::select::Path;
@@ -24,6 +24,8 @@ pub struct Page {
     pub records: Vec<Map<String, Value>>,
     /// The page after it.
     pub next: Option<Next>,
+    /// The server's `Date`, if it sent one.
+    pub date: Option<chrono::DateTime<Utc>>,
 }
 
 /// What the catalog selects of a stream.
@@ -151,7 +153,15 @@ impl RestTap {
                 }
             }
         }
-        Ok(Page { records, next })
+        let date = resp
+            .header("date")
+            .and_then(|d| chrono::DateTime::parse_from_rfc2822(d).ok())
+            .map(|d| d.with_timezone(&Utc));
+        Ok(Page {
+            records,
+            next,
+            date,
+        })
     }
 
     /// Reads the selected streams of `catalog` from `st` on.
@@ -234,6 +244,16 @@ impl RestTap {
                 Mark::default()
             };
             let resume = mark.resume.take().unwrap_or_default();
+            // Pages of an unsorted (or newest-first) stream shift when records change; a run
+            // that resumed mid-way may have missed records changed since the query began.
+            let unsorted = s.order != Order::Asc && s.incremental.is_some();
+            let mut catch_up = unsorted && resume.next.is_some();
+            let mut started = resume.started.as_deref().and_then(|t| {
+                chrono::DateTime::parse_from_rfc3339(t)
+                    .ok()
+                    .map(|d| d.with_timezone(&Utc))
+            });
+            let resumed_max = resume.max.clone();
             let mut filter = match (&s.incremental, tracked) {
                 (Some(_), true) => resume
                     .filter
@@ -261,6 +281,9 @@ impl RestTap {
                 let page = self
                     .fetch(s, parent.as_ref(), filter.as_ref(), &next, page_no)
                     .await?;
+                if started.is_none() {
+                    started = page.date;
+                }
                 let now = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
                 let mut stop = false;
                 in_query += page.records.len() as u64;
@@ -322,6 +345,20 @@ impl RestTap {
                     }
                 }
                 if tracked {
+                    if next_page.is_none() && catch_up {
+                        // Read again what changed since the interrupted query began (or since
+                        // the last value it had emitted), then finish as usual.
+                        let since = started
+                            .map(|t| key_like(t, max.as_ref().or(filter.as_ref())))
+                            .or(resumed_max.clone())
+                            .or_else(|| filter.clone());
+                        if since.is_some() {
+                            filter = since;
+                            next_page = Some(Next::First);
+                            started = None;
+                        }
+                        catch_up = false;
+                    }
                     match &next_page {
                         Some(n) => {
                             if s.order == Order::Asc {
@@ -331,11 +368,23 @@ impl RestTap {
                                 next: Some(n.clone()),
                                 filter: filter.clone(),
                                 max: max.clone(),
+                                started: started
+                                    .filter(|_| unsorted && *n != Next::First)
+                                    .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true)),
                             });
                         }
                         None => {
-                            if max.is_some() {
-                                mark.value.clone_from(&max);
+                            let mut done = max.clone();
+                            if let (true, Some(t), Some(m)) = (unsorted, started, &done) {
+                                // Records changed after the query began may be on pages read
+                                // before they changed: the next run starts no later than that.
+                                let cap = key_like(t, Some(m));
+                                if cmp_keys(m, &cap) == Some(Ordering::Greater) {
+                                    done = Some(cap);
+                                }
+                            }
+                            if done.is_some() {
+                                mark.value = done;
                             }
                             mark.resume = None;
                         }
