@@ -37,3 +37,4 @@ pub mod sql;
 pub mod state_store;
 pub mod taps;
 pub mod targets;
+pub mod transform;

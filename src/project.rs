@@ -23,6 +23,10 @@ pub struct Project {
     pub file: PathBuf,
     /// Pipelines in file order.
     pub pipelines: Vec<Pipeline>,
+    /// `transform:`: the dbt-style project folder (a path, or `{path, profiles_dir, target}`).
+    pub transform: Option<Value>,
+    /// `syncs:` (reverse ETL), as written.
+    pub syncs: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -36,10 +40,8 @@ struct ProjectFile {
     #[allow(dead_code)]
     warehouse: Option<Value>,
     #[serde(default)]
-    #[allow(dead_code)]
     syncs: Option<Value>,
     #[serde(default)]
-    #[allow(dead_code)]
     transform: Option<Value>,
 }
 
@@ -174,6 +176,8 @@ impl Project {
             dir: dir.to_owned(),
             file: file.to_owned(),
             pipelines,
+            transform: raw.transform,
+            syncs: raw.syncs,
         })
     }
 

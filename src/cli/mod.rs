@@ -67,6 +67,64 @@ pub enum Command {
     Select(SelectArgs),
     /// Show, set or clear a pipeline's state.
     State(StateArgs),
+    /// Run a dbt-style project's SQL models, seeds and tests inside the warehouse.
+    Transform(TransformArgs),
+}
+
+/// What `ferry transform` does (dbt's commands).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TransformCommand {
+    /// Build the selected models.
+    Run,
+    /// Run the selected tests.
+    Test,
+    /// Seeds, models and tests in DAG order; what depends on a failure is skipped.
+    Build,
+    /// Load the seed CSVs.
+    Seed,
+    /// Render SQL into target/compiled without running it.
+    Compile,
+    /// Read the project and write target/manifest.json, without connecting.
+    Parse,
+    /// Write target/index.html: lineage from pipelines to models, and every node's docs.
+    Docs,
+}
+
+/// `ferry transform`.
+#[derive(Debug, Args)]
+pub struct TransformArgs {
+    /// The command.
+    #[arg(value_enum)]
+    pub command: TransformCommand,
+    /// `docs generate` is accepted as dbt spells it.
+    #[arg(hide = true)]
+    pub rest: Vec<String>,
+    /// The dbt-style project folder (default: `transform:` in ferry.yml, else the working
+    /// directory).
+    #[arg(long)]
+    pub project_dir: Option<PathBuf>,
+    /// Where profiles.yml is (default: $DBT_PROFILES_DIR, the project folder, ~/.dbt).
+    #[arg(long)]
+    pub profiles_dir: Option<PathBuf>,
+    /// The profile's output to use (default: the profile's `target`).
+    #[arg(long, short = 't')]
+    pub target: Option<String>,
+    /// Nodes to act on: names, +name, name+, tag:…, path:…, source:…; several are a union,
+    /// comma-joined ones an intersection.
+    #[arg(long, short = 's', visible_alias = "models", short_alias = 'm', num_args = 1..)]
+    pub select: Vec<String>,
+    /// Nodes to leave out (same grammar).
+    #[arg(long, num_args = 1..)]
+    pub exclude: Vec<String>,
+    /// Rebuild incremental models and seeds from scratch.
+    #[arg(long)]
+    pub full_refresh: bool,
+    /// Models built at once (default: the profile's `threads`).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Variables for `var()`, as YAML: `--vars '{start_date: 2026-01-01}'`.
+    #[arg(long)]
+    pub vars: Option<String>,
 }
 
 /// `ferry tap`.

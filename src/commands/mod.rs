@@ -43,6 +43,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Discover(a) => discover::run(a, &g).await,
         Command::Select(a) => discover::select(a, &g),
         Command::State(a) => state::run(a, &g).await,
+        Command::Transform(a) => crate::transform::run(a, &g).await,
     }
 }
 

@@ -1,0 +1,370 @@
+//! The warehouse a transform runs in: one connection type over Postgres (tokio-postgres) and
+//! DuckDB (the `duckdb` crate), with the few operations the materializations need.
+
+use std::collections::HashMap;
+
+use anyhow::Context;
+use futures_util::SinkExt;
+use serde_json::Value;
+
+use super::project::{scalar_string, AdapterKind, Target};
+
+/// What the warehouse said about a statement, for run_results (`adapter_response`).
+#[derive(Debug, Clone, Default)]
+pub struct Response {
+    /// dbt's `_message` (`CREATE VIEW`, `SELECT 3`, `INSERT 0 5`, `OK`).
+    pub message: String,
+    /// Rows affected, when known.
+    pub rows: Option<u64>,
+}
+
+/// A connection.
+pub enum Conn {
+    /// Postgres, with its connection task.
+    Pg(tokio_postgres::Client, tokio::task::JoinHandle<()>),
+    /// DuckDB (blocking calls, run with `block_in_place`).
+    Duck(duckdb::Connection),
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Conn::Pg(..) => "Conn::Pg",
+            Conn::Duck(_) => "Conn::Duck",
+        })
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Conn::Pg(_, task) = self {
+            task.abort();
+        }
+    }
+}
+
+/// A database error, kept apart so messages read "Database Error in model …".
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DbError(pub String);
+
+fn pg_err(e: &tokio_postgres::Error) -> DbError {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut m = db.message().to_string();
+            if let Some(d) = db.detail() {
+                m.push_str(&format!("\n  DETAIL: {d}"));
+            }
+            if let Some(h) = db.hint() {
+                m.push_str(&format!("\n  HINT: {h}"));
+            }
+            DbError(m)
+        }
+        None => DbError(e.to_string()),
+    }
+}
+
+fn duck_err(e: &duckdb::Error) -> DbError {
+    DbError(e.to_string())
+}
+
+/// Opens one connection to the target.
+///
+/// # Errors
+/// The server is unreachable or the file cannot be opened (message without the password).
+pub async fn connect(target: &Target) -> anyhow::Result<Conn> {
+    match target.kind {
+        AdapterKind::Postgres => {
+            let f = &target.fields;
+            let s = |k: &str| f.get(k).and_then(scalar_string);
+            let host = s("host");
+            let user = s("user");
+            let password = s("password").or_else(|| s("pass"));
+            let dbname = s("dbname").or_else(|| s("database"));
+            let sslmode = s("sslmode");
+            let port = s("port").and_then(|p| p.parse().ok()).unwrap_or(5432);
+            let params = crate::pg::ConnParams {
+                host: host.as_deref(),
+                port,
+                user: user.as_deref(),
+                password: password.as_deref(),
+                dbname: dbname.as_deref(),
+                url: None,
+                sslmode: sslmode.as_deref(),
+                sslrootcert: None,
+                application_name: "ferry transform",
+            };
+            let (client, task) = crate::pg::connect("transform", params).await?;
+            Ok(Conn::Pg(client, task))
+        }
+        AdapterKind::DuckDb => {
+            let conn = match &target.path {
+                Some(p) => {
+                    if let Some(dir) = p.parent() {
+                        std::fs::create_dir_all(dir).ok();
+                    }
+                    duckdb::Connection::open(p)
+                        .map_err(|e| duck_err(&e))
+                        .with_context(|| format!("opening the DuckDB file {}", p.display()))?
+                }
+                None => duckdb::Connection::open_in_memory().map_err(|e| duck_err(&e))?,
+            };
+            Ok(Conn::Duck(conn))
+        }
+    }
+}
+
+impl Conn {
+    /// Another connection to the same warehouse (a thread of its own).
+    ///
+    /// # Errors
+    /// As [`connect`].
+    pub async fn another(&self, target: &Target) -> anyhow::Result<Conn> {
+        match self {
+            Conn::Duck(c) => Ok(Conn::Duck(c.try_clone().map_err(|e| duck_err(&e))?)),
+            Conn::Pg(..) => connect(target).await,
+        }
+    }
+
+    /// Runs one statement.
+    ///
+    /// # Errors
+    /// A [`DbError`] with the database's message.
+    pub async fn execute(&mut self, sql: &str) -> Result<Response, DbError> {
+        match self {
+            Conn::Pg(c, _) => {
+                // The simple protocol: DDL and several statements alike, and the command tag.
+                let msgs = c.simple_query(sql).await.map_err(|e| pg_err(&e))?;
+                let mut resp = Response::default();
+                for m in msgs {
+                    if let tokio_postgres::SimpleQueryMessage::CommandComplete(n) = m {
+                        resp.rows = Some(n);
+                    }
+                }
+                Ok(resp)
+            }
+            Conn::Duck(c) => tokio::task::block_in_place(|| {
+                c.execute_batch(sql).map_err(|e| duck_err(&e))?;
+                Ok(Response {
+                    message: "OK".into(),
+                    rows: None,
+                })
+            }),
+        }
+    }
+
+    /// Runs a query and returns its rows as strings (NULL as `None`), for small results.
+    ///
+    /// # Errors
+    /// A [`DbError`].
+    pub async fn query_strings(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, DbError> {
+        match self {
+            Conn::Pg(c, _) => {
+                let msgs = c.simple_query(sql).await.map_err(|e| pg_err(&e))?;
+                Ok(msgs
+                    .into_iter()
+                    .filter_map(|m| match m {
+                        tokio_postgres::SimpleQueryMessage::Row(r) => {
+                            Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+                        }
+                        _ => None,
+                    })
+                    .collect())
+            }
+            Conn::Duck(c) => tokio::task::block_in_place(|| {
+                let mut stmt = c.prepare(sql).map_err(|e| duck_err(&e))?;
+                let mut rows = stmt.query([]).map_err(|e| duck_err(&e))?;
+                let mut out = Vec::new();
+                while let Some(r) = rows.next().map_err(|e| duck_err(&e))? {
+                    let n = r.as_ref().column_count();
+                    let mut row = Vec::with_capacity(n);
+                    for i in 0..n {
+                        let v: duckdb::types::Value = r.get(i).map_err(|e| duck_err(&e))?;
+                        row.push(duck_string(v));
+                    }
+                    out.push(row);
+                }
+                Ok(out)
+            }),
+        }
+    }
+
+    /// Tables and views in the given schemas: (schema, name) → `table` | `view`.
+    ///
+    /// # Errors
+    /// A [`DbError`].
+    pub async fn relations(
+        &mut self,
+        database: &str,
+        schemas: &[String],
+    ) -> Result<HashMap<(String, String), &'static str>, DbError> {
+        if schemas.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let list = schemas
+            .iter()
+            .map(|s| sql_string(s))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let catalog = match self {
+            Conn::Pg(..) => String::new(),
+            Conn::Duck(_) => format!(" and table_catalog = {}", sql_string(database)),
+        };
+        let rows = self
+            .query_strings(&format!(
+                "select table_schema, table_name, table_type from information_schema.tables where table_schema in ({list}){catalog}"
+            ))
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| {
+                let mut it = r.into_iter();
+                let (s, n, t) = (it.next()??, it.next()??, it.next()??);
+                let kind = if t.to_ascii_uppercase().contains("VIEW") {
+                    "view"
+                } else {
+                    "table"
+                };
+                Some(((s, n), kind))
+            })
+            .collect())
+    }
+
+    /// Column names of a relation, in order (temporary tables included: `schema` None).
+    ///
+    /// # Errors
+    /// A [`DbError`].
+    pub async fn columns(
+        &mut self,
+        schema: Option<&str>,
+        name: &str,
+    ) -> Result<Vec<String>, DbError> {
+        let filter = match schema {
+            Some(s) => format!(" and table_schema = {}", sql_string(s)),
+            None => String::new(),
+        };
+        let rows = self
+            .query_strings(&format!(
+                "select column_name from information_schema.columns where table_name = {}{filter} order by ordinal_position",
+                sql_string(name)
+            ))
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| r.into_iter().next().flatten())
+            .collect())
+    }
+
+    /// Loads a CSV file (with a header) into an existing table, in bulk.
+    ///
+    /// # Errors
+    /// A [`DbError`] (a value that does not fit its column, say).
+    pub async fn load_csv(
+        &mut self,
+        relation: &str,
+        columns: &[String],
+        path: &std::path::Path,
+        delimiter: char,
+    ) -> Result<u64, DbError> {
+        let cols = columns
+            .iter()
+            .map(|c| super::jinja::quote(c))
+            .collect::<Vec<_>>()
+            .join(", ");
+        match self {
+            Conn::Pg(c, _) => {
+                let sql = format!(
+                    "copy {relation} ({cols}) from stdin with (format csv, header true, delimiter {})",
+                    sql_string(&delimiter.to_string())
+                );
+                let sink = c
+                    .copy_in::<_, bytes::Bytes>(&sql)
+                    .await
+                    .map_err(|e| pg_err(&e))?;
+                futures_util::pin_mut!(sink);
+                let data = std::fs::read(path)
+                    .map_err(|e| DbError(format!("cannot read {}: {e}", path.display())))?;
+                sink.send(bytes::Bytes::from(data))
+                    .await
+                    .map_err(|e| pg_err(&e))?;
+                sink.as_mut().finish().await.map_err(|e| pg_err(&e))
+            }
+            Conn::Duck(c) => tokio::task::block_in_place(|| {
+                let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+                let sql = format!(
+                    "copy {relation} ({cols}) from {} (format csv, header true, delimiter {})",
+                    sql_string(&abs.to_string_lossy()),
+                    sql_string(&delimiter.to_string())
+                );
+                c.execute(&sql, [])
+                    .map(|n| n as u64)
+                    .map_err(|e| duck_err(&e))
+            }),
+        }
+    }
+}
+
+fn duck_string(v: duckdb::types::Value) -> Option<String> {
+    use duckdb::types::Value as V;
+    Some(match v {
+        V::Null => return None,
+        V::Boolean(b) => b.to_string(),
+        V::TinyInt(x) => x.to_string(),
+        V::SmallInt(x) => x.to_string(),
+        V::Int(x) => x.to_string(),
+        V::BigInt(x) => x.to_string(),
+        V::HugeInt(x) => x.to_string(),
+        V::UTinyInt(x) => x.to_string(),
+        V::USmallInt(x) => x.to_string(),
+        V::UInt(x) => x.to_string(),
+        V::UBigInt(x) => x.to_string(),
+        V::Float(x) => x.to_string(),
+        V::Double(x) => x.to_string(),
+        V::Text(s) => s,
+        other => format!("{other:?}"),
+    })
+}
+
+/// A SQL string literal (single quotes doubled): for catalog lookups, never for data.
+pub fn sql_string(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The connection fields a profile output may carry, for messages (secrets left out).
+pub fn describe(target: &Target) -> String {
+    match target.kind {
+        AdapterKind::Postgres => {
+            let g = |k: &str| {
+                target
+                    .fields
+                    .get(k)
+                    .and_then(scalar_string)
+                    .unwrap_or_default()
+            };
+            format!(
+                "postgres {}:{}/{} schema {}",
+                g("host"),
+                target
+                    .fields
+                    .get("port")
+                    .and_then(scalar_string)
+                    .unwrap_or_else(|| "5432".into()),
+                target.database,
+                target.schema
+            )
+        }
+        AdapterKind::DuckDb => format!(
+            "duckdb {} schema {}",
+            target
+                .path
+                .as_ref()
+                .map_or_else(|| ":memory:".to_string(), |p| p.display().to_string()),
+            target.schema
+        ),
+    }
+}
+
+/// True for a JSON value a profile uses as "yes".
+pub fn truthy(v: Option<&Value>) -> bool {
+    matches!(v, Some(Value::Bool(true)))
+}

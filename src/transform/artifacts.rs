@@ -1,0 +1,430 @@
+//! `target/manifest.json` (schema v12) and `target/run_results.json` (v6) in dbt's shapes, so
+//! tools that read dbt artifacts (orchestrators, docs sites, lineage tools) keep working.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::{json, Map, Value};
+
+use super::nodes::{Column, Compiled, Graph, Node, Resource, Source};
+use super::project::{DbtProject, Target};
+use super::run::{relation_name, NodeResult};
+
+/// One invocation's identity, shared by both files.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    /// A random-looking id (time-based).
+    pub id: String,
+    /// When it started.
+    pub started: chrono::DateTime<chrono::Utc>,
+    /// `run`, `build`, …
+    pub which: String,
+    /// The command line.
+    pub args: Value,
+}
+
+impl Invocation {
+    /// A new invocation.
+    pub fn new(which: &str, args: Value) -> Invocation {
+        let started = chrono::Utc::now();
+        let n = started.timestamp_nanos_opt().unwrap_or(0) as u128 ^ u128::from(std::process::id());
+        let h = format!("{n:032x}");
+        let id = format!(
+            "{}-{}-{}-{}-{}",
+            &h[0..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..32]
+        );
+        Invocation {
+            id,
+            started,
+            which: which.into(),
+            args,
+        }
+    }
+}
+
+fn ts(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+fn columns_json(cols: &[Column]) -> Value {
+    let mut m = Map::new();
+    for c in cols {
+        m.insert(
+            c.name.clone(),
+            json!({
+                "name": c.name, "description": c.description, "meta": c.meta,
+                "data_type": c.data_type, "constraints": [], "quote": null,
+                "config": {"meta": {}, "tags": []}, "tags": [], "granularity": null, "doc_blocks": [],
+            }),
+        );
+    }
+    Value::Object(m)
+}
+
+fn node_json(
+    project: &DbtProject,
+    n: &Node,
+    all: &HashMap<String, Compiled>,
+    graph: &Graph,
+) -> Value {
+    let compiled = all.get(&n.unique_id);
+    let mut config = n.config.clone();
+    config.entry("enabled").or_insert(json!(true));
+    config.entry("tags").or_insert(json!([]));
+    config.entry("meta").or_insert(json!({}));
+    config.entry("alias").or_insert(Value::Null);
+    config.entry("schema").or_insert(Value::Null);
+    config.entry("database").or_insert(Value::Null);
+    let compiled_path = compiled.map(|_| {
+        let base = format!("{}/compiled/{}", project.target_path, project.name);
+        if n.test.is_some() {
+            format!("{base}/{}/{}", n.original_file_path, n.path)
+        } else {
+            format!("{base}/{}", n.original_file_path)
+        }
+    });
+    let macros: Vec<String> = match &n.test {
+        Some(t) => vec![format!("macro.dbt.test_{}", t.name)],
+        None => Vec::new(),
+    };
+    let mut o = json!({
+        "database": n.database,
+        "schema": n.schema,
+        "name": n.name,
+        "resource_type": n.resource.as_str(),
+        "package_name": project.name,
+        "path": n.path,
+        "original_file_path": n.original_file_path,
+        "unique_id": n.unique_id,
+        "fqn": n.fqn,
+        "alias": n.alias,
+        "checksum": if n.test.is_some() { json!({"name": "none", "checksum": ""}) } else { json!({"name": "sha256", "checksum": n.checksum}) },
+        "config": config,
+        "tags": n.tags(),
+        "description": n.description,
+        "columns": columns_json(&n.columns),
+        "meta": n.config.get("meta").cloned().unwrap_or_else(|| json!({})),
+        "group": null,
+        "docs": {"show": true, "node_color": null},
+        "patch_path": n.patch_path.as_ref().map(|p| format!("{}://{p}", project.name)),
+        "build_path": null,
+        "unrendered_config": {},
+        "created_at": 0.0,
+        "relation_name": relation_name(n),
+        "raw_code": n.raw_code,
+        "doc_blocks": [],
+        "language": "sql",
+        "refs": n.refs.iter().map(|(p, name)| json!({"name": name, "package": p, "version": null})).collect::<Vec<_>>(),
+        "sources": n.sources.iter().map(|(s, t)| json!([s, t])).collect::<Vec<_>>(),
+        "metrics": [],
+        "functions": [],
+        "depends_on": {"macros": macros, "nodes": n.depends_on},
+        "compiled_path": compiled_path,
+        "compiled": compiled.is_some(),
+        "compiled_code": compiled.map(|c| c.sql.clone()),
+        "extra_ctes_injected": compiled.is_some(),
+        "extra_ctes": compiled.map(|c| c.ctes.iter().map(|id| {
+            let alias = graph.nodes.get(id).map(|e| e.alias.clone()).unwrap_or_default();
+            let body = all.get(id).map(|e| e.pre_injected.clone()).unwrap_or_default();
+            json!({"id": id, "sql": format!(" __dbt__cte__{alias} as (\n{body}\n)")})
+        }).collect::<Vec<_>>()),
+        "contract": {"enforced": false, "alias_types": true, "checksum": null},
+    });
+    let m = o.as_object_mut().expect("object");
+    match n.resource {
+        Resource::Model => {
+            m.insert("access".into(), json!("protected"));
+            m.insert("constraints".into(), json!([]));
+            m.insert("version".into(), Value::Null);
+            m.insert("latest_version".into(), Value::Null);
+            m.insert("deprecation_date".into(), Value::Null);
+            m.insert("primary_key".into(), json!(primary_key(graph, n)));
+            m.insert("time_spine".into(), Value::Null);
+        }
+        Resource::Seed => {
+            for k in [
+                "language",
+                "refs",
+                "sources",
+                "metrics",
+                "functions",
+                "compiled_path",
+                "compiled",
+                "compiled_code",
+                "extra_ctes_injected",
+                "extra_ctes",
+                "contract",
+            ] {
+                m.remove(k);
+            }
+            m.insert("root_path".into(), json!(project.dir.display().to_string()));
+            m.insert("depends_on".into(), json!({"macros": []}));
+        }
+        Resource::Test => {
+            if let Some(t) = &n.test {
+                m.insert("column_name".into(), json!(t.column));
+                m.insert(
+                    "attached_node".into(),
+                    if t.attached.starts_with("source.") {
+                        Value::Null
+                    } else {
+                        json!(t.attached)
+                    },
+                );
+                let mut kwargs = t.kwargs.clone();
+                let target = if t.attached.starts_with("source.") {
+                    let src = graph.sources.get(&t.attached);
+                    format!(
+                        "source('{}', '{}')",
+                        src.map(|s| s.source_name.as_str()).unwrap_or(""),
+                        src.map(|s| s.name.as_str()).unwrap_or("")
+                    )
+                } else {
+                    format!(
+                        "ref('{}')",
+                        graph
+                            .nodes
+                            .get(&t.attached)
+                            .map(|x| x.name.as_str())
+                            .unwrap_or("")
+                    )
+                };
+                kwargs.insert(
+                    "model".into(),
+                    json!(format!("{{{{ get_where_subquery({target}) }}}}")),
+                );
+                m.insert(
+                    "test_metadata".into(),
+                    json!({"name": t.name, "kwargs": kwargs, "namespace": null}),
+                );
+                m.insert(
+                    "file_key_name".into(),
+                    json!(if t.attached.starts_with("source.") {
+                        format!(
+                            "sources.{}",
+                            graph
+                                .sources
+                                .get(&t.attached)
+                                .map(|s| s.source_name.as_str())
+                                .unwrap_or("")
+                        )
+                    } else {
+                        format!(
+                            "models.{}",
+                            graph
+                                .nodes
+                                .get(&t.attached)
+                                .map(|x| x.name.as_str())
+                                .unwrap_or("")
+                        )
+                    }),
+                );
+            } else {
+                m.insert("column_name".into(), Value::Null);
+                m.insert("attached_node".into(), Value::Null);
+                m.insert("test_metadata".into(), Value::Null);
+                m.insert("file_key_name".into(), Value::Null);
+            }
+        }
+    }
+    o
+}
+
+/// dbt fills `primary_key` from a `unique` test on one column.
+fn primary_key(graph: &Graph, n: &Node) -> Vec<String> {
+    let mut keys: Vec<String> = graph
+        .nodes
+        .values()
+        .filter_map(|t| t.test.as_ref())
+        .filter(|t| t.attached == n.unique_id && t.name == "unique")
+        .filter_map(|t| t.column.clone())
+        .collect();
+    keys.sort();
+    keys.dedup();
+    if keys.len() == 1 {
+        keys
+    } else {
+        Vec::new()
+    }
+}
+
+fn source_json(project: &DbtProject, s: &Source) -> Value {
+    json!({
+        "database": s.database, "schema": s.schema, "name": s.name, "resource_type": "source",
+        "package_name": project.name, "path": s.original_file_path, "original_file_path": s.original_file_path,
+        "unique_id": s.unique_id, "fqn": s.fqn, "source_name": s.source_name,
+        "source_description": s.source_description, "loader": s.loader, "identifier": s.identifier,
+        "quoting": {"database": null, "schema": null, "identifier": null, "column": null},
+        "loaded_at_field": null, "loaded_at_query": null,
+        "freshness": {"warn_after": {"count": null, "period": null}, "error_after": {"count": null, "period": null}, "filter": null},
+        "external": null, "description": s.description, "columns": columns_json(&s.columns),
+        "meta": s.config.get("meta").cloned().unwrap_or_else(|| json!({})), "source_meta": {},
+        "tags": super::nodes::tags_list(s.config.get("tags")),
+        "config": {"enabled": true, "event_time": null, "freshness": null, "loaded_at_field": null, "loaded_at_query": null, "meta": {}, "tags": [], "static_analysis": null},
+        "patch_path": null, "unrendered_config": {}, "relation_name": s.relation().to_string(),
+        "created_at": 0.0, "doc_blocks": [],
+    })
+}
+
+fn md5_hex(s: &str) -> String {
+    use md5::{Digest as _, Md5};
+    Md5::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The manifest.
+pub fn manifest(
+    project: &DbtProject,
+    target: Option<&Target>,
+    graph: &Graph,
+    compiled: &HashMap<String, Compiled>,
+    inv: &Invocation,
+) -> Value {
+    let mut nodes = Map::new();
+    for n in graph.nodes.values() {
+        nodes.insert(n.unique_id.clone(), node_json(project, n, compiled, graph));
+    }
+    let mut sources = Map::new();
+    for s in graph.sources.values() {
+        sources.insert(s.unique_id.clone(), source_json(project, s));
+    }
+    let mut macros = Map::new();
+    for m in &graph.jinja.macros {
+        let id = format!("macro.{}.{}", project.name, m.name);
+        macros.insert(
+            id.clone(),
+            json!({"name": m.name, "resource_type": "macro", "package_name": project.name,
+                   "path": m.file, "original_file_path": m.file, "unique_id": id,
+                   "macro_sql": m.sql, "depends_on": {"macros": []}, "description": "",
+                   "meta": {}, "docs": {"show": true, "node_color": null}, "patch_path": null,
+                   "arguments": [], "created_at": 0.0, "supported_languages": null}),
+        );
+    }
+    let mut docs = Map::new();
+    let mut doc_names: Vec<&String> = graph.docs.keys().collect();
+    doc_names.sort();
+    for name in doc_names {
+        let id = format!("doc.{}.{name}", project.name);
+        docs.insert(
+            id.clone(),
+            json!({"name": name, "resource_type": "doc", "package_name": project.name,
+                   "unique_id": id, "block_contents": graph.docs[name]}),
+        );
+    }
+    let mut parent_map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut child_map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for id in graph.nodes.keys().chain(graph.sources.keys()) {
+        parent_map.insert(id.clone(), Vec::new());
+        child_map.insert(id.clone(), Vec::new());
+    }
+    for n in graph.nodes.values() {
+        let mut parents = n.depends_on.clone();
+        parents.sort();
+        for p in &parents {
+            child_map
+                .entry(p.clone())
+                .or_default()
+                .push(n.unique_id.clone());
+        }
+        parent_map.insert(n.unique_id.clone(), parents);
+    }
+    for v in child_map.values_mut() {
+        v.sort();
+    }
+    json!({
+        "metadata": {
+            "dbt_schema_version": "https://schemas.getdbt.com/dbt/manifest/v12.json",
+            "dbt_version": super::DBT_VERSION,
+            "generated_at": ts(chrono::Utc::now()),
+            "invocation_id": inv.id,
+            "invocation_started_at": inv.started.to_rfc3339(),
+            "env": {},
+            "project_name": project.name,
+            "project_id": md5_hex(&project.name),
+            "user_id": null,
+            "send_anonymous_usage_stats": false,
+            "adapter_type": target.map(|t| t.kind.as_str()),
+            "quoting": {"database": true, "schema": true, "identifier": true, "column": null},
+            "ferry_version": env!("CARGO_PKG_VERSION"),
+        },
+        "nodes": nodes,
+        "sources": sources,
+        "macros": macros,
+        "docs": docs,
+        "exposures": {},
+        "metrics": {},
+        "groups": {},
+        "selectors": {},
+        "disabled": graph.disabled.iter().map(|d| (d.clone(), json!([]))).collect::<Map<String, Value>>(),
+        "parent_map": parent_map,
+        "child_map": child_map,
+        "group_map": {},
+        "saved_queries": {},
+        "semantic_models": {},
+        "unit_tests": {},
+        "functions": {},
+    })
+}
+
+/// run_results.json.
+pub fn run_results(results: &[NodeResult], elapsed: f64, inv: &Invocation) -> Value {
+    let rs: Vec<Value> = results
+        .iter()
+        .map(|r| {
+            let mut timing = Vec::new();
+            if let Some((a, b)) = r.compile {
+                timing.push(json!({"name": "compile", "started_at": ts(a), "completed_at": ts(b)}));
+            }
+            if let Some((a, b)) = r.execute {
+                timing.push(json!({"name": "execute", "started_at": ts(a), "completed_at": ts(b)}));
+            }
+            json!({
+                "status": r.status,
+                "timing": timing,
+                "thread_id": format!("Thread-{} (worker)", r.thread + 1),
+                "execution_time": r.execution_time,
+                "adapter_response": r.adapter_response,
+                "message": r.message,
+                "failures": r.failures,
+                "unique_id": r.unique_id,
+                "compiled": r.compiled_code.is_some(),
+                "compiled_code": r.compiled_code,
+                "relation_name": r.relation_name,
+                "batch_results": null,
+            })
+        })
+        .collect();
+    json!({
+        "metadata": {
+            "dbt_schema_version": "https://schemas.getdbt.com/dbt/run-results/v6.json",
+            "dbt_version": super::DBT_VERSION,
+            "generated_at": ts(chrono::Utc::now()),
+            "invocation_id": inv.id,
+            "invocation_started_at": inv.started.to_rfc3339(),
+            "env": {},
+        },
+        "results": rs,
+        "elapsed_time": elapsed,
+        "args": inv.args,
+    })
+}
+
+/// Writes a JSON artifact atomically (a reader never sees half a file).
+///
+/// # Errors
+/// I/O errors naming the file.
+pub fn write_json(dir: &std::path::Path, name: &str, v: &Value) -> anyhow::Result<()> {
+    use anyhow::Context;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, serde_json::to_vec(v)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,864 @@
+//! Jinja as dbt has it, on minijinja: `ref`, `source`, `config`, `var`, `env_var`,
+//! `is_incremental`, `this`, `target`, `adapter.dispatch`, project macros callable from every
+//! file, and dbt's built-in generic tests.
+//!
+//! Every macro of the project is available in every file, as in dbt. minijinja keeps macros per
+//! template, so each render is given the macro definitions (built-in, then the project's) ahead
+//! of the file's own text; definitions print nothing, and error lines are mapped back.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use minijinja::value::{from_args, Kwargs, Object, ObjectRepr, Rest};
+use minijinja::{Environment, Error, ErrorKind, State, UndefinedBehavior, Value};
+use serde_json::Value as Json;
+
+use super::project::AdapterKind;
+
+/// dbt's generic tests as its `default__test_*` macros have them (dbt-adapters'
+/// `macros/generic_test_sql/*.sql`), so compiled tests match dbt's text.
+const BUILTIN_MACROS: &str = include_str!("builtin_macros.sql");
+
+/// A relation (`"database"."schema"."identifier"`), or an ephemeral model's CTE name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relation {
+    /// Database (omitted when rendering if `None`).
+    pub database: Option<String>,
+    /// Schema.
+    pub schema: Option<String>,
+    /// Table or view name.
+    pub identifier: String,
+    /// `table`, `view`, `cte`.
+    pub kind: &'static str,
+}
+
+impl Relation {
+    /// A table or view.
+    pub fn new(database: &str, schema: &str, identifier: &str, kind: &'static str) -> Relation {
+        Relation {
+            database: Some(database.to_string()),
+            schema: Some(schema.to_string()),
+            identifier: identifier.to_string(),
+            kind,
+        }
+    }
+
+    /// An ephemeral model, rendered as its CTE's name.
+    pub fn cte(name: &str) -> Relation {
+        Relation {
+            database: None,
+            schema: None,
+            identifier: format!("__dbt__cte__{name}"),
+            kind: "cte",
+        }
+    }
+
+    /// The same relation under another identifier (`__dbt_tmp`, `__dbt_backup`).
+    pub fn with_identifier(&self, identifier: String) -> Relation {
+        Relation {
+            identifier,
+            ..self.clone()
+        }
+    }
+
+    /// `"schema"."identifier"`, without the database.
+    pub fn schema_qualified(&self) -> String {
+        let mut r = self.clone();
+        r.database = None;
+        r.to_string()
+    }
+}
+
+/// Quotes an identifier as both adapters do: in double quotes, quotes doubled.
+pub fn quote(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+impl fmt::Display for Relation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.kind == "cte" {
+            return f.write_str(&self.identifier);
+        }
+        let parts: Vec<String> = [&self.database, &self.schema]
+            .into_iter()
+            .flatten()
+            .map(|p| quote(p))
+            .chain(std::iter::once(quote(&self.identifier)))
+            .collect();
+        f.write_str(&parts.join("."))
+    }
+}
+
+impl Object for Relation {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Plain
+    }
+
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        Some(match key.as_str()? {
+            "database" => Value::from(self.database.clone()),
+            "schema" => Value::from(self.schema.clone()),
+            "identifier" | "name" | "table" => Value::from(self.identifier.clone()),
+            "type" => Value::from(self.kind),
+            "is_table" => Value::from(self.kind == "table"),
+            "is_view" => Value::from(self.kind == "view"),
+            "is_cte" => Value::from(self.kind == "cte"),
+            _ => return None,
+        })
+    }
+
+    fn call_method(
+        self: &Arc<Self>,
+        _state: &State<'_, '_>,
+        method: &str,
+        args: &[Value],
+    ) -> Result<Value, Error> {
+        match method {
+            "render" => Ok(Value::from(self.to_string())),
+            "include" => {
+                let (kw,): (Kwargs,) = from_args(args)?;
+                let mut r = (**self).clone();
+                if kw.get::<Option<bool>>("database")? == Some(false) {
+                    r.database = None;
+                }
+                if kw.get::<Option<bool>>("schema")? == Some(false) {
+                    r.schema = None;
+                }
+                Ok(Value::from_object(r))
+            }
+            _ => Err(Error::new(
+                ErrorKind::UnknownMethod,
+                format!("relations have no method {method}"),
+            )),
+        }
+    }
+
+    fn render(self: &Arc<Self>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&**self, f)
+    }
+}
+
+/// What a render is for: reading dependencies and config (parse), or producing SQL (compile).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// `ref`/`source`/`config` are recorded; nothing is looked up.
+    Parse,
+    /// Relations are resolved; `config()` is a no-op.
+    Compile,
+}
+
+/// Where `ref` and `source` point to, known after parsing.
+pub trait Resolve: Send + Sync + fmt::Debug {
+    /// A model or seed by name: its unique id and relation (a CTE for ephemeral models).
+    fn node(&self, package: Option<&str>, name: &str) -> Option<(String, Relation)>;
+    /// A source table.
+    fn source(&self, source: &str, table: &str) -> Option<(String, Relation)>;
+}
+
+/// What a parse render found.
+#[derive(Debug, Default, Clone)]
+pub struct Recorded {
+    /// `ref()` calls: (package, name).
+    pub refs: Vec<(Option<String>, String)>,
+    /// `source()` calls.
+    pub sources: Vec<(String, String)>,
+    /// `config()` keyword arguments, in call order.
+    pub config: serde_json::Map<String, Json>,
+    /// Unique ids of ephemeral models referenced (compile phase).
+    pub ephemerals: Vec<String>,
+}
+
+/// Per-render state, reached by the global functions through the `__ferry` context variable.
+#[derive(Debug)]
+pub struct RenderCtx {
+    /// Parse or compile.
+    pub phase: Phase,
+    /// What was found.
+    pub rec: Mutex<Recorded>,
+    /// Relations (compile phase).
+    pub resolver: Option<Arc<dyn Resolve>>,
+    /// `is_incremental()`.
+    pub incremental: bool,
+    /// Variables: the project's, then `--vars`.
+    pub vars: Arc<serde_json::Map<String, Json>>,
+    /// `{% docs %}` blocks, for `doc()`.
+    pub docs: Arc<HashMap<String, String>>,
+    /// The node's resolved config, for `config.get`.
+    pub config: serde_json::Map<String, Json>,
+}
+
+impl Object for RenderCtx {}
+
+fn ctx(state: &State) -> Result<Arc<RenderCtx>, Error> {
+    state
+        .lookup("__ferry")
+        .and_then(|v| v.downcast_object::<RenderCtx>())
+        .ok_or_else(|| Error::new(ErrorKind::InvalidOperation, "not inside a dbt render"))
+}
+
+/// A JSON value as a template value. (Not `Value::from_serialize`: with serde_json's
+/// arbitrary precision numbers would arrive as maps.)
+pub fn from_json(v: &Json) -> Value {
+    match v {
+        Json::Null => Value::from(()),
+        Json::Bool(b) => Value::from(*b),
+        Json::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Value::from(i)
+            } else if let Some(u) = n.as_u64() {
+                Value::from(u)
+            } else {
+                let s = n.to_string();
+                s.parse::<f64>()
+                    .map_or_else(|_| Value::from(s), Value::from)
+            }
+        }
+        Json::String(s) => Value::from(s.clone()),
+        Json::Array(a) => Value::from(a.iter().map(from_json).collect::<Vec<_>>()),
+        Json::Object(o) => Value::from_iter(o.iter().map(|(k, v)| (k.clone(), from_json(v)))),
+    }
+}
+
+fn to_json(v: &Value) -> Json {
+    serde_json::to_value(v).unwrap_or(Json::Null)
+}
+
+fn ref_fn(state: &State, args: Rest<Value>) -> Result<Value, Error> {
+    let (pos, kw): (&[Value], Kwargs) = from_args(&args)?;
+    // `v=`/`version=` select a model version; ferry has no versioned models yet.
+    let _ = kw.get::<Option<Value>>("v")?;
+    let _ = kw.get::<Option<Value>>("version")?;
+    let names: Vec<String> = pos
+        .iter()
+        .map(|v| {
+            v.as_str().map(str::to_string).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::InvalidOperation,
+                    "ref() takes model names as strings",
+                )
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let (package, name) = match names.as_slice() {
+        [n] => (None, n.clone()),
+        [p, n] => (Some(p.clone()), n.clone()),
+        _ => {
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                "ref() takes a model name, or a package and a model name",
+            ))
+        }
+    };
+    let c = ctx(state)?;
+    match (&c.resolver, c.phase) {
+        (Some(r), Phase::Compile) => {
+            let (id, rel) = r.node(package.as_deref(), &name).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("ref('{name}') names no model or seed of this project"),
+                )
+            })?;
+            if rel.kind == "cte" {
+                let mut rec = c.rec.lock().unwrap_or_else(|p| p.into_inner());
+                if !rec.ephemerals.contains(&id) {
+                    rec.ephemerals.push(id);
+                }
+            }
+            Ok(Value::from_object(rel))
+        }
+        _ => {
+            c.rec
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .refs
+                .push((package, name.clone()));
+            Ok(Value::from_object(Relation {
+                database: None,
+                schema: None,
+                identifier: name,
+                kind: "table",
+            }))
+        }
+    }
+}
+
+fn source_fn(state: &State, source: String, table: String) -> Result<Value, Error> {
+    let c = ctx(state)?;
+    match (&c.resolver, c.phase) {
+        (Some(r), Phase::Compile) => r
+            .source(&source, &table)
+            .map(|(_, rel)| Value::from_object(rel))
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("source('{source}', '{table}') is not declared in any sources: block"),
+                )
+            }),
+        _ => {
+            c.rec
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .sources
+                .push((source, table.clone()));
+            Ok(Value::from_object(Relation {
+                database: None,
+                schema: None,
+                identifier: table,
+                kind: "table",
+            }))
+        }
+    }
+}
+
+/// `config`: callable (`{{ config(materialized='table') }}`) and readable (`config.get(…)`).
+#[derive(Debug)]
+struct ConfigObj;
+
+impl Object for ConfigObj {
+    fn call(self: &Arc<Self>, state: &State<'_, '_>, args: &[Value]) -> Result<Value, Error> {
+        let c = ctx(state)?;
+        if c.phase == Phase::Parse {
+            let (pos, kw): (&[Value], Kwargs) = from_args(args)?;
+            let mut rec = c.rec.lock().unwrap_or_else(|p| p.into_inner());
+            for p in pos {
+                if let Json::Object(m) = to_json(p) {
+                    rec.config.extend(m);
+                }
+            }
+            for k in kw.args().map(str::to_string).collect::<Vec<_>>() {
+                let v: Value = kw.get(&k)?;
+                rec.config.insert(k, to_json(&v));
+            }
+        }
+        Ok(Value::from(""))
+    }
+
+    fn call_method(
+        self: &Arc<Self>,
+        state: &State<'_, '_>,
+        method: &str,
+        args: &[Value],
+    ) -> Result<Value, Error> {
+        let c = ctx(state)?;
+        match method {
+            "get" | "require" => {
+                let (key, default): (String, Option<Value>) = from_args(args)?;
+                let found = c
+                    .rec
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .config
+                    .get(&key)
+                    .cloned()
+                    .or_else(|| c.config.get(&key).cloned());
+                match (found, default) {
+                    (Some(v), _) => Ok(from_json(&v)),
+                    (None, Some(d)) => Ok(d),
+                    (None, None) if method == "require" => Err(Error::new(
+                        ErrorKind::InvalidOperation,
+                        format!("config '{key}' is required"),
+                    )),
+                    (None, None) => Ok(Value::from(())),
+                }
+            }
+            "set" => Ok(Value::from("")),
+            _ => Err(Error::new(
+                ErrorKind::UnknownMethod,
+                format!("config has no method {method}"),
+            )),
+        }
+    }
+}
+
+fn var_fn(state: &State, name: String, default: Option<Value>) -> Result<Value, Error> {
+    let c = ctx(state)?;
+    match (c.vars.get(&name), default) {
+        (Some(v), _) => Ok(from_json(v)),
+        (None, Some(d)) => Ok(d),
+        (None, None) => Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("required var '{name}' not found in dbt_project.yml vars or --vars"),
+        )),
+    }
+}
+
+fn env_var_fn(name: String, default: Option<Value>) -> Result<Value, Error> {
+    match (std::env::var(&name), default) {
+        (Ok(v), _) => Ok(Value::from(v)),
+        (Err(_), Some(d)) => Ok(d),
+        (Err(_), None) => Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("env var required but not provided: '{name}'"),
+        )),
+    }
+}
+
+fn doc_fn(state: &State, name: String) -> Result<Value, Error> {
+    let c = ctx(state)?;
+    c.docs
+        .get(&name)
+        .map(|d| Value::from(d.clone()))
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidOperation,
+                format!("doc('{name}'): no {{% docs {name} %}} block in the project"),
+            )
+        })
+}
+
+/// `adapter`: `quote`, and `dispatch` to `<adapter>__name` or `default__name` macros.
+#[derive(Debug)]
+struct AdapterObj(AdapterKind);
+
+impl Object for AdapterObj {
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        match key.as_str()? {
+            "type" => Some(Value::from(self.0.as_str())),
+            _ => None,
+        }
+    }
+
+    fn call_method(
+        self: &Arc<Self>,
+        state: &State<'_, '_>,
+        method: &str,
+        args: &[Value],
+    ) -> Result<Value, Error> {
+        match method {
+            "quote" => {
+                let (s,): (String,) = from_args(args)?;
+                Ok(Value::from(quote(&s)))
+            }
+            "dispatch" => {
+                let (name, _rest): (String, Rest<Value>) = from_args(args)?;
+                for candidate in [
+                    format!("{}__{name}", self.0.as_str()),
+                    format!("default__{name}"),
+                    name.clone(),
+                ] {
+                    if let Some(m) = state.lookup(&candidate) {
+                        if !m.is_undefined() {
+                            return Ok(m);
+                        }
+                    }
+                }
+                Err(Error::new(
+                    ErrorKind::UnknownFunction,
+                    format!(
+                        "adapter.dispatch('{name}'): no macro {}__{name} or default__{name}",
+                        self.0.as_str()
+                    ),
+                ))
+            }
+            _ => Err(Error::new(
+                ErrorKind::UnknownMethod,
+                format!("adapter.{method} is not supported by ferry transform"),
+            )),
+        }
+    }
+}
+
+/// `exceptions.raise_compiler_error(msg)` and `exceptions.warn(msg)`.
+#[derive(Debug)]
+struct Exceptions;
+
+impl Object for Exceptions {
+    fn call_method(
+        self: &Arc<Self>,
+        _state: &State<'_, '_>,
+        method: &str,
+        args: &[Value],
+    ) -> Result<Value, Error> {
+        let (msg, _rest): (String, Rest<Value>) = from_args(args)?;
+        match method {
+            "warn" => {
+                tracing::warn!("{msg}");
+                Ok(Value::from(""))
+            }
+            _ => Err(Error::new(ErrorKind::InvalidOperation, msg)),
+        }
+    }
+}
+
+/// The shared environment and the project's macros.
+#[derive(Debug)]
+pub struct Jinja {
+    env: Environment<'static>,
+    /// Built-in macros first, then the project's: a later definition of a name wins.
+    all: Vec<MacroBlock>,
+    by_name: HashMap<String, Vec<usize>>,
+    /// The project's own macros (for `generate_schema_name` overrides and the manifest).
+    pub macros: Vec<MacroDef>,
+    adapter: AdapterKind,
+}
+
+/// A macro found in the project.
+#[derive(Debug, Clone)]
+pub struct MacroDef {
+    /// Its name (`test_<name>` for `{% test %}` blocks).
+    pub name: String,
+    /// The file, relative to the project.
+    pub file: String,
+    /// Its source.
+    pub sql: String,
+}
+
+#[derive(Debug)]
+struct MacroBlock {
+    name: String,
+    block: String,
+    file: String,
+    line: usize,
+    /// Identifiers in its body: the macros it may call.
+    words: Vec<String>,
+}
+
+fn words(text: &str) -> impl Iterator<Item = &str> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| !w.is_empty() && !w.as_bytes()[0].is_ascii_digit())
+}
+
+/// One `{% macro %}` / `{% test %}` block and where it starts in its file.
+fn macro_blocks(text: &str) -> Vec<(String, String, usize)> {
+    let re = regex::Regex::new(
+        r"(?s)\{%-?\s*(macro|test)\s+([A-Za-z_][A-Za-z0-9_]*)\s*\((.*?)\{%-?\s*end(?:macro|test)\s*-?%\}",
+    )
+    .expect("static regex");
+    re.captures_iter(text)
+        .filter_map(|c| {
+            let whole = c.get(0)?;
+            let kind = c.get(1)?.as_str();
+            let name = c.get(2)?.as_str();
+            let line = text[..whole.start()].matches('\n').count() + 1;
+            let mut block = whole.as_str().to_string();
+            let name = if kind == "test" {
+                // `{% test x(...) %}…{% endtest %}` is the macro `test_x`.
+                let open = c.get(1)?;
+                let start = open.start() - whole.start();
+                block.replace_range(
+                    start..start + "test".len() + 1 + name.len(),
+                    &format!("macro test_{name}"),
+                );
+                if let Some(pos) = block.rfind("endtest") {
+                    block.replace_range(pos..pos + "endtest".len(), "endmacro");
+                }
+                format!("test_{name}")
+            } else {
+                name.to_string()
+            };
+            Some((name, block, line))
+        })
+        .collect()
+}
+
+impl Jinja {
+    /// Builds the environment with the project's macro files (`(relative path, text)`).
+    pub fn new(adapter: AdapterKind, macro_files: &[(String, String)]) -> Jinja {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Lenient);
+        env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_recursion_limit(1000);
+        env.add_function("ref", ref_fn);
+        env.add_function("source", source_fn);
+        env.add_function("var", var_fn);
+        env.add_function("env_var", env_var_fn);
+        env.add_function("doc", doc_fn);
+        env.add_function("is_incremental", |state: &State| -> Result<bool, Error> {
+            Ok(ctx(state)?.incremental)
+        });
+        env.add_function("log", |_msg: Value, _rest: Rest<Value>| "");
+        env.add_function("tojson", |v: Value| -> Result<String, Error> {
+            serde_json::to_string(&v)
+                .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))
+        });
+        env.add_function("fromjson", |s: String| -> Result<Value, Error> {
+            serde_json::from_str::<Json>(&s)
+                .map(|j| from_json(&j))
+                .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))
+        });
+        env.add_global("config", Value::from_object(ConfigObj));
+        env.add_global("adapter", Value::from_object(AdapterObj(adapter)));
+        env.add_global("exceptions", Value::from_object(Exceptions));
+        env.add_global("dbt_version", Value::from(super::DBT_VERSION));
+        let mut all = Vec::new();
+        let mut macros = Vec::new();
+        let mut add = |file: &str, text: &str, builtin: bool| {
+            for (name, block, line) in macro_blocks(text) {
+                let mut ws: Vec<String> = words(&block).map(str::to_string).collect();
+                ws.sort();
+                ws.dedup();
+                if !builtin {
+                    macros.push(MacroDef {
+                        name: name.clone(),
+                        file: file.to_string(),
+                        sql: block.clone(),
+                    });
+                }
+                all.push(MacroBlock {
+                    name,
+                    block,
+                    file: file.to_string(),
+                    line,
+                    words: ws,
+                });
+            }
+        };
+        add("(ferry built-in macros)", BUILTIN_MACROS, true);
+        for (file, text) in macro_files {
+            add(file, text, false);
+        }
+        let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, m) in all.iter().enumerate() {
+            by_name.entry(m.name.clone()).or_default().push(i);
+        }
+        Jinja {
+            env,
+            all,
+            by_name,
+            macros,
+            adapter,
+        }
+    }
+
+    /// True when the project defines this macro (e.g. its own `generate_schema_name`).
+    pub fn has_macro(&self, name: &str) -> bool {
+        self.macros.iter().any(|m| m.name == name)
+    }
+
+    /// The macro definitions a text can reach (by the names it mentions, transitively; a
+    /// mention of `x` also reaches `default__x` and `<adapter>__x` for `adapter.dispatch`),
+    /// in definition order, and where each starts: (first line in the prefix, block index).
+    fn prefix_for(&self, source: &str) -> (String, Vec<(usize, usize)>) {
+        let mut want: Vec<bool> = vec![false; self.all.len()];
+        let mut queue: Vec<&str> = words(source).collect();
+        let adapter_prefix = format!("{}__", self.adapter.as_str());
+        while let Some(w) = queue.pop() {
+            for key in [
+                w.to_string(),
+                format!("default__{w}"),
+                format!("{adapter_prefix}{w}"),
+            ] {
+                for &i in self.by_name.get(&key).into_iter().flatten() {
+                    if !want[i] {
+                        want[i] = true;
+                        queue.extend(self.all[i].words.iter().map(String::as_str));
+                    }
+                }
+            }
+        }
+        let mut prefix = String::new();
+        let mut segments = Vec::new();
+        let mut line = 1;
+        for (i, m) in self.all.iter().enumerate() {
+            if want[i] {
+                segments.push((line, i));
+                prefix.push_str(&m.block);
+                line += m.block.matches('\n').count();
+            }
+        }
+        (prefix, segments)
+    }
+
+    /// Renders a file's text. `name` is used in errors.
+    ///
+    /// # Errors
+    /// A [`RenderError`] with the line in the file (or in the macro file the error is in).
+    pub fn render(
+        &self,
+        name: &str,
+        source: &str,
+        rc: Arc<RenderCtx>,
+        extra: &[(&str, Value)],
+    ) -> Result<String, RenderError> {
+        let (prefix, segments) = self.prefix_for(source);
+        let prefix_lines = prefix.matches('\n').count();
+        let full = format!("{prefix}{source}");
+        let mut context: std::collections::BTreeMap<&str, Value> = extra.iter().cloned().collect();
+        context.insert("__ferry", Value::from_dyn_object(rc.clone()));
+        context.insert("execute", Value::from(rc.phase == Phase::Compile));
+        self.env
+            .render_named_str(name, &full, context)
+            .map_err(|e| self.render_error(name, &e, prefix_lines, &segments))
+    }
+
+    /// Evaluates an expression (`ref('customers')` in a test's arguments) to a value.
+    ///
+    /// # Errors
+    /// As [`Jinja::render`], for the expression.
+    pub fn eval(&self, name: &str, expr: &str, rc: Arc<RenderCtx>) -> Result<Value, RenderError> {
+        let compiled = self
+            .env
+            .compile_expression_owned(expr.to_string())
+            .map_err(|e| self.render_error(name, &e, 0, &[]))?;
+        compiled
+            .eval(minijinja::context! { __ferry => Value::from_dyn_object(rc) })
+            .map_err(|e| self.render_error(name, &e, 0, &[]))
+    }
+
+    fn render_error(
+        &self,
+        name: &str,
+        e: &Error,
+        prefix_lines: usize,
+        segments: &[(usize, usize)],
+    ) -> RenderError {
+        let mut detail = e
+            .detail()
+            .map_or_else(|| e.kind().to_string(), str::to_string);
+        if e.detail().is_some() {
+            detail = format!("{}: {detail}", e.kind());
+        }
+        let mut src = std::error::Error::source(e);
+        while let Some(s) = src {
+            detail.push_str(&format!(": {s}"));
+            src = s.source();
+        }
+        let (file, line) = match e.line() {
+            Some(l) if l > prefix_lines => (name.to_string(), Some(l - prefix_lines)),
+            Some(l) => {
+                // Inside a macro: name its file and line.
+                match segments.iter().rev().find(|(start, _)| *start <= l) {
+                    Some((start, i)) => {
+                        let m = &self.all[*i];
+                        (m.file.clone(), Some(m.line + (l - start)))
+                    }
+                    None => (name.to_string(), None),
+                }
+            }
+            None => (name.to_string(), None),
+        };
+        RenderError { file, line, detail }
+    }
+}
+
+/// A Jinja error placed in a file.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{file}{}: {detail}", line.map(|l| format!(", line {l}")).unwrap_or_default())]
+pub struct RenderError {
+    /// The file (the node's, or the macro file the error is in).
+    pub file: String,
+    /// 1-based line.
+    pub line: Option<usize>,
+    /// What went wrong.
+    pub detail: String,
+}
+
+/// Renders `{{ env_var('X') }}` (and only that: no project context exists yet) in every string
+/// of a YAML document, as dbt does for dbt_project.yml and profiles.yml.
+///
+/// # Errors
+/// A missing env var without a default, or a Jinja syntax error.
+pub fn render_env_vars(v: &mut Json) -> anyhow::Result<()> {
+    fn walk(env: &Environment<'static>, v: &mut Json) -> anyhow::Result<()> {
+        match v {
+            Json::String(s) if s.contains("{{") || s.contains("{%") => {
+                let out = env
+                    .render_str(s, ())
+                    .map_err(|e| anyhow::anyhow!("{}", e.detail().unwrap_or("bad template")))?;
+                *s = out;
+            }
+            Json::Array(a) => {
+                for x in a {
+                    walk(env, x)?;
+                }
+            }
+            Json::Object(o) => {
+                for (_, x) in o.iter_mut() {
+                    walk(env, x)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+    let mut env = Environment::new();
+    env.add_function("env_var", env_var_fn);
+    walk(&env, v)
+}
+
+/// Reads every `{% docs name %}…{% enddocs %}` block of a file (contents trimmed, as dbt).
+pub fn docs_blocks(text: &str) -> Vec<(String, String)> {
+    let re = regex::Regex::new(
+        r"(?s)\{%-?\s*docs\s+([A-Za-z_][A-Za-z0-9_]*)\s*-?%\}(.*?)\{%-?\s*enddocs\s*-?%\}",
+    )
+    .expect("static regex");
+    re.captures_iter(text)
+        .map(|c| (c[1].to_string(), c[2].trim().to_string()))
+        .collect()
+}
+
+/// A file's display path, for messages.
+pub fn display(p: &Path) -> String {
+    p.display().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rc(phase: Phase) -> Arc<RenderCtx> {
+        Arc::new(RenderCtx {
+            phase,
+            rec: Mutex::default(),
+            resolver: None,
+            incremental: false,
+            vars: Arc::new(serde_json::Map::new()),
+            docs: Arc::default(),
+            config: serde_json::Map::new(),
+        })
+    }
+
+    #[test]
+    fn parse_records_refs_sources_and_config() {
+        let j = Jinja::new(AdapterKind::Postgres, &[]);
+        let c = rc(Phase::Parse);
+        let out = j
+            .render(
+                "m.sql",
+                "{{ config(materialized='table', tags=['a']) }}select * from {{ ref('x') }} join {{ source('s', 't') }}",
+                c.clone(),
+                &[],
+            )
+            .unwrap();
+        assert!(out.starts_with("select * from"), "{out}");
+        let r = c.rec.lock().unwrap();
+        assert_eq!(r.refs, vec![(None, "x".to_string())]);
+        assert_eq!(r.sources, vec![("s".to_string(), "t".to_string())]);
+        assert_eq!(r.config["materialized"], "table");
+    }
+
+    #[test]
+    fn project_macros_are_global_and_errors_point_at_the_file() {
+        let j = Jinja::new(
+            AdapterKind::DuckDb,
+            &[(
+                "macros/m.sql".into(),
+                "{% macro cents(c) %}({{ c }} / 100)::numeric(16, 2){% endmacro %}\n\n{% test positive(model, column_name) %}select 1{% endtest %}".into(),
+            )],
+        );
+        assert!(j.has_macro("cents") && j.has_macro("test_positive"));
+        let out = j
+            .render(
+                "m.sql",
+                "select {{ cents('amount') }}",
+                rc(Phase::Parse),
+                &[],
+            )
+            .unwrap();
+        assert_eq!(out, "select (amount / 100)::numeric(16, 2)");
+        let err = j
+            .render("models/m.sql", "select\n{{ 1 +  }}", rc(Phase::Parse), &[])
+            .unwrap_err();
+        assert_eq!((err.file.as_str(), err.line), ("models/m.sql", Some(2)));
+    }
+
+    #[test]
+    fn relations_render_quoted() {
+        let r = Relation::new("db", "s\"x", "t", "table");
+        assert_eq!(r.to_string(), "\"db\".\"s\"\"x\".\"t\"");
+        assert_eq!(Relation::cte("e").to_string(), "__dbt__cte__e");
+    }
+}

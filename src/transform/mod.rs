@@ -1,0 +1,214 @@
+//! `ferry transform`: dbt-style projects (SQL models, seeds, tests, macros) run inside the
+//! warehouse ferry loads (Postgres or DuckDB), with dbt's commands, selection, exit codes and
+//! artifacts.
+//!
+//! Flow: [`project`] reads dbt_project.yml and profiles.yml; [`nodes`] parses every file into
+//! nodes (rendering each once with [`jinja`] to find `ref`/`source`/`config`); [`select`]
+//! picks nodes; [`run`] walks the DAG on `threads` connections ([`adapter`]), compiling each
+//! node just before [`materialize`] builds it; [`artifacts`] writes manifest.json and
+//! run_results.json; [`docs`] draws the lineage page.
+
+pub mod adapter;
+pub mod artifacts;
+pub mod docs;
+pub mod jinja;
+pub mod materialize;
+pub mod nodes;
+pub mod project;
+pub mod run;
+pub mod select;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use crate::cli::{TransformArgs, TransformCommand};
+use crate::commands::Globals;
+use crate::error::{config_error, exit};
+
+/// The dbt-core version whose behaviour and artifact schemas ferry follows.
+pub const DBT_VERSION: &str = "1.11.16";
+
+/// Where the dbt project is, from the flags or ferry.yml's `transform:`.
+struct Location {
+    dir: PathBuf,
+    profiles_dir: Option<PathBuf>,
+    target: Option<String>,
+    /// The ferry project, when there is one (for the docs' lineage).
+    ferry: Option<crate::project::Project>,
+}
+
+fn locate(args: &TransformArgs, g: &Globals) -> anyhow::Result<Location> {
+    let ferry = match &g.project {
+        Some(p) => Some(crate::project::Project::load(Some(p))?),
+        None if std::path::Path::new(crate::project::PROJECT_FILE).is_file() => {
+            Some(crate::project::Project::load(None)?)
+        }
+        None => None,
+    };
+    let mut loc = Location {
+        dir: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+        profiles_dir: args.profiles_dir.clone(),
+        target: args.target.clone(),
+        ferry: None,
+    };
+    if let Some(f) = &ferry {
+        match &f.transform {
+            Some(Value::String(p)) => loc.dir = f.dir.join(p),
+            Some(Value::Object(o)) => {
+                if let Some(p) = o.get("path").and_then(Value::as_str) {
+                    loc.dir = f.dir.join(p);
+                }
+                if loc.profiles_dir.is_none() {
+                    loc.profiles_dir = o
+                        .get("profiles_dir")
+                        .and_then(Value::as_str)
+                        .map(|p| f.dir.join(p));
+                }
+                if loc.target.is_none() {
+                    loc.target = o.get("target").and_then(Value::as_str).map(str::to_string);
+                }
+            }
+            Some(other) => return Err(config_error(format!(
+                "{}: `transform:` must be a folder or {{path, profiles_dir, target}}, not {other}",
+                f.file.display()
+            ))),
+            None => {}
+        }
+    }
+    if let Some(d) = &args.project_dir {
+        loc.dir = d.clone();
+    }
+    loc.dir = std::path::absolute(&loc.dir).unwrap_or(loc.dir);
+    loc.ferry = ferry;
+    Ok(loc)
+}
+
+/// Runs `ferry transform <command>`.
+///
+/// # Errors
+/// A config error (exit 2) when the project cannot be read; failures of nodes are reported
+/// per node and give exit 1.
+pub async fn run(args: TransformArgs, g: &Globals) -> anyhow::Result<i32> {
+    let loc = locate(&args, g)?;
+    let project = project::DbtProject::load(&loc.dir)?;
+    let target = project::load_target(
+        &project,
+        loc.profiles_dir.as_deref(),
+        loc.target.as_deref(),
+        args.threads,
+    )?;
+    let opts = nodes::ParseOptions {
+        vars: nodes::parse_vars(args.vars.as_deref())?,
+    };
+    let t0 = std::time::Instant::now();
+    let graph = Arc::new(nodes::parse(&project, &target, &opts)?);
+    if let Some(cycle) = select::find_cycle(&graph) {
+        return Err(config_error(format!(
+            "Found a cycle: {}",
+            cycle.join(" --> ")
+        )));
+    }
+    let which = format!("{:?}", args.command).to_lowercase();
+    let inv = artifacts::Invocation::new(
+        &which,
+        json!({
+            "which": which, "select": args.select, "exclude": args.exclude,
+            "full_refresh": args.full_refresh, "target": target.name, "threads": target.threads,
+            "vars": opts.vars, "project_dir": project.dir.display().to_string(),
+        }),
+    );
+    let target_dir = project.target_dir();
+    let count = |r: nodes::Resource| graph.nodes.values().filter(|n| n.resource == r).count();
+    let summary = format!(
+        "{} models, {} data tests, {} seeds, {} sources, {} macros",
+        count(nodes::Resource::Model),
+        count(nodes::Resource::Test),
+        count(nodes::Resource::Seed),
+        graph.sources.len(),
+        graph.jinja.macros.len()
+    );
+    match args.command {
+        TransformCommand::Parse => {
+            let m = artifacts::manifest(&project, Some(&target), &graph, &Default::default(), &inv);
+            artifacts::write_json(&target_dir, "manifest.json", &m)?;
+            if !g.quiet {
+                tracing::info!(
+                    "Parsed {summary} in {:.2}s; wrote {}.",
+                    t0.elapsed().as_secs_f64(),
+                    target_dir.join("manifest.json").display()
+                );
+            }
+            return Ok(exit::OK);
+        }
+        TransformCommand::Docs => {
+            let m = artifacts::manifest(&project, Some(&target), &graph, &Default::default(), &inv);
+            artifacts::write_json(&target_dir, "manifest.json", &m)?;
+            let html = docs::page(&project, &graph, loc.ferry.as_ref());
+            std::fs::create_dir_all(&target_dir)?;
+            let path = target_dir.join("index.html");
+            std::fs::write(&path, html)
+                .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+            if !g.quiet {
+                tracing::info!("Wrote {} ({summary}).", path.display());
+            }
+            return Ok(exit::OK);
+        }
+        _ => {}
+    }
+    let mode = match args.command {
+        TransformCommand::Run => run::Mode::Run,
+        TransformCommand::Test => run::Mode::Test,
+        TransformCommand::Seed => run::Mode::Seed,
+        TransformCommand::Build => run::Mode::Build,
+        _ => run::Mode::Compile,
+    };
+    let selected = select::select(&graph, &args.select, &args.exclude)?;
+    if !g.quiet {
+        tracing::info!(
+            "Found {summary}; target {} ({}).",
+            target.name,
+            adapter::describe(&target)
+        );
+    }
+    let out = run::execute(
+        graph.clone(),
+        &project,
+        &target,
+        &selected,
+        mode,
+        args.full_refresh,
+    )
+    .await?;
+    let m = artifacts::manifest(&project, Some(&target), &graph, &out.compiled, &inv);
+    artifacts::write_json(&target_dir, "manifest.json", &m)?;
+    artifacts::write_json(
+        &target_dir,
+        "run_results.json",
+        &artifacts::run_results(&out.results, out.elapsed, &inv),
+    )?;
+    let n = |s: &str| out.results.iter().filter(|r| r.status == s).count();
+    let pass = n("success") + n("pass");
+    let (warn, error, skip) = (n("warn"), n("error") + n("fail"), n("skipped"));
+    if !g.quiet {
+        if mode == run::Mode::Compile {
+            tracing::info!(
+                "Compiled {} nodes into {} in {:.2}s.",
+                out.results.len(),
+                target_dir.join("compiled").display(),
+                out.elapsed
+            );
+        } else {
+            tracing::info!(
+                "Finished in {:.2}s. Done. PASS={pass} WARN={warn} ERROR={error} SKIP={skip} TOTAL={}",
+                out.elapsed,
+                out.results.len()
+            );
+        }
+    }
+    if mode == run::Mode::Compile && error > 0 {
+        return Ok(exit::CONFIG);
+    }
+    Ok(if error > 0 { exit::FAILED } else { exit::OK })
+}

@@ -1,0 +1,1739 @@
+//! Reading a project into nodes, as `dbt parse` does: models, seeds, sources, singular and
+//! generic tests, their configs (dbt_project.yml tree < properties file < `config()` in the
+//! file), descriptions and columns, dependencies, and the relation each node builds.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use md5::{Digest as _, Md5};
+use serde_json::{json, Map, Value};
+use sha2::Sha256;
+
+use super::jinja::{self, Jinja, Phase, Recorded, Relation, RenderCtx, Resolve};
+use super::project::{find_files, parse_yaml, DbtProject, Target};
+use crate::error::config_error;
+
+/// What a node is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Resource {
+    /// A `.sql` model.
+    Model,
+    /// A `.csv` seed.
+    Seed,
+    /// A singular or generic data test.
+    Test,
+}
+
+impl Resource {
+    /// dbt's `resource_type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resource::Model => "model",
+            Resource::Seed => "seed",
+            Resource::Test => "test",
+        }
+    }
+}
+
+/// A column as the properties files describe it.
+#[derive(Debug, Clone, Default)]
+pub struct Column {
+    /// Name.
+    pub name: String,
+    /// Description (docs rendered).
+    pub description: String,
+    /// `data_type`, if given.
+    pub data_type: Option<String>,
+    /// `meta`.
+    pub meta: Value,
+}
+
+/// A generic test's identity.
+#[derive(Debug, Clone)]
+pub struct TestMeta {
+    /// `unique`, `not_null`, … (or a project's own generic test).
+    pub name: String,
+    /// Its arguments as written (`column_name` included, `model` not).
+    pub kwargs: Map<String, Value>,
+    /// The node it is attached to.
+    pub attached: String,
+    /// `column_name`, if a column test.
+    pub column: Option<String>,
+}
+
+/// A model, seed or test.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// `model.<project>.<name>` etc.
+    pub unique_id: String,
+    /// Name.
+    pub name: String,
+    /// Kind.
+    pub resource: Resource,
+    /// The path inside its resource folder.
+    pub path: String,
+    /// The path from the project folder.
+    pub original_file_path: String,
+    /// dbt's fully qualified name.
+    pub fqn: Vec<String>,
+    /// The file's text (for generic tests, dbt's call expression).
+    pub raw_code: String,
+    /// Resolved config; unknown keys kept.
+    pub config: Map<String, Value>,
+    /// Description.
+    pub description: String,
+    /// Documented columns, in file order.
+    pub columns: Vec<Column>,
+    /// The properties file that described it.
+    pub patch_path: Option<String>,
+    /// `ref()`s.
+    pub refs: Vec<(Option<String>, String)>,
+    /// `source()`s.
+    pub sources: Vec<(String, String)>,
+    /// Unique ids of the nodes and sources it depends on.
+    pub depends_on: Vec<String>,
+    /// Where it builds: database, schema, identifier.
+    pub database: String,
+    /// Schema.
+    pub schema: String,
+    /// Identifier (alias).
+    pub alias: String,
+    /// For generic tests.
+    pub test: Option<TestMeta>,
+    /// sha256 of the file.
+    pub checksum: String,
+}
+
+impl Node {
+    /// `config.materialized` (`test`/`seed` for those).
+    pub fn materialized(&self) -> &str {
+        self.config
+            .get("materialized")
+            .and_then(Value::as_str)
+            .unwrap_or("view")
+    }
+
+    /// `config.enabled`.
+    pub fn enabled(&self) -> bool {
+        self.config
+            .get("enabled")
+            .and_then(Value::as_bool)
+            .unwrap_or(true)
+    }
+
+    /// Tags.
+    pub fn tags(&self) -> Vec<String> {
+        tags_list(self.config.get("tags"))
+    }
+
+    /// The relation it builds.
+    pub fn relation(&self) -> Relation {
+        if self.materialized() == "ephemeral" {
+            Relation::cte(&self.alias)
+        } else {
+            Relation::new(
+                &self.database,
+                &self.schema,
+                &self.alias,
+                if self.materialized() == "view" {
+                    "view"
+                } else {
+                    "table"
+                },
+            )
+        }
+    }
+
+    /// Short label for messages: `model stg_orders (models/staging/stg_orders.sql)`.
+    pub fn label(&self) -> String {
+        format!(
+            "{} {} ({})",
+            self.resource.as_str(),
+            self.name,
+            self.original_file_path
+        )
+    }
+}
+
+/// A table declared in a `sources:` block.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// `source.<project>.<source>.<table>`.
+    pub unique_id: String,
+    /// The source's name.
+    pub source_name: String,
+    /// The table's name.
+    pub name: String,
+    /// Relation parts.
+    pub database: String,
+    /// Schema (default: the source's name).
+    pub schema: String,
+    /// Identifier (default: the table's name).
+    pub identifier: String,
+    /// Description.
+    pub description: String,
+    /// Source description.
+    pub source_description: String,
+    /// Columns.
+    pub columns: Vec<Column>,
+    /// The properties file.
+    pub original_file_path: String,
+    /// fqn.
+    pub fqn: Vec<String>,
+    /// `loader`.
+    pub loader: String,
+    /// Config (tags, meta, enabled, unknown keys).
+    pub config: Map<String, Value>,
+}
+
+impl Source {
+    /// Its relation.
+    pub fn relation(&self) -> Relation {
+        Relation::new(&self.database, &self.schema, &self.identifier, "table")
+    }
+}
+
+/// The parsed project.
+#[derive(Debug)]
+pub struct Graph {
+    /// Nodes by unique id (sorted: stable artifacts and order).
+    pub nodes: BTreeMap<String, Node>,
+    /// Sources by unique id.
+    pub sources: BTreeMap<String, Source>,
+    /// `{% docs %}` blocks.
+    pub docs: Arc<HashMap<String, String>>,
+    /// Variables (project's, then `--vars`).
+    pub vars: Arc<Map<String, Value>>,
+    /// The macro environment.
+    pub jinja: Arc<Jinja>,
+    /// Ids of disabled nodes (kept out of the graph, as dbt's manifest `disabled`).
+    pub disabled: Vec<String>,
+}
+
+/// Name lookups for compile-phase `ref()`/`source()`.
+#[derive(Debug)]
+pub struct Lookup {
+    by_name: HashMap<String, (String, Relation)>,
+    sources: HashMap<(String, String), (String, Relation)>,
+}
+
+impl Resolve for Lookup {
+    fn node(&self, _package: Option<&str>, name: &str) -> Option<(String, Relation)> {
+        self.by_name.get(name).cloned()
+    }
+    fn source(&self, source: &str, table: &str) -> Option<(String, Relation)> {
+        self.sources
+            .get(&(source.to_string(), table.to_string()))
+            .cloned()
+    }
+}
+
+impl Graph {
+    /// Lookups for compiling.
+    pub fn lookup(&self) -> Arc<Lookup> {
+        let by_name = self
+            .nodes
+            .values()
+            .filter(|n| n.resource != Resource::Test)
+            .map(|n| (n.name.clone(), (n.unique_id.clone(), n.relation())))
+            .collect();
+        let sources = self
+            .sources
+            .values()
+            .map(|s| {
+                (
+                    (s.source_name.clone(), s.name.clone()),
+                    (s.unique_id.clone(), s.relation()),
+                )
+            })
+            .collect();
+        Arc::new(Lookup { by_name, sources })
+    }
+
+    /// A render context for a node.
+    pub fn render_ctx(
+        &self,
+        phase: Phase,
+        resolver: Option<Arc<dyn Resolve>>,
+        incremental: bool,
+        config: Map<String, Value>,
+    ) -> Arc<RenderCtx> {
+        Arc::new(RenderCtx {
+            phase,
+            rec: Mutex::new(Recorded::default()),
+            resolver,
+            incremental,
+            vars: self.vars.clone(),
+            docs: self.docs.clone(),
+            config,
+        })
+    }
+}
+
+/// Config keys whose values accumulate down the tree instead of replacing.
+fn merge_config(into: &mut Map<String, Value>, from: &Map<String, Value>) {
+    for (k, v) in from {
+        let k = k.trim_start_matches('+');
+        match k {
+            "tags" => {
+                let mut t = tags_list(into.get("tags"));
+                for x in tags_list(Some(v)) {
+                    if !t.contains(&x) {
+                        t.push(x);
+                    }
+                }
+                into.insert("tags".into(), json!(t));
+            }
+            "meta" => {
+                let mut m = into
+                    .get("meta")
+                    .and_then(Value::as_object)
+                    .cloned()
+                    .unwrap_or_default();
+                if let Value::Object(o) = v {
+                    m.extend(o.clone());
+                }
+                into.insert("meta".into(), Value::Object(m));
+            }
+            _ => {
+                into.insert(k.to_string(), v.clone());
+            }
+        }
+    }
+}
+
+pub fn tags_list(v: Option<&Value>) -> Vec<String> {
+    match v {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Config names dbt accepts without a `+` in dbt_project.yml.
+const CONFIG_KEYS: &[&str] = &[
+    "materialized",
+    "schema",
+    "database",
+    "alias",
+    "tags",
+    "enabled",
+    "meta",
+    "docs",
+    "persist_docs",
+    "full_refresh",
+    "unique_key",
+    "incremental_strategy",
+    "on_schema_change",
+    "pre-hook",
+    "post-hook",
+    "column_types",
+    "quote_columns",
+    "delimiter",
+    "severity",
+    "store_failures",
+    "where",
+    "limit",
+    "warn_if",
+    "error_if",
+    "grants",
+    "contract",
+    "access",
+    "group",
+    "packages",
+    "sql_header",
+    "quoting",
+    "bind",
+];
+
+/// The config a dbt_project.yml tree gives the node at `path` (fqn without the name's
+/// package, e.g. `["staging", "stg_orders"]`): every level on the way down applies.
+fn tree_config(tree: &Value, project: &str, path: &[String]) -> Map<String, Value> {
+    fn level(v: &Value) -> Map<String, Value> {
+        let mut out = Map::new();
+        if let Value::Object(o) = v {
+            for (k, x) in o {
+                if k.starts_with('+') || (CONFIG_KEYS.contains(&k.as_str()) && !x.is_object()) {
+                    out.insert(k.trim_start_matches('+').to_string(), x.clone());
+                } else if CONFIG_KEYS.contains(&k.as_str()) && k == "meta" {
+                    out.insert(k.clone(), x.clone());
+                }
+            }
+        }
+        out
+    }
+    let mut cfg = Map::new();
+    merge_config(&mut cfg, &level(tree));
+    let Some(mut cur) = tree.get(project) else {
+        return cfg;
+    };
+    merge_config(&mut cfg, &level(cur));
+    for part in path {
+        match cur.get(part) {
+            Some(next) if next.is_object() => {
+                cur = next;
+                merge_config(&mut cfg, &level(cur));
+            }
+            _ => break,
+        }
+    }
+    cfg
+}
+
+/// One entry of a properties file (`models:`, `seeds:`), as found.
+#[derive(Debug, Clone)]
+struct Patch {
+    file: String,
+    body: Map<String, Value>,
+}
+
+fn sha256_hex(text: &str) -> String {
+    let d = Sha256::digest(text.as_bytes());
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn md5_hex(text: &str) -> String {
+    let d = Md5::digest(text.as_bytes());
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// dbt's name for a generic test: `<test>_<model>_<args…>`, cut to 30 characters plus an md5
+/// when it would reach 64 (dbt's `synthesize_generic_test_names`). Returns (name, alias).
+pub fn generic_test_name(
+    test: &str,
+    target: &str,
+    kwargs: &Map<String, Value>,
+) -> (String, String) {
+    let mut keys: Vec<&String> = kwargs.keys().filter(|k| *k != "model").collect();
+    keys.sort();
+    let mut flat = Vec::new();
+    for k in keys {
+        match &kwargs[k] {
+            Value::Object(o) => flat.extend(o.values().map(py_str)),
+            Value::Array(a) => flat.extend(a.iter().map(py_str)),
+            v => flat.push(py_str(v)),
+        }
+    }
+    let clean = regex::Regex::new("[^0-9a-zA-Z_]+").expect("static regex");
+    let unique = flat
+        .iter()
+        .map(|a| clean.replace_all(a, "_").into_owned())
+        .collect::<Vec<_>>()
+        .join("__");
+    let ident = format!("{test}_{target}");
+    let full = format!("{ident}_{unique}");
+    let short = if full.len() >= 64 {
+        let cut: String = ident.chars().take(30).collect();
+        format!("{cut}_{}", md5_hex(&full))
+    } else {
+        full.clone()
+    };
+    (full, short)
+}
+
+/// A value as Python's `str()` shows it (test names are built from these).
+fn py_str(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Bool(true) => "True".into(),
+        Value::Bool(false) => "False".into(),
+        Value::Null => "None".into(),
+        Value::Number(n) => n.to_string(),
+        Value::Array(a) => format!("[{}]", a.iter().map(py_repr).collect::<Vec<_>>().join(", ")),
+        Value::Object(o) => format!(
+            "{{{}}}",
+            o.iter()
+                .map(|(k, v)| format!("'{k}': {}", py_repr(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+fn py_repr(v: &Value) -> String {
+    match v {
+        Value::String(s) => py_quote(s),
+        other => py_str(other),
+    }
+}
+
+/// A string as Python's `repr()` writes it.
+fn py_quote(s: &str) -> String {
+    let q = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push(q);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c == q => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out.push(q);
+    out
+}
+
+/// `repr()` of dbt's hashing form of a value: dicts with sorted keys, lists kept, every scalar
+/// turned into its `str()`.
+fn hashed_repr(v: &Value) -> String {
+    match v {
+        Value::Object(o) => {
+            let mut keys: Vec<&String> = o.keys().collect();
+            keys.sort();
+            format!(
+                "{{{}}}",
+                keys.iter()
+                    .map(|k| format!("{}: {}", py_quote(k), hashed_repr(&o[*k])))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+        Value::Array(a) => format!(
+            "[{}]",
+            a.iter().map(hashed_repr).collect::<Vec<_>>().join(", ")
+        ),
+        other => py_quote(&py_str(other)),
+    }
+}
+
+/// The last 10 hex digits of md5(name + repr(hashing form of test_metadata)), as dbt 1.x makes
+/// a generic test's unique id.
+pub fn test_id_suffix(name: &str, test_metadata: &Value) -> String {
+    let h = md5_hex(&format!("{name}{}", hashed_repr(test_metadata)));
+    h[h.len() - 10..].to_string()
+}
+
+/// Options for parsing.
+#[derive(Debug, Clone, Default)]
+pub struct ParseOptions {
+    /// `--vars` (YAML mapping).
+    pub vars: Map<String, Value>,
+}
+
+/// Reads the whole project. Nothing connects to the warehouse.
+///
+/// # Errors
+/// A config error (exit 2) naming the file, line and node for anything dbt would refuse:
+/// Jinja syntax errors, unknown refs or sources, duplicate names, bad properties files.
+pub fn parse(project: &DbtProject, target: &Target, opts: &ParseOptions) -> anyhow::Result<Graph> {
+    let dir = &project.dir;
+    let read = |p: &Path| -> anyhow::Result<String> {
+        std::fs::read_to_string(p)
+            .map_err(|e| config_error(format!("cannot read {}: {e}", p.display())))
+    };
+    // Macros: macro paths, and generic tests under the test paths.
+    let mut macro_files = Vec::new();
+    for f in find_files(dir, &project.macro_paths, &[".sql"]) {
+        macro_files.push((f.original.clone(), read(&f.abs)?));
+    }
+    for f in find_files(dir, &project.test_paths, &[".sql"]) {
+        if f.inner.starts_with("generic/") {
+            macro_files.push((f.original.clone(), read(&f.abs)?));
+        }
+    }
+    let jinja = Arc::new(Jinja::new(target.kind, &macro_files));
+
+    let mut docs = HashMap::new();
+    for f in find_files(dir, &project.docs_paths, &[".md"]) {
+        for (name, body) in jinja::docs_blocks(&read(&f.abs)?) {
+            docs.insert(name, body);
+        }
+    }
+    let docs = Arc::new(docs);
+    let mut vars = project.vars.clone();
+    vars.extend(opts.vars.clone());
+    let vars = Arc::new(vars);
+
+    let mut graph = Graph {
+        nodes: BTreeMap::new(),
+        sources: BTreeMap::new(),
+        docs,
+        vars,
+        jinja: jinja.clone(),
+        disabled: Vec::new(),
+    };
+    let target_ctx = target_value(target);
+
+    // Properties files.
+    let mut model_patches: HashMap<String, Patch> = HashMap::new();
+    let mut seed_patches: HashMap<String, Patch> = HashMap::new();
+    let mut source_blocks: Vec<(String, Map<String, Value>)> = Vec::new();
+    let roots: Vec<String> = project
+        .model_paths
+        .iter()
+        .chain(&project.seed_paths)
+        .chain(&project.test_paths)
+        .chain(&project.analysis_paths)
+        .cloned()
+        .collect();
+    for f in find_files(dir, &roots, &[".yml", ".yaml"]) {
+        let doc = parse_yaml(&read(&f.abs)?, &f.abs)?;
+        let Some(o) = doc.as_object() else { continue };
+        for (section, patches) in [("models", &mut model_patches), ("seeds", &mut seed_patches)] {
+            for entry in o
+                .get(section)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let Some(body) = entry.as_object() else {
+                    return Err(config_error(format!(
+                        "{}: every entry under `{section}:` must be a mapping with a `name`",
+                        f.original
+                    )));
+                };
+                let Some(name) = body.get("name").and_then(Value::as_str) else {
+                    return Err(config_error(format!(
+                        "{}: an entry under `{section}:` has no `name`",
+                        f.original
+                    )));
+                };
+                if let Some(prev) = patches.get(name) {
+                    return Err(config_error(format!(
+                        "{section} {name:?} is described twice: in {} and in {}",
+                        prev.file, f.original
+                    )));
+                }
+                patches.insert(
+                    name.to_string(),
+                    Patch {
+                        file: f.original.clone(),
+                        body: body.clone(),
+                    },
+                );
+            }
+        }
+        for entry in o
+            .get("sources")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(body) = entry.as_object() {
+                source_blocks.push((f.original.clone(), body.clone()));
+            }
+        }
+    }
+
+    // Sources.
+    let mut generic_specs: Vec<GenericSpec> = Vec::new();
+    let mut new_sources = Vec::new();
+    for (file, body) in &source_blocks {
+        let sname = body
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| config_error(format!("{file}: a source has no `name`")))?;
+        let prop = |v: Option<&Value>, default: &str| -> anyhow::Result<String> {
+            render_prop(
+                &graph,
+                v.and_then(Value::as_str).unwrap_or(default),
+                file,
+                &target_ctx,
+            )
+        };
+        let sschema = prop(body.get("schema"), sname)?;
+        let sdb = prop(body.get("database"), &target.database)?;
+        let sdesc = render_description(&graph, body.get("description"), file)?;
+        for t in body
+            .get("tables")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let Some(t) = t.as_object() else { continue };
+            let tname = t.get("name").and_then(Value::as_str).ok_or_else(|| {
+                config_error(format!("{file}: a table of source {sname} has no `name`"))
+            })?;
+            let unique_id = format!("source.{}.{sname}.{tname}", project.name);
+            let mut config = tree_config(
+                &project.sources,
+                &project.name,
+                &[sname.to_string(), tname.to_string()],
+            );
+            for c in [body.get("config"), t.get("config")].into_iter().flatten() {
+                if let Value::Object(c) = c {
+                    merge_config(&mut config, c);
+                }
+            }
+            let columns = read_columns(&graph, t.get("columns"), file)?;
+            let mut fqn = vec![project.name.clone()];
+            fqn.extend(dirs_of(file).into_iter().skip(1));
+            fqn.push(sname.to_string());
+            fqn.push(tname.to_string());
+            let src = Source {
+                unique_id: unique_id.clone(),
+                source_name: sname.to_string(),
+                name: tname.to_string(),
+                database: prop(t.get("database"), &sdb)?,
+                schema: prop(t.get("schema"), &sschema)?,
+                identifier: prop(t.get("identifier"), tname)?,
+                description: render_description(&graph, t.get("description"), file)?,
+                source_description: sdesc.clone(),
+                columns,
+                original_file_path: file.clone(),
+                fqn,
+                loader: body
+                    .get("loader")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+                config,
+            };
+            collect_tests(
+                &mut generic_specs,
+                &format!("{sname}_{tname}"),
+                &unique_id,
+                TestTarget::Source(sname.to_string(), tname.to_string()),
+                t,
+                file,
+            )?;
+            new_sources.push(src);
+        }
+    }
+
+    for src in new_sources {
+        graph.sources.insert(src.unique_id.clone(), src);
+    }
+
+    // Models.
+    let mut names: HashMap<String, String> = HashMap::new();
+    for f in find_files(dir, &project.model_paths, &[".sql"]) {
+        let name = stem_of(&f.inner);
+        let raw = read(&f.abs)?;
+        let unique_id = format!("model.{}.{name}", project.name);
+        if let Some(prev) = names.insert(name.clone(), f.original.clone()) {
+            return Err(config_error(format!(
+                "two models are named {name:?}: {prev} and {}; dbt requires unique model names",
+                f.original
+            )));
+        }
+        let mut fqn = vec![project.name.clone()];
+        fqn.extend(dirs_of(&f.inner));
+        fqn.push(name.clone());
+        let mut config = Map::new();
+        config.insert("materialized".into(), json!("view"));
+        merge_config(
+            &mut config,
+            &tree_config(&project.models, &project.name, &fqn[1..]),
+        );
+        let patch = model_patches.remove(&name);
+        let node = build_node(
+            &graph,
+            &target_ctx,
+            NodeInput {
+                unique_id,
+                name,
+                resource: Resource::Model,
+                found: &f,
+                fqn,
+                raw,
+                config,
+                patch: patch.as_ref(),
+            },
+            &mut generic_specs,
+        )?;
+        if node.enabled() {
+            graph.nodes.insert(node.unique_id.clone(), node);
+        } else {
+            graph.disabled.push(node.unique_id);
+        }
+    }
+
+    // Seeds.
+    for f in find_files(dir, &project.seed_paths, &[".csv"]) {
+        let name = stem_of(&f.inner);
+        let unique_id = format!("seed.{}.{name}", project.name);
+        if let Some(prev) = names.insert(name.clone(), f.original.clone()) {
+            return Err(config_error(format!(
+                "{prev} and {} have the same name {name:?}; ref() could not tell them apart",
+                f.original
+            )));
+        }
+        let mut fqn = vec![project.name.clone()];
+        fqn.extend(dirs_of(&f.inner));
+        fqn.push(name.clone());
+        let mut config = Map::new();
+        config.insert("materialized".into(), json!("seed"));
+        merge_config(
+            &mut config,
+            &tree_config(&project.seeds, &project.name, &fqn[1..]),
+        );
+        let patch = seed_patches.remove(&name);
+        let checksum = std::fs::metadata(&f.abs).map(|m| m.len()).unwrap_or(0);
+        let node = build_node(
+            &graph,
+            &target_ctx,
+            NodeInput {
+                unique_id,
+                name,
+                resource: Resource::Seed,
+                found: &f,
+                fqn,
+                raw: String::new(),
+                config,
+                patch: patch.as_ref(),
+            },
+            &mut generic_specs,
+        )?;
+        let mut node = node;
+        node.checksum = format!("size:{checksum}");
+        if node.enabled() {
+            graph.nodes.insert(node.unique_id.clone(), node);
+        } else {
+            graph.disabled.push(node.unique_id);
+        }
+    }
+    for (name, p) in model_patches.iter().chain(seed_patches.iter()) {
+        tracing::warn!(file = %p.file, "{name:?} is described in {} but there is no such model or seed; ignored.", p.file);
+    }
+
+    // Singular tests.
+    for f in find_files(dir, &project.test_paths, &[".sql"]) {
+        if f.inner.starts_with("generic/") {
+            continue;
+        }
+        let name = stem_of(&f.inner);
+        let raw = read(&f.abs)?;
+        let mut fqn = vec![project.name.clone()];
+        fqn.extend(dirs_of(&f.inner));
+        fqn.push(name.clone());
+        let mut config = Map::new();
+        config.insert("materialized".into(), json!("test"));
+        config.insert("severity".into(), json!("ERROR"));
+        merge_config(
+            &mut config,
+            &tree_config(&project.tests, &project.name, &fqn[1..]),
+        );
+        let node = build_node(
+            &graph,
+            &target_ctx,
+            NodeInput {
+                unique_id: format!("test.{}.{name}", project.name),
+                name,
+                resource: Resource::Test,
+                found: &f,
+                fqn,
+                raw,
+                config,
+                patch: None,
+            },
+            &mut generic_specs,
+        )?;
+        graph.nodes.insert(node.unique_id.clone(), node);
+    }
+
+    // Generic tests.
+    for spec in generic_specs {
+        let node = build_generic_test(&graph, project, &spec)?;
+        if let Some(prev) = graph.nodes.get(&node.unique_id) {
+            return Err(config_error(format!(
+                "two tests would both be named {} ({} and {}); give one a `name:`",
+                node.name, prev.original_file_path, node.original_file_path
+            )));
+        }
+        graph.nodes.insert(node.unique_id.clone(), node);
+    }
+
+    resolve_dependencies(&mut graph)?;
+    Ok(graph)
+}
+
+pub fn stem_of(inner: &str) -> String {
+    let file = inner.rsplit('/').next().unwrap_or(inner);
+    file.rsplit_once('.').map_or(file, |(s, _)| s).to_string()
+}
+
+fn dirs_of(inner: &str) -> Vec<String> {
+    let mut parts: Vec<String> = inner.split('/').map(str::to_string).collect();
+    parts.pop();
+    parts
+}
+
+/// `target` as Jinja sees it: the output's fields without secrets, plus name/type/schema.
+pub fn target_value(target: &Target) -> minijinja::Value {
+    let mut m = Map::new();
+    for (k, v) in &target.fields {
+        if !matches!(k.as_str(), "password" | "pass" | "token") {
+            m.insert(k.clone(), v.clone());
+        }
+    }
+    m.insert("name".into(), json!(target.name));
+    m.insert("target_name".into(), json!(target.name));
+    m.insert("type".into(), json!(target.kind.as_str()));
+    m.insert("schema".into(), json!(target.schema));
+    m.insert("database".into(), json!(target.database));
+    m.insert("threads".into(), json!(target.threads));
+    m.insert("profile_name".into(), json!(target.profile_name));
+    jinja::from_json(&Value::Object(m))
+}
+
+/// A properties-file value that may hold Jinja (`schema: "{{ target.schema }}"`).
+fn render_prop(
+    graph: &Graph,
+    s: &str,
+    file: &str,
+    target_ctx: &minijinja::Value,
+) -> anyhow::Result<String> {
+    if !s.contains("{{") && !s.contains("{%") {
+        return Ok(s.to_string());
+    }
+    let rc = graph.render_ctx(Phase::Parse, None, false, Map::new());
+    graph
+        .jinja
+        .render(file, s, rc, &[("target", target_ctx.clone())])
+        .map_err(|e| config_error(format!("rendering {s:?}: {e}")))
+}
+
+fn render_description(graph: &Graph, v: Option<&Value>, file: &str) -> anyhow::Result<String> {
+    let Some(Value::String(s)) = v else {
+        return Ok(String::new());
+    };
+    if !s.contains("{{") && !s.contains("{%") {
+        return Ok(s.clone());
+    }
+    let rc = graph.render_ctx(Phase::Parse, None, false, Map::new());
+    graph
+        .jinja
+        .render(file, s, rc, &[])
+        .map_err(|e| config_error(format!("in a description: {e}")))
+}
+
+fn read_columns(graph: &Graph, v: Option<&Value>, file: &str) -> anyhow::Result<Vec<Column>> {
+    let mut out = Vec::new();
+    for c in v.and_then(Value::as_array).into_iter().flatten() {
+        let Some(name) = c.get("name").and_then(Value::as_str) else {
+            return Err(config_error(format!("{file}: a column has no `name`")));
+        };
+        out.push(Column {
+            name: name.to_string(),
+            description: render_description(graph, c.get("description"), file)?,
+            data_type: c
+                .get("data_type")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            meta: c.get("meta").cloned().unwrap_or_else(|| json!({})),
+        });
+    }
+    Ok(out)
+}
+
+struct NodeInput<'a> {
+    unique_id: String,
+    name: String,
+    resource: Resource,
+    found: &'a super::project::Found,
+    fqn: Vec<String>,
+    raw: String,
+    config: Map<String, Value>,
+    patch: Option<&'a Patch>,
+}
+
+fn build_node(
+    graph: &Graph,
+    target_ctx: &minijinja::Value,
+    input: NodeInput<'_>,
+    generic_specs: &mut Vec<GenericSpec>,
+) -> anyhow::Result<Node> {
+    let NodeInput {
+        unique_id,
+        name,
+        resource,
+        found,
+        fqn,
+        raw,
+        mut config,
+        patch,
+    } = input;
+    let mut description = String::new();
+    let mut columns = Vec::new();
+    if let Some(p) = patch {
+        if let Some(Value::Object(c)) = p.body.get("config") {
+            merge_config(&mut config, c);
+        }
+        description = render_description(graph, p.body.get("description"), &p.file)?;
+        columns = read_columns(graph, p.body.get("columns"), &p.file)?;
+        if let Some(Value::Object(d)) = p.body.get("docs") {
+            config.insert("docs".into(), Value::Object(d.clone()));
+        }
+        if let Some(Value::Object(m)) = p.body.get("meta") {
+            merge_config(
+                &mut config,
+                &Map::from_iter([("meta".to_string(), Value::Object(m.clone()))]),
+            );
+        }
+    }
+    // Parse render: dependencies and in-file config.
+    let mut refs = Vec::new();
+    let mut sources = Vec::new();
+    if resource != Resource::Seed {
+        let rc = graph.render_ctx(Phase::Parse, None, false, config.clone());
+        let this = minijinja::Value::from_object(Relation {
+            database: None,
+            schema: None,
+            identifier: name.clone(),
+            kind: "table",
+        });
+        graph
+            .jinja
+            .render(
+                &found.original,
+                &raw,
+                rc.clone(),
+                &[("target", target_ctx.clone()), ("this", this)],
+            )
+            .map_err(|e| {
+                config_error(format!(
+                    "Compilation Error in {} {name}: {e}",
+                    resource.as_str()
+                ))
+            })?;
+        let rec = rc.rec.lock().unwrap_or_else(|p| p.into_inner());
+        merge_config(&mut config, &rec.config);
+        refs = rec.refs.clone();
+        sources = rec.sources.clone();
+    }
+    let custom_schema = config
+        .get("schema")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let custom_alias = config
+        .get("alias")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let custom_db = config
+        .get("database")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let tname = target_ctx
+        .get_attr("schema")
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let tdb = target_ctx
+        .get_attr("database")
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let node_value = jinja::from_json(&json!({
+        "name": name, "unique_id": unique_id, "resource_type": resource.as_str(),
+        "fqn": fqn, "path": found.inner, "original_file_path": found.original,
+        "config": config,
+    }));
+    let schema = generate(
+        graph,
+        target_ctx,
+        "generate_schema_name",
+        custom_schema.as_deref(),
+        &node_value,
+        || match &custom_schema {
+            None => tname.clone(),
+            Some(c) => format!("{tname}_{}", c.trim()),
+        },
+    )?;
+    let alias = generate(
+        graph,
+        target_ctx,
+        "generate_alias_name",
+        custom_alias.as_deref(),
+        &node_value,
+        || {
+            custom_alias
+                .as_deref()
+                .map_or_else(|| name.clone(), |a| a.trim().to_string())
+        },
+    )?;
+    let database = generate(
+        graph,
+        target_ctx,
+        "generate_database_name",
+        custom_db.as_deref(),
+        &node_value,
+        || {
+            custom_db
+                .as_deref()
+                .map_or_else(|| tdb.clone(), |a| a.trim().to_string())
+        },
+    )?;
+    if let Some(p) = patch {
+        let target = TestTarget::Node(name.clone());
+        collect_tests(generic_specs, &name, &unique_id, target, &p.body, &p.file)?;
+    }
+    Ok(Node {
+        checksum: sha256_hex(&raw),
+        unique_id,
+        name,
+        resource,
+        path: found.inner.clone(),
+        original_file_path: found.original.clone(),
+        fqn,
+        raw_code: raw,
+        config,
+        description,
+        columns,
+        patch_path: patch.map(|p| p.file.clone()),
+        refs,
+        sources,
+        depends_on: Vec::new(),
+        database,
+        schema,
+        alias,
+        test: None,
+    })
+}
+
+/// Runs a project's own `generate_*_name` macro, or dbt's default rule in Rust (fast path).
+fn generate(
+    graph: &Graph,
+    target_ctx: &minijinja::Value,
+    macro_name: &str,
+    custom: Option<&str>,
+    node: &minijinja::Value,
+    default: impl FnOnce() -> String,
+) -> anyhow::Result<String> {
+    if !graph.jinja.has_macro(macro_name) {
+        return Ok(default());
+    }
+    let rc = graph.render_ctx(Phase::Parse, None, false, Map::new());
+    let src = format!("{{{{ {macro_name}(__custom, __node) }}}}");
+    let out = graph
+        .jinja
+        .render(
+            macro_name,
+            &src,
+            rc,
+            &[
+                ("target", target_ctx.clone()),
+                (
+                    "__custom",
+                    minijinja::Value::from(custom.map(str::to_string)),
+                ),
+                ("__node", node.clone()),
+            ],
+        )
+        .map_err(|e| config_error(format!("in {macro_name}: {e}")))?;
+    Ok(out.trim().to_string())
+}
+
+#[derive(Debug, Clone)]
+enum TestTarget {
+    Node(String),
+    Source(String, String),
+}
+
+/// A generic test as declared in a properties file.
+#[derive(Debug, Clone)]
+struct GenericSpec {
+    test: String,
+    target_name: String,
+    attached: String,
+    target: TestTarget,
+    column: Option<String>,
+    args: Map<String, Value>,
+    config: Map<String, Value>,
+    custom_name: Option<String>,
+    file: String,
+}
+
+/// Keys of a test entry that are config, not arguments (dbt accepts both places).
+const TEST_CONFIG_KEYS: &[&str] = &[
+    "severity",
+    "where",
+    "limit",
+    "warn_if",
+    "error_if",
+    "tags",
+    "enabled",
+    "store_failures",
+    "meta",
+    "fail_calc",
+    "alias",
+    "schema",
+    "database",
+];
+
+fn collect_tests(
+    out: &mut Vec<GenericSpec>,
+    target_name: &str,
+    attached: &str,
+    target: TestTarget,
+    body: &Map<String, Value>,
+    file: &str,
+) -> anyhow::Result<()> {
+    let mut lists: Vec<(Option<String>, &Value)> = Vec::new();
+    for key in ["data_tests", "tests"] {
+        if let Some(v) = body.get(key) {
+            lists.push((None, v));
+        }
+    }
+    for c in body
+        .get("columns")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let col = c.get("name").and_then(Value::as_str).map(str::to_string);
+        for key in ["data_tests", "tests"] {
+            if let Some(v) = c.get(key) {
+                lists.push((col.clone(), v));
+            }
+        }
+    }
+    for (column, list) in lists {
+        for entry in list.as_array().into_iter().flatten() {
+            let (test, mut params) = match entry {
+                Value::String(s) => (s.clone(), Map::new()),
+                Value::Object(o) if o.len() == 1 => {
+                    let (k, v) = o.iter().next().expect("one key");
+                    (k.clone(), v.as_object().cloned().unwrap_or_default())
+                }
+                Value::Object(o) if o.contains_key("test_name") => {
+                    let mut o = o.clone();
+                    let t = o.remove("test_name").and_then(|v| v.as_str().map(str::to_string));
+                    (t.unwrap_or_default(), o)
+                }
+                other => {
+                    return Err(config_error(format!(
+                        "{file}: cannot read the test {other} of {target_name}: write `- unique` or `- accepted_values: {{values: [...]}}`"
+                    )))
+                }
+            };
+            // `dbt_utils.expression_is_true` → namespace ignored; the macro is `test_<name>`.
+            let test = test.rsplit('.').next().unwrap_or(&test).to_string();
+            let custom_name = params
+                .remove("name")
+                .and_then(|v| v.as_str().map(str::to_string));
+            let mut config = params
+                .remove("config")
+                .and_then(|v| v.as_object().cloned())
+                .unwrap_or_default();
+            let mut args = match params.remove("arguments") {
+                Some(Value::Object(a)) => a,
+                _ => Map::new(),
+            };
+            for (k, v) in params {
+                if TEST_CONFIG_KEYS.contains(&k.as_str()) {
+                    config.insert(k, v);
+                } else {
+                    args.insert(k, v);
+                }
+            }
+            if let Some(c) = &column {
+                args.insert("column_name".into(), json!(c));
+            }
+            out.push(GenericSpec {
+                test,
+                target_name: target_name.to_string(),
+                attached: attached.to_string(),
+                target: target.clone(),
+                column: column.clone(),
+                args,
+                config,
+                custom_name,
+                file: file.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn build_generic_test(
+    graph: &Graph,
+    project: &DbtProject,
+    spec: &GenericSpec,
+) -> anyhow::Result<Node> {
+    let (test_type, model_kwarg) = match &spec.target {
+        TestTarget::Node(n) => (
+            spec.test.clone(),
+            format!("{{{{ get_where_subquery(ref('{n}')) }}}}"),
+        ),
+        TestTarget::Source(s, t) => (
+            format!("source_{}", spec.test),
+            format!("{{{{ get_where_subquery(source('{s}', '{t}')) }}}}"),
+        ),
+    };
+    let (full, short) = generic_test_name(&test_type, &spec.target_name, &spec.args);
+    let name = spec.custom_name.clone().unwrap_or(full);
+    let alias = spec.custom_name.clone().unwrap_or(short);
+    let mut kwargs = spec.args.clone();
+    kwargs.insert("model".into(), json!(model_kwarg));
+    let metadata = json!({"name": spec.test, "kwargs": kwargs, "namespace": null});
+    let unique_id = format!(
+        "test.{}.{name}.{}",
+        project.name,
+        test_id_suffix(&name, &metadata)
+    );
+    let dirs = dirs_of(spec.file.split_once('/').map_or("", |(_, r)| r));
+    let mut fqn = vec![project.name.clone()];
+    fqn.extend(dirs);
+    fqn.push(name.clone());
+    let mut config = Map::new();
+    config.insert("materialized".into(), json!("test"));
+    config.insert("severity".into(), json!("ERROR"));
+    merge_config(
+        &mut config,
+        &tree_config(&project.tests, &project.name, &fqn[1..]),
+    );
+    merge_config(&mut config, &spec.config);
+    if let Some(sev) = config.get("severity").and_then(Value::as_str) {
+        let s = sev.to_uppercase();
+        config.insert("severity".into(), json!(s));
+    }
+    let mut refs = Vec::new();
+    let mut sources = Vec::new();
+    match &spec.target {
+        TestTarget::Node(n) => refs.push((None, n.clone())),
+        TestTarget::Source(s, t) => sources.push((s.clone(), t.clone())),
+    }
+    // Refs inside arguments (`to: ref('customers')`).
+    for v in spec.args.values() {
+        if let Value::String(s) = v {
+            if looks_like_func(s) {
+                let rc = graph.render_ctx(Phase::Parse, None, false, Map::new());
+                graph
+                    .jinja
+                    .eval(&spec.file, s, rc.clone())
+                    .map_err(|e| config_error(format!("in test {name}: {e}")))?;
+                let rec = rc.rec.lock().unwrap_or_else(|p| p.into_inner());
+                refs.extend(rec.refs.iter().cloned());
+                sources.extend(rec.sources.iter().cloned());
+            }
+        }
+    }
+    let raw_code = format!("{{{{ test_{}(**_dbt_generic_test_kwargs) }}}}", spec.test);
+    let path = format!("{alias}.sql");
+    Ok(Node {
+        unique_id,
+        name: name.clone(),
+        resource: Resource::Test,
+        path,
+        original_file_path: spec.file.clone(),
+        fqn,
+        checksum: String::new(),
+        raw_code,
+        config,
+        description: String::new(),
+        columns: Vec::new(),
+        patch_path: None,
+        refs,
+        sources,
+        depends_on: Vec::new(),
+        database: String::new(),
+        schema: String::new(),
+        alias,
+        test: Some(TestMeta {
+            name: spec.test.clone(),
+            kwargs: spec.args.clone(),
+            attached: spec.attached.clone(),
+            column: spec.column.clone(),
+        }),
+    })
+}
+
+/// dbt renders test arguments that look like a call (`ref('x')`) as expressions.
+pub fn looks_like_func(s: &str) -> bool {
+    let re =
+        regex::Regex::new(r"^\s*(env_var|ref|var|source|doc)\s*\(.+\)\s*$").expect("static regex");
+    re.is_match(s)
+}
+
+fn resolve_dependencies(graph: &mut Graph) -> anyhow::Result<()> {
+    let by_name: HashMap<String, String> = graph
+        .nodes
+        .values()
+        .filter(|n| n.resource != Resource::Test)
+        .map(|n| (n.name.clone(), n.unique_id.clone()))
+        .collect();
+    let sources: HashMap<(String, String), String> = graph
+        .sources
+        .values()
+        .map(|s| ((s.source_name.clone(), s.name.clone()), s.unique_id.clone()))
+        .collect();
+    let disabled = graph.disabled.clone();
+    for node in graph.nodes.values_mut() {
+        let mut deps = Vec::new();
+        for (_, r) in &node.refs {
+            match by_name.get(r) {
+                Some(id) => {
+                    if !deps.contains(id) {
+                        deps.push(id.clone());
+                    }
+                }
+                None => {
+                    let hint = if disabled.iter().any(|d| d.ends_with(&format!(".{r}"))) {
+                        " (it is disabled)"
+                    } else {
+                        ""
+                    };
+                    return Err(config_error(format!(
+                        "Compilation Error in {}: it depends on a node named '{r}' which was not found{hint}",
+                        node.label()
+                    )));
+                }
+            }
+        }
+        for (s, t) in &node.sources {
+            match sources.get(&(s.clone(), t.clone())) {
+                Some(id) => {
+                    if !deps.contains(id) {
+                        deps.push(id.clone());
+                    }
+                }
+                None => {
+                    return Err(config_error(format!(
+                        "Compilation Error in {}: it depends on a source named '{s}.{t}' which was not found; declare it under `sources:` in a .yml file",
+                        node.label()
+                    )))
+                }
+            }
+        }
+        node.depends_on = deps;
+    }
+    Ok(())
+}
+
+/// Compiled text of one node, with the ephemeral models it pulls in.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    /// The SQL with ephemeral CTEs injected.
+    pub sql: String,
+    /// The SQL before injection (what an ephemeral contributes as its CTE).
+    pub pre_injected: String,
+    /// Ephemeral models used, directly or through other ephemerals, in dependency order.
+    pub ctes: Vec<String>,
+}
+
+/// Inserts ephemeral CTEs as dbt does (its sqlparse-based `inject_ctes_into_sql`): each CTE is
+/// ` __dbt__cte__x as (\n…\n)`, joined by `, `; after a leading `with` (or `with recursive`)
+/// and the whitespace after it, followed by `, `; else `with` goes before the first token
+/// (a comment included), followed by one space.
+pub fn inject_ctes(sql: &str, ctes: &[(String, String)]) -> String {
+    if ctes.is_empty() {
+        return sql.to_string();
+    }
+    let joined = ctes
+        .iter()
+        .map(|(name, body)| format!(" __dbt__cte__{name} as (\n{body}\n)"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if let Some(after) = after_leading_with(sql) {
+        return format!("{}{joined}, {}", &sql[..after], &sql[after..]);
+    }
+    let first = sql.len() - sql.trim_start().len();
+    format!("{}with{joined} {}", &sql[..first], &sql[first..])
+}
+
+/// When the statement's first keyword (comments skipped) is `with` [`recursive`]: the offset
+/// just after it and the whitespace that follows.
+fn after_leading_with(sql: &str) -> Option<usize> {
+    let (start, word) = first_token(sql)?;
+    if !word.eq_ignore_ascii_case("with") {
+        return None;
+    }
+    let mut end = start + word.len();
+    let ws = |from: usize| from + (sql[from..].len() - sql[from..].trim_start().len());
+    let next = ws(end);
+    let rest = &sql[next..];
+    let w2: String = rest
+        .chars()
+        .take_while(|c| c.is_alphanumeric() || *c == '_')
+        .collect();
+    if w2.eq_ignore_ascii_case("recursive") {
+        end = next + w2.len();
+    }
+    Some(ws(end))
+}
+
+/// The first SQL word outside whitespace and comments: (byte offset, word).
+fn first_token(sql: &str) -> Option<(usize, &str)> {
+    let mut i = 0;
+    while i < sql.len() {
+        let rest = &sql[i..];
+        let c = rest.chars().next()?;
+        if c.is_whitespace() {
+            i += c.len_utf8();
+        } else if rest.starts_with("--") {
+            i = rest.find('\n').map_or(sql.len(), |n| i + n + 1);
+        } else if let Some(body) = rest.strip_prefix("/*") {
+            i = body.find("*/").map_or(sql.len(), |n| i + 2 + n + 2);
+        } else {
+            let len = rest
+                .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len())
+                .max(c.len_utf8());
+            return Some((i, &rest[..len]));
+        }
+    }
+    None
+}
+
+/// Renders a node for the warehouse.
+///
+/// # Errors
+/// A [`super::jinja::RenderError`] wrapped with the node's label.
+pub fn compile_node(
+    graph: &Graph,
+    node: &Node,
+    target_ctx: &minijinja::Value,
+    lookup: Arc<Lookup>,
+    incremental: bool,
+    compiled: &HashMap<String, Compiled>,
+) -> anyhow::Result<Compiled> {
+    let rc = graph.render_ctx(
+        Phase::Compile,
+        Some(lookup.clone() as Arc<dyn Resolve>),
+        incremental,
+        node.config.clone(),
+    );
+    let this = minijinja::Value::from_object(node.relation());
+    let model_v = jinja::from_json(&json!({
+        "name": node.name, "unique_id": node.unique_id, "resource_type": node.resource.as_str(),
+        "alias": node.alias, "schema": node.schema, "database": node.database, "config": node.config,
+        "original_file_path": node.original_file_path,
+    }));
+    let mut extra: Vec<(&str, minijinja::Value)> = vec![
+        ("target", target_ctx.clone()),
+        ("this", this),
+        ("model", model_v),
+    ];
+    let sql = if let Some(t) = &node.test {
+        // Generic test: arguments rendered as dbt does, `model` the tested relation.
+        let mut kw = BTreeMap::new();
+        for (k, v) in &t.kwargs {
+            let val = match v {
+                Value::String(s) if k == "column_name" => minijinja::Value::from(s.clone()),
+                Value::String(s) if looks_like_func(s) => graph
+                    .jinja
+                    .eval(&node.original_file_path, s, rc.clone())
+                    .map_err(|e| anyhow::anyhow!("Compilation Error in {}: {e}", node.label()))?,
+                Value::String(s) if s.contains("{{") || s.contains("{%") => minijinja::Value::from(
+                    graph
+                        .jinja
+                        .render(&node.original_file_path, s, rc.clone(), &extra)
+                        .map_err(|e| {
+                            anyhow::anyhow!("Compilation Error in {}: {e}", node.label())
+                        })?,
+                ),
+                other => jinja::from_json(other),
+            };
+            kw.insert(k.clone(), val);
+        }
+        let tested = graph
+            .nodes
+            .get(&t.attached)
+            .map(Node::relation)
+            .or_else(|| graph.sources.get(&t.attached).map(Source::relation))
+            .ok_or_else(|| anyhow::anyhow!("test {} is attached to a missing node", node.name))?;
+        if tested.kind == "cte" {
+            let mut rec = rc.rec.lock().unwrap_or_else(|p| p.into_inner());
+            rec.ephemerals.push(t.attached.clone());
+        }
+        let model_rel = match node.config.get("where").and_then(Value::as_str) {
+            Some(w) => {
+                minijinja::Value::from(format!("(select * from {tested} where {w}) dbt_subquery"))
+            }
+            None => minijinja::Value::from_object(tested),
+        };
+        kw.insert("model".to_string(), model_rel);
+        extra.push(("_dbt_generic_test_kwargs", minijinja::Value::from_iter(kw)));
+        let macro_name = format!("test_{}", t.name);
+        graph
+            .jinja
+            .render(
+                &node.original_file_path,
+                &format!("{{{{ {macro_name}(**_dbt_generic_test_kwargs) }}}}"),
+                rc.clone(),
+                &extra,
+            )
+            .map_err(|e| {
+                if e.detail.contains("unknown function") || e.detail.contains("undefined") {
+                    anyhow::anyhow!(
+                        "Compilation Error in {}: there is no generic test named '{}' (no macro {macro_name} or {{% test {} %}} block)",
+                        node.label(),
+                        t.name,
+                        t.name
+                    )
+                } else {
+                    anyhow::anyhow!("Compilation Error in {}: {e}", node.label())
+                }
+            })?
+    } else {
+        graph
+            .jinja
+            .render(&node.original_file_path, &node.raw_code, rc.clone(), &extra)
+            .map_err(|e| anyhow::anyhow!("Compilation Error in {}: {e}", node.label()))?
+    };
+    let direct = rc
+        .rec
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .ephemerals
+        .clone();
+    // Ephemerals of ephemerals first, each once.
+    let mut ctes: Vec<String> = Vec::new();
+    for e in &direct {
+        if let Some(c) = compiled.get(e) {
+            for inner in &c.ctes {
+                if !ctes.contains(inner) {
+                    ctes.push(inner.clone());
+                }
+            }
+        }
+        if !ctes.contains(e) {
+            ctes.push(e.clone());
+        }
+    }
+    let bodies: Vec<(String, String)> = ctes
+        .iter()
+        .filter_map(|id| {
+            let n = graph.nodes.get(id)?;
+            let c = compiled.get(id)?;
+            Some((n.alias.clone(), c.pre_injected.clone()))
+        })
+        .collect();
+    if bodies.len() != ctes.len() {
+        anyhow::bail!(
+            "internal: {} uses an ephemeral model that was not compiled first",
+            node.label()
+        );
+    }
+    Ok(Compiled {
+        sql: inject_ctes(&sql, &bodies),
+        pre_injected: sql,
+        ctes,
+    })
+}
+
+/// Reads `--vars` (YAML or JSON mapping).
+///
+/// # Errors
+/// A config error when it is not a mapping.
+pub fn parse_vars(text: Option<&str>) -> anyhow::Result<Map<String, Value>> {
+    let Some(t) = text else {
+        return Ok(Map::new());
+    };
+    match serde_yaml_ng::from_str::<Value>(t) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(Value::Null) => Ok(Map::new()),
+        _ => Err(config_error(format!(
+            "--vars {t:?} is not a YAML mapping; write --vars '{{key: value}}'"
+        ))),
+    }
+    .context("reading --vars")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generic_test_names_as_dbt() {
+        let kw = |v: Value| v.as_object().unwrap().clone();
+        assert_eq!(
+            generic_test_name(
+                "unique",
+                "customers",
+                &kw(json!({"column_name": "customer_id"}))
+            )
+            .0,
+            "unique_customers_customer_id"
+        );
+        let (full, short) = generic_test_name(
+            "relationships",
+            "orders",
+            &kw(
+                json!({"column_name": "customer_id", "to": "ref('customers')", "field": "customer_id"}),
+            ),
+        );
+        assert_eq!(
+            full,
+            "relationships_orders_customer_id__customer_id__ref_customers_"
+        );
+        assert_eq!(full, short);
+        let (full, short) = generic_test_name(
+            "accepted_values",
+            "orders",
+            &kw(
+                json!({"column_name": "status", "values": ["placed", "shipped", "completed", "return_pending", "returned"]}),
+            ),
+        );
+        assert_eq!(
+            full,
+            "accepted_values_orders_status__placed__shipped__completed__return_pending__returned"
+        );
+        assert_eq!(
+            short,
+            "accepted_values_orders_1ce6ab157c285f7cd2ac656013faf758"
+        );
+    }
+
+    #[test]
+    fn test_ids_as_dbt() {
+        let md = json!({"namespace": null, "name": "unique",
+            "kwargs": {"column_name": "order_id", "model": "{{ get_where_subquery(ref('orders')) }}"}});
+        assert_eq!(test_id_suffix("unique_orders_order_id", &md), "fed79b3a6e");
+    }
+
+    #[test]
+    fn ctes_injected_as_dbt() {
+        // Expected texts are dbt 1.11's own output for the same inputs.
+        let a = vec![("a".to_string(), "select 1".to_string())];
+        let cases = [
+            (
+                "\n\nselect * from __dbt__cte__a",
+                "\n\nwith __dbt__cte__a as (\nselect 1\n) select * from __dbt__cte__a",
+            ),
+            (
+                "-- comment\nselect * from __dbt__cte__a",
+                "with __dbt__cte__a as (\nselect 1\n) -- comment\nselect * from __dbt__cte__a",
+            ),
+            (
+                "/* c */ with x as (select 1) select * from x",
+                "/* c */ with  __dbt__cte__a as (\nselect 1\n), x as (select 1) select * from x",
+            ),
+            (
+                "WITH recursive x as (select 1) select * from x",
+                "WITH recursive  __dbt__cte__a as (\nselect 1\n), x as (select 1) select * from x",
+            ),
+        ];
+        for (input, want) in cases {
+            assert_eq!(inject_ctes(input, &a), want, "{input:?}");
+        }
+        let two = vec![
+            ("eph_base".to_string(), "\nselect 1".to_string()),
+            ("eph_second".to_string(), "\nselect 2".to_string()),
+        ];
+        assert_eq!(
+            inject_ctes("select b.id", &two),
+            "with __dbt__cte__eph_base as (\n\nselect 1\n),  __dbt__cte__eph_second as (\n\nselect 2\n) select b.id"
+        );
+    }
+
+    #[test]
+    fn tree_config_applies_every_level() {
+        let tree = json!({"shop": {"+materialized": "table", "tags": "x", "staging": {"+materialized": "view", "+tags": ["y"], "+schema": "stg"}}});
+        let c = tree_config(&tree, "shop", &["staging".into(), "stg_a".into()]);
+        assert_eq!(c["materialized"], "view");
+        assert_eq!(c["schema"], "stg");
+        assert_eq!(c["tags"], json!(["x", "y"]));
+        let c = tree_config(&tree, "shop", &["marts".into(), "m".into()]);
+        assert_eq!(c["materialized"], "table");
+    }
+}

@@ -1,0 +1,754 @@
+//! Running the DAG: nodes in dependency order on up to `threads` connections, each compiled
+//! just before it runs (so `is_incremental()` sees the warehouse as it is), dependents of a
+//! failure skipped, and every result kept for `run_results.json`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+
+use super::adapter::{self, Conn};
+use super::jinja::quote;
+use super::materialize::{self, Cache};
+use super::nodes::{compile_node, Compiled, Graph, Lookup, Node, Resource};
+use super::project::{AdapterKind, DbtProject, Target};
+
+/// What a command does with each node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Render SQL only.
+    Compile,
+    /// Build models.
+    Run,
+    /// Run tests.
+    Test,
+    /// Load seeds.
+    Seed,
+    /// Seeds, models and tests in DAG order.
+    Build,
+}
+
+impl Mode {
+    fn wants(self, r: Resource) -> bool {
+        match self {
+            Mode::Compile => r != Resource::Seed,
+            Mode::Run => r == Resource::Model,
+            Mode::Test => r == Resource::Test,
+            Mode::Seed => r == Resource::Seed,
+            Mode::Build => true,
+        }
+    }
+}
+
+/// One node's result, in dbt's run_results shape.
+#[derive(Debug, Clone)]
+pub struct NodeResult {
+    /// The node.
+    pub unique_id: String,
+    /// `success`, `error`, `skipped`, `pass`, `fail`, `warn`.
+    pub status: &'static str,
+    /// Message (`CREATE VIEW`, `Got 3 results, configured to fail if != 0`, the error).
+    pub message: Option<String>,
+    /// Tests: failing rows.
+    pub failures: Option<i64>,
+    /// Compile phase (start, end).
+    pub compile: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    /// Execute phase.
+    pub execute: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    /// Seconds.
+    pub execution_time: f64,
+    /// The warehouse's response.
+    pub adapter_response: Value,
+    /// Compiled SQL.
+    pub compiled_code: Option<String>,
+    /// The relation built.
+    pub relation_name: Option<String>,
+    /// Which worker ran it.
+    pub thread: usize,
+}
+
+/// Shared, read-mostly state of a run.
+struct Shared {
+    graph: Arc<Graph>,
+    project: DbtProject,
+    target: Target,
+    target_ctx: minijinja::Value,
+    lookup: Arc<Lookup>,
+    compiled: Mutex<HashMap<String, Compiled>>,
+    cache: Mutex<Cache>,
+    mode: Mode,
+    full_refresh: bool,
+}
+
+impl Shared {
+    fn compile(&self, node: &Node) -> anyhow::Result<Compiled> {
+        let incremental = {
+            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            materialize::is_incremental(node, &cache, self.full_refresh)
+        };
+        let known = self
+            .compiled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let c = compile_node(
+            &self.graph,
+            node,
+            &self.target_ctx,
+            self.lookup.clone(),
+            incremental,
+            &known,
+        )?;
+        self.compiled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node.unique_id.clone(), c.clone());
+        Ok(c)
+    }
+
+    /// `target/compiled/<project>/…` (generic tests under their properties file's path).
+    fn artifact_path(&self, kind: &str, node: &Node) -> std::path::PathBuf {
+        let base = self
+            .project
+            .target_dir()
+            .join(kind)
+            .join(&self.project.name);
+        if node.test.is_some() {
+            base.join(&node.original_file_path).join(&node.path)
+        } else {
+            base.join(&node.original_file_path)
+        }
+    }
+
+    fn write_artifact(&self, kind: &str, node: &Node, text: &str) {
+        let p = self.artifact_path(kind, node);
+        if let Some(d) = p.parent() {
+            let _ = std::fs::create_dir_all(d);
+        }
+        if let Err(e) = std::fs::write(&p, text) {
+            tracing::warn!("Cannot write {}: {e}.", p.display());
+        }
+    }
+}
+
+/// Compiles every ephemeral model first (in dependency order), so any node can inline them
+/// whatever the selection.
+fn compile_ephemerals(shared: &Shared, order: &[String]) -> anyhow::Result<()> {
+    for id in order {
+        let node = &shared.graph.nodes[id];
+        if node.materialized() == "ephemeral" && node.resource == Resource::Model {
+            let c = shared.compile(node)?;
+            shared.write_artifact("compiled", node, &c.sql);
+        }
+    }
+    Ok(())
+}
+
+/// Topological order of every node (dependencies first; ties by id, for stable output).
+pub fn topo_order(graph: &Graph) -> Vec<String> {
+    let mut indeg: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut children: HashMap<&str, Vec<&str>> = HashMap::new();
+    for n in graph.nodes.values() {
+        let deps = n
+            .depends_on
+            .iter()
+            .filter(|d| graph.nodes.contains_key(*d))
+            .count();
+        indeg.insert(&n.unique_id, deps);
+        for d in &n.depends_on {
+            if graph.nodes.contains_key(d) {
+                children.entry(d).or_default().push(&n.unique_id);
+            }
+        }
+    }
+    let mut ready: BTreeSet<&str> = indeg
+        .iter()
+        .filter(|(_, d)| **d == 0)
+        .map(|(k, _)| *k)
+        .collect();
+    let mut out = Vec::new();
+    while let Some(id) = ready.pop_first() {
+        out.push(id.to_string());
+        for c in children.get(id).into_iter().flatten() {
+            let e = indeg.get_mut(c).expect("known node");
+            *e -= 1;
+            if *e == 0 {
+                ready.insert(c);
+            }
+        }
+    }
+    out
+}
+
+/// What a `run`/`test`/`seed`/`build`/`compile` produced.
+#[derive(Debug, Default)]
+pub struct RunOutput {
+    /// Results in completion order.
+    pub results: Vec<NodeResult>,
+    /// Compiled SQL by node.
+    pub compiled: HashMap<String, Compiled>,
+    /// Seconds.
+    pub elapsed: f64,
+}
+
+/// Runs the selected nodes.
+///
+/// # Errors
+/// Connection failures (everything else is a per-node result).
+pub async fn execute(
+    graph: Arc<Graph>,
+    project: &DbtProject,
+    target: &Target,
+    selected: &BTreeSet<String>,
+    mode: Mode,
+    full_refresh: bool,
+) -> anyhow::Result<RunOutput> {
+    let started = Instant::now();
+    let order = topo_order(&graph);
+    let run_ids: Vec<String> = order
+        .iter()
+        .filter(|id| selected.contains(*id))
+        .filter(|id| mode.wants(graph.nodes[*id].resource))
+        .cloned()
+        .collect();
+    let mut conn = adapter::connect(target)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:#}"))
+        .map_err(|e| e.context(format!("connecting to {}", adapter::describe(target))))?;
+    // Relations that exist now, in every schema this run touches.
+    let mut schemas: BTreeSet<String> = graph
+        .nodes
+        .values()
+        .filter(|n| n.resource != Resource::Test)
+        .map(|n| n.schema.clone())
+        .collect();
+    schemas.insert(target.schema.clone());
+    let schemas: Vec<String> = schemas.into_iter().collect();
+    let cache = conn
+        .relations(&target.database, &schemas)
+        .await
+        .map_err(|e| anyhow::anyhow!("listing relations: {e}"))?;
+    if matches!(mode, Mode::Run | Mode::Seed | Mode::Build) {
+        let needed: BTreeSet<&str> = run_ids
+            .iter()
+            .map(|id| &graph.nodes[id])
+            .filter(|n| n.resource != Resource::Test && n.materialized() != "ephemeral")
+            .map(|n| n.schema.as_str())
+            .collect();
+        let existing: HashSet<String> = schemas_present(&mut conn, &schemas).await?;
+        for s in needed {
+            if !existing.contains(s) {
+                conn.execute(&format!("create schema if not exists {}", quote(s)))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("creating schema {s}: {e}"))?;
+            }
+        }
+    }
+    let shared = Arc::new(Shared {
+        lookup: graph.lookup(),
+        target_ctx: super::nodes::target_value(target),
+        graph: graph.clone(),
+        project: project.clone(),
+        target: target.clone(),
+        compiled: Mutex::new(HashMap::new()),
+        cache: Mutex::new(cache),
+        mode,
+        full_refresh,
+    });
+    compile_ephemerals(&shared, &order)
+        .map_err(|e| anyhow::Error::new(crate::error::Failure::Config(format!("{e:#}"))))?;
+
+    // Scheduling edges among the nodes that run.
+    let in_run: HashSet<&str> = run_ids.iter().map(String::as_str).collect();
+    let mut deps: HashMap<String, BTreeSet<String>> = HashMap::new();
+    for id in &run_ids {
+        let n = &graph.nodes[id];
+        let set = upstream_in_run(&graph, n, &in_run);
+        deps.insert(id.clone(), set);
+    }
+    if mode == Mode::Build {
+        add_test_edges(&graph, &run_ids, &in_run, &mut deps);
+    }
+    let level = levels(&run_ids, &deps);
+    let total = run_ids
+        .iter()
+        .filter(|id| graph.nodes[*id].materialized() != "ephemeral" || mode == Mode::Compile)
+        .count();
+
+    let threads = target.threads.max(1);
+    let mut pool: Vec<Conn> = vec![conn];
+    for _ in 1..threads.min(run_ids.len().max(1)) {
+        pool.push(pool[0].another(target).await?);
+    }
+    let mut free: Vec<(usize, Conn)> = pool.into_iter().enumerate().collect();
+    let mut pending: BTreeSet<(usize, String)> = BTreeSet::new();
+    let mut waiting: HashMap<String, usize> = HashMap::new();
+    let mut dependents: HashMap<String, Vec<String>> = HashMap::new();
+    for id in &run_ids {
+        let d = &deps[id];
+        waiting.insert(id.clone(), d.len());
+        for p in d {
+            dependents.entry(p.clone()).or_default().push(id.clone());
+        }
+        if d.is_empty() {
+            pending.insert((level[id], id.clone()));
+        }
+    }
+    let mut bad: HashSet<String> = HashSet::new();
+    let mut results = Vec::new();
+    let mut set = tokio::task::JoinSet::new();
+    let mut index = 0usize;
+    let mut running = 0usize;
+    loop {
+        while !free.is_empty() {
+            let Some((_, id)) = pending.pop_first() else {
+                break;
+            };
+            let node = graph.nodes[&id].clone();
+            let blocked = deps[&id].iter().any(|d| bad.contains(d));
+            if blocked {
+                bad.insert(id.clone());
+                if node.materialized() != "ephemeral" {
+                    index += 1;
+                    tracing::info!(
+                        "{index} of {total} SKIP {} {}",
+                        kind_label(&node),
+                        display_name(&node)
+                    );
+                }
+                results.push(skipped(&node));
+                release(&id, &dependents, &mut waiting, &mut pending, &level);
+                continue;
+            }
+            if node.materialized() == "ephemeral" && mode != Mode::Compile {
+                // Compiled already; nothing runs in the warehouse.
+                release(&id, &dependents, &mut waiting, &mut pending, &level);
+                continue;
+            }
+            index += 1;
+            let (thread, mut conn) = free.pop().expect("a free connection");
+            let sh = shared.clone();
+            let my_index = index;
+            if mode != Mode::Compile {
+                tracing::info!(
+                    "{my_index} of {total} START {} {}",
+                    kind_label(&node),
+                    display_name(&node)
+                );
+            }
+            running += 1;
+            set.spawn(async move {
+                let r = run_node(&sh, &mut conn, &node, thread).await;
+                (thread, conn, my_index, r)
+            });
+        }
+        if running == 0 {
+            break;
+        }
+        let Some(joined) = set.join_next().await else {
+            break;
+        };
+        running -= 1;
+        let (thread, conn, my_index, r) =
+            joined.map_err(|e| anyhow::anyhow!("a worker failed: {e}"))?;
+        free.push((thread, conn));
+        let node = &graph.nodes[&r.unique_id];
+        report_line(my_index, total, node, &r, mode);
+        if matches!(r.status, "error" | "fail" | "skipped") {
+            bad.insert(r.unique_id.clone());
+        }
+        release(
+            &r.unique_id,
+            &dependents,
+            &mut waiting,
+            &mut pending,
+            &level,
+        );
+        results.push(r);
+    }
+    let compiled = shared
+        .compiled
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    Ok(RunOutput {
+        results,
+        compiled,
+        elapsed: started.elapsed().as_secs_f64(),
+    })
+}
+
+async fn schemas_present(conn: &mut Conn, schemas: &[String]) -> anyhow::Result<HashSet<String>> {
+    let list = schemas
+        .iter()
+        .map(|s| adapter::sql_string(s))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let rows = conn
+        .query_strings(&format!(
+            "select schema_name from information_schema.schemata where schema_name in ({list})"
+        ))
+        .await
+        .map_err(|e| anyhow::anyhow!("listing schemas: {e}"))?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| r.into_iter().next().flatten())
+        .collect())
+}
+
+/// The nearest upstream nodes that run, looking through ones that don't (unselected or
+/// ephemeral models are transparent for ordering and skipping).
+fn upstream_in_run(graph: &Graph, n: &Node, in_run: &HashSet<&str>) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut stack: Vec<&str> = n.depends_on.iter().map(String::as_str).collect();
+    let mut seen = HashSet::new();
+    while let Some(d) = stack.pop() {
+        if !seen.insert(d) {
+            continue;
+        }
+        if in_run.contains(d) {
+            out.insert(d.to_string());
+        } else if let Some(p) = graph.nodes.get(d) {
+            if p.materialized() == "ephemeral" {
+                stack.extend(p.depends_on.iter().map(String::as_str));
+            }
+        }
+    }
+    out
+}
+
+/// `build`: a node waits for the tests of what it depends on, so a failing test skips the
+/// dependents (dbt's rule), except where that would make a cycle (a test on two models).
+fn add_test_edges(
+    graph: &Graph,
+    run_ids: &[String],
+    in_run: &HashSet<&str>,
+    deps: &mut HashMap<String, BTreeSet<String>>,
+) {
+    let ancestors = |id: &str| -> HashSet<String> {
+        let mut out = HashSet::new();
+        let mut stack = vec![id.to_string()];
+        while let Some(x) = stack.pop() {
+            for p in graph
+                .nodes
+                .get(&x)
+                .map(|n| n.depends_on.clone())
+                .unwrap_or_default()
+            {
+                if out.insert(p.clone()) {
+                    stack.push(p);
+                }
+            }
+        }
+        out
+    };
+    // Direct children among the nodes that run, by the graph's own edges (a source's tests
+    // gate the models that read the source, as in dbt).
+    let mut children: HashMap<&str, Vec<&str>> = HashMap::new();
+    for id in run_ids {
+        for p in &graph.nodes[id].depends_on {
+            children.entry(p.as_str()).or_default().push(id);
+        }
+    }
+    let mut extra: Vec<(String, String)> = Vec::new();
+    for t in run_ids {
+        let tn = &graph.nodes[t];
+        if tn.resource != Resource::Test {
+            continue;
+        }
+        let parents: Vec<&String> = tn.depends_on.iter().collect();
+        let parent_anc: HashSet<String> = if parents.len() > 1 {
+            parents.iter().flat_map(|p| ancestors(p)).collect()
+        } else {
+            HashSet::new()
+        };
+        for p in &parents {
+            for c in children.get(p.as_str()).into_iter().flatten() {
+                let cn = &graph.nodes[*c];
+                if cn.resource == Resource::Test
+                    || parents.iter().any(|x| x.as_str() == *c)
+                    || parent_anc.contains(*c)
+                    || !in_run.contains(c)
+                {
+                    continue;
+                }
+                extra.push(((*c).to_string(), t.clone()));
+            }
+        }
+    }
+    for (c, t) in extra {
+        deps.get_mut(&c).expect("in run").insert(t);
+    }
+}
+
+/// Longest path from a root, for a stable order: models and their tests level by level.
+fn levels(run_ids: &[String], deps: &HashMap<String, BTreeSet<String>>) -> HashMap<String, usize> {
+    let mut level: HashMap<String, usize> = HashMap::new();
+    // run_ids is topological for model edges; test edges only point forward too, but iterate
+    // until stable to be safe.
+    loop {
+        let mut changed = false;
+        for id in run_ids {
+            let l = deps[id]
+                .iter()
+                .map(|d| level.get(d).copied().unwrap_or(0) + 1)
+                .max()
+                .unwrap_or(0);
+            if level.get(id) != Some(&l) {
+                level.insert(id.clone(), l);
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    level
+}
+
+fn release(
+    id: &str,
+    dependents: &HashMap<String, Vec<String>>,
+    waiting: &mut HashMap<String, usize>,
+    pending: &mut BTreeSet<(usize, String)>,
+    level: &HashMap<String, usize>,
+) {
+    for c in dependents.get(id).into_iter().flatten() {
+        let w = waiting.get_mut(c).expect("known");
+        *w -= 1;
+        if *w == 0 {
+            pending.insert((level[c], c.clone()));
+        }
+    }
+}
+
+fn kind_label(n: &Node) -> String {
+    match n.resource {
+        Resource::Model => format!("sql {} model", n.materialized()),
+        Resource::Seed => "seed file".into(),
+        Resource::Test => "test".into(),
+    }
+}
+
+fn display_name(n: &Node) -> String {
+    match n.resource {
+        Resource::Test => n.name.clone(),
+        _ => format!("{}.{}", n.schema, n.alias),
+    }
+}
+
+fn skipped(n: &Node) -> NodeResult {
+    NodeResult {
+        unique_id: n.unique_id.clone(),
+        status: "skipped",
+        message: None,
+        failures: None,
+        compile: None,
+        execute: None,
+        execution_time: 0.0,
+        adapter_response: json!({}),
+        compiled_code: None,
+        relation_name: relation_name(n),
+        thread: 0,
+    }
+}
+
+/// `"db"."schema"."name"` for nodes that build one.
+pub fn relation_name(n: &Node) -> Option<String> {
+    match (n.resource, n.materialized()) {
+        (Resource::Test, _) | (_, "ephemeral") => None,
+        _ => Some(n.relation().to_string()),
+    }
+}
+
+fn report_line(index: usize, total: usize, node: &Node, r: &NodeResult, mode: Mode) {
+    if mode == Mode::Compile {
+        if r.status == "error" {
+            tracing::error!("{}", r.message.clone().unwrap_or_default());
+        }
+        return;
+    }
+    let secs = r.execution_time;
+    let what = format!("{} {}", kind_label(node), display_name(node));
+    match r.status {
+        "success" => tracing::info!(
+            "{index} of {total} OK {} {what} [{} in {secs:.2}s]",
+            match node.resource {
+                Resource::Seed => "loaded",
+                _ => "created",
+            },
+            r.message.clone().unwrap_or_default()
+        ),
+        "pass" => tracing::info!("{index} of {total} PASS {what} [PASS in {secs:.2}s]"),
+        "warn" => tracing::warn!(
+            "{index} of {total} WARN {} {what} [WARN {} in {secs:.2}s]",
+            r.failures.unwrap_or(0),
+            r.failures.unwrap_or(0)
+        ),
+        "fail" => tracing::error!(
+            "{index} of {total} FAIL {} {what} [FAIL {} in {secs:.2}s]",
+            r.failures.unwrap_or(0),
+            r.failures.unwrap_or(0)
+        ),
+        _ => tracing::error!(
+            "{index} of {total} ERROR {what}: {}",
+            r.message.clone().unwrap_or_default()
+        ),
+    }
+}
+
+async fn run_node(sh: &Shared, conn: &mut Conn, node: &Node, thread: usize) -> NodeResult {
+    let c0 = Utc::now();
+    let t0 = Instant::now();
+    let mut r = NodeResult {
+        unique_id: node.unique_id.clone(),
+        status: "success",
+        message: None,
+        failures: None,
+        compile: None,
+        execute: None,
+        execution_time: 0.0,
+        adapter_response: json!({}),
+        compiled_code: None,
+        relation_name: relation_name(node),
+        thread,
+    };
+    let sql = if node.resource == Resource::Seed {
+        None
+    } else {
+        match sh.compile(node) {
+            Ok(c) => {
+                sh.write_artifact("compiled", node, &c.sql);
+                r.compiled_code = Some(c.sql.clone());
+                Some(c.sql)
+            }
+            Err(e) => {
+                r.status = "error";
+                r.message = Some(format!("{e:#}"));
+                r.execution_time = t0.elapsed().as_secs_f64();
+                return r;
+            }
+        }
+    };
+    let c1 = Utc::now();
+    r.compile = Some((c0, c1));
+    if sh.mode == Mode::Compile {
+        r.execute = Some((c1, c1));
+        r.execution_time = t0.elapsed().as_secs_f64();
+        return r;
+    }
+    let kind = sh.target.kind;
+    let outcome = match node.resource {
+        Resource::Seed => {
+            let path = sh.project.dir.join(&node.original_file_path);
+            let mut cache = take_cache(sh);
+            let o = materialize::seed(conn, node, &path, &mut cache, sh.full_refresh).await;
+            put_cache(sh, cache);
+            o
+        }
+        Resource::Model => {
+            let mut cache = take_cache(sh);
+            let o = materialize::model(
+                conn,
+                kind,
+                node,
+                sql.as_deref().unwrap_or_default(),
+                &mut cache,
+                sh.full_refresh,
+            )
+            .await;
+            put_cache(sh, cache);
+            o
+        }
+        Resource::Test => materialize::test(conn, node, sql.as_deref().unwrap_or_default()).await,
+    };
+    let c2 = Utc::now();
+    r.execute = Some((c1, c2));
+    r.execution_time = t0.elapsed().as_secs_f64();
+    match outcome {
+        Ok(o) => {
+            if !o.statements.is_empty() {
+                sh.write_artifact("run", node, &o.statements.join(";\n\n"));
+            }
+            if let Some((failures, warn, error)) = o.test {
+                let severity_error = node
+                    .config
+                    .get("severity")
+                    .and_then(Value::as_str)
+                    .is_none_or(|s| s.eq_ignore_ascii_case("error"));
+                r.failures = Some(failures);
+                let plural = if failures == 1 { "result" } else { "results" };
+                let cfg = |k: &str| {
+                    node.config
+                        .get(k)
+                        .and_then(Value::as_str)
+                        .unwrap_or("!= 0")
+                        .to_string()
+                };
+                if error && severity_error {
+                    r.status = "fail";
+                    r.message = Some(format!(
+                        "Got {failures} {plural}, configured to fail if {}",
+                        cfg("error_if")
+                    ));
+                } else if warn || error {
+                    r.status = "warn";
+                    r.message = Some(format!(
+                        "Got {failures} {plural}, configured to warn if {}",
+                        cfg("warn_if")
+                    ));
+                } else {
+                    r.status = "pass";
+                }
+                r.adapter_response = json!({"_message": "OK"});
+            } else {
+                r.message = Some(o.message.clone());
+                let mut resp = json!({"_message": o.message});
+                if let Some(n) = o.rows {
+                    resp["rows_affected"] = json!(n);
+                }
+                r.adapter_response = resp;
+            }
+        }
+        Err(e) => {
+            r.status = "error";
+            let kind_word = match kind {
+                AdapterKind::Postgres => "Database Error",
+                AdapterKind::DuckDb => "Runtime Error",
+            };
+            let at = sh.artifact_path(
+                if node.resource == Resource::Test {
+                    "compiled"
+                } else {
+                    "run"
+                },
+                node,
+            );
+            r.message = Some(format!(
+                "{kind_word} in {}\n  {}\n  compiled code at {}",
+                node.label(),
+                e.0.replace('\n', "\n  "),
+                at.strip_prefix(&sh.project.dir).unwrap_or(&at).display()
+            ));
+            if let Some(s) = &sql {
+                // Keep what was sent for inspection even when the warehouse refused it.
+                sh.write_artifact("run", node, s);
+            }
+        }
+    }
+    r
+}
+
+fn take_cache(sh: &Shared) -> Cache {
+    sh.cache.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+fn put_cache(sh: &Shared, cache: Cache) {
+    let mut c = sh.cache.lock().unwrap_or_else(|p| p.into_inner());
+    // Merge: other workers changed other relations meanwhile.
+    for (k, v) in cache {
+        c.insert(k, v);
+    }
+}
