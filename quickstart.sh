@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job, from a fresh clone: build ferry and run the quickstart project's pipelines
 # (a shop's CSV exports and CRM export into an embedded DuckDB warehouse, its event log into a
-# Parquet lake). Arguments are pipeline names (default: all of them).
+# Parquet lake), then build the staging views and marts downstream of what was loaded
+# (`--then-transform`, the dbt-style project in examples/quickstart/transform) and write the
+# docs page with the lineage. Arguments are pipeline names (default: all of them).
 #
 # The build links a prebuilt libduckdb.so of the DuckDB version ferry wraps, fetched once from
 # the npm registry (.ci/libduckdb.sh), instead of compiling DuckDB from source (`cargo install`
@@ -14,4 +16,6 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ferry/target}"
 # shellcheck disable=SC2086 # a list of flags
 cargo build --release --locked --quiet $FERRY_CARGO_FEATURES
 if [ $# -eq 0 ]; then set -- --all; fi
-exec "$CARGO_TARGET_DIR/release/ferry" --project examples/quickstart/ferry.yml sync "$@"
+FERRY="$CARGO_TARGET_DIR/release/ferry"
+"$FERRY" --project examples/quickstart/ferry.yml sync "$@" --then-transform
+"$FERRY" --project examples/quickstart/ferry.yml transform docs

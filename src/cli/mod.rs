@@ -200,6 +200,10 @@ pub struct SyncArgs {
     /// What to do with records that do not match their schema.
     #[arg(long, value_enum, default_value_t = OnInvalid::Fail)]
     pub on_invalid: OnInvalid,
+    /// Then build (`ferry transform build`) the models downstream of the tables that received
+    /// rows, in the project named by `transform:` in ferry.yml.
+    #[arg(long)]
+    pub then_transform: bool,
 }
 
 /// `ferry discover`.

@@ -72,6 +72,8 @@ pub async fn run(a: SyncArgs, g: &Globals) -> anyhow::Result<i32> {
         .with_context(|| format!("cannot enter {}", project.dir.display()))?;
     let mut reports = Vec::new();
     let mut failures: Vec<(String, anyhow::Error)> = Vec::new();
+    // (target schema if the target names one, table) that received rows, for --then-transform.
+    let mut loaded: Vec<(Option<String>, String)> = Vec::new();
     for p in pipelines {
         let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let mut before = Value::Null;
@@ -79,6 +81,15 @@ pub async fn run(a: SyncArgs, g: &Globals) -> anyhow::Result<i32> {
         if a.dry_run {
             result?;
             continue;
+        }
+        if let Ok((stats, _)) = &result {
+            let schema = ["default_target_schema", "schema"]
+                .iter()
+                .find_map(|k| p.target.config.get(*k).and_then(Value::as_str))
+                .map(str::to_string);
+            for st in stats.streams.iter().filter(|s| s.rows > 0) {
+                loaded.push((schema.clone(), crate::targets::names::table_name(&st.stream)));
+            }
         }
         let report = match &result {
             Ok((stats, after)) => make_report(p, started_at, stats, before, after.clone(), None),
@@ -115,10 +126,16 @@ pub async fn run(a: SyncArgs, g: &Globals) -> anyhow::Result<i32> {
         return Err(anyhow::anyhow!(msg));
     }
     if !partial.is_empty() {
+        if a.then_transform {
+            tracing::warn!("Some streams failed; the transform is not run.");
+        }
         return Err(anyhow::Error::new(Failure::Partial(format!(
             "some streams failed in: {}",
             partial.join(", ")
         ))));
+    }
+    if a.then_transform {
+        return crate::transform::after_sync(&project, &loaded, g).await;
     }
     Ok(exit::OK)
 }

@@ -85,6 +85,67 @@ fn locate(args: &TransformArgs, g: &Globals) -> anyhow::Result<Location> {
     Ok(loc)
 }
 
+/// `ferry sync --then-transform`: builds what is downstream of the tables that received rows
+/// (`source:<source>.<table>+` for every dbt source naming such a table), or everything when
+/// loaded tables match no declared source; nothing when nothing was loaded.
+///
+/// # Errors
+/// As [`run`].
+pub async fn after_sync(
+    ferry: &crate::project::Project,
+    loaded: &[(Option<String>, String)],
+    g: &Globals,
+) -> anyhow::Result<i32> {
+    if ferry.transform.is_none() {
+        return Err(config_error(format!(
+            "--then-transform: {} has no `transform:` naming the dbt-style project",
+            ferry.file.display()
+        )));
+    }
+    if loaded.is_empty() {
+        tracing::info!("Nothing was loaded; no models to build.");
+        return Ok(exit::OK);
+    }
+    let g2 = Globals {
+        project: Some(ferry.file.clone()),
+        quiet: g.quiet,
+    };
+    let mut args = TransformArgs {
+        command: TransformCommand::Build,
+        rest: Vec::new(),
+        project_dir: None,
+        profiles_dir: None,
+        target: None,
+        select: Vec::new(),
+        exclude: Vec::new(),
+        full_refresh: false,
+        threads: None,
+        vars: None,
+    };
+    // Which declared sources name the loaded tables.
+    let loc = locate(&args, &g2)?;
+    let project = project::DbtProject::load(&loc.dir)?;
+    let target = project::load_target(&project, loc.profiles_dir.as_deref(), loc.target.as_deref(), None)?;
+    let graph = nodes::parse(&project, &target, &nodes::ParseOptions::default())?;
+    let mut select = Vec::new();
+    for s in graph.sources.values() {
+        let hit = loaded.iter().any(|(schema, table)| {
+            s.identifier.eq_ignore_ascii_case(table)
+                && schema.as_ref().is_none_or(|sc| sc.eq_ignore_ascii_case(&s.schema))
+        });
+        if hit {
+            select.push(format!("source:{}.{}+", s.source_name, s.name));
+        }
+    }
+    if select.is_empty() {
+        tracing::info!("The loaded tables match no declared source; building every model.");
+    } else {
+        tracing::info!("Building what depends on: {}.", select.join(" "));
+    }
+    args.select = select;
+    run(args, &g2).await
+}
+
 /// Runs `ferry transform <command>`.
 ///
 /// # Errors
