@@ -88,7 +88,10 @@ pub async fn run(a: SyncArgs, g: &Globals) -> anyhow::Result<i32> {
                 .find_map(|k| p.target.config.get(*k).and_then(Value::as_str))
                 .map(str::to_string);
             for st in stats.streams.iter().filter(|s| s.rows > 0) {
-                loaded.push((schema.clone(), crate::targets::names::table_name(&st.stream)));
+                loaded.push((
+                    schema.clone(),
+                    crate::targets::names::table_name(&st.stream),
+                ));
             }
         }
         let report = match &result {

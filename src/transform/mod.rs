@@ -70,10 +70,12 @@ fn locate(args: &TransformArgs, g: &Globals) -> anyhow::Result<Location> {
                     loc.target = o.get("target").and_then(Value::as_str).map(str::to_string);
                 }
             }
-            Some(other) => return Err(config_error(format!(
+            Some(other) => {
+                return Err(config_error(format!(
                 "{}: `transform:` must be a folder or {{path, profiles_dir, target}}, not {other}",
                 f.file.display()
-            ))),
+            )))
+            }
             None => {}
         }
     }
@@ -125,13 +127,20 @@ pub async fn after_sync(
     // Which declared sources name the loaded tables.
     let loc = locate(&args, &g2)?;
     let project = project::DbtProject::load(&loc.dir)?;
-    let target = project::load_target(&project, loc.profiles_dir.as_deref(), loc.target.as_deref(), None)?;
+    let target = project::load_target(
+        &project,
+        loc.profiles_dir.as_deref(),
+        loc.target.as_deref(),
+        None,
+    )?;
     let graph = nodes::parse(&project, &target, &nodes::ParseOptions::default())?;
     let mut select = Vec::new();
     for s in graph.sources.values() {
         let hit = loaded.iter().any(|(schema, table)| {
             s.identifier.eq_ignore_ascii_case(table)
-                && schema.as_ref().is_none_or(|sc| sc.eq_ignore_ascii_case(&s.schema))
+                && schema
+                    .as_ref()
+                    .is_none_or(|sc| sc.eq_ignore_ascii_case(&s.schema))
         });
         if hit {
             select.push(format!("source:{}.{}+", s.source_name, s.name));

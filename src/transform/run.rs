@@ -448,8 +448,23 @@ fn add_test_edges(
     // gate the models that read the source, as in dbt).
     let mut children: HashMap<&str, Vec<&str>> = HashMap::new();
     for id in run_ids {
-        for p in &graph.nodes[id].depends_on {
-            children.entry(p.as_str()).or_default().push(id);
+        // Parents through ephemeral models, which are part of their dependents' SQL.
+        let mut stack: Vec<&str> = graph.nodes[id]
+            .depends_on
+            .iter()
+            .map(String::as_str)
+            .collect();
+        let mut seen = HashSet::new();
+        while let Some(p) = stack.pop() {
+            if !seen.insert(p) {
+                continue;
+            }
+            children.entry(p).or_default().push(id);
+            if let Some(pn) = graph.nodes.get(p) {
+                if pn.materialized() == "ephemeral" && pn.resource == Resource::Model {
+                    stack.extend(pn.depends_on.iter().map(String::as_str));
+                }
+            }
         }
     }
     let mut extra: Vec<(String, String)> = Vec::new();

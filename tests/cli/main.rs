@@ -24,3 +24,5 @@ mod fuzz;
 mod warehouse;
 // REST API taps (taps/*.yml) against a local server imitating the real APIs, with faults.
 mod rest;
+// `ferry transform`: dbt-style projects in DuckDB and Postgres, bad projects, selection.
+mod transform;

@@ -13,7 +13,7 @@ use crate::postgres::Pg;
 use crate::util::{lines, Dir};
 
 /// The Python with the `duckdb` and `pyarrow` packages (the `readers` venv of ./test.sh).
-fn python() -> Option<PathBuf> {
+pub fn python() -> Option<PathBuf> {
     let found = std::env::split_paths(&std::env::var_os("PATH")?)
         .find(|d| d.ends_with("venv-readers/bin"))
         .map(|d| d.join("python"))
@@ -25,7 +25,7 @@ fn python() -> Option<PathBuf> {
 }
 
 /// Runs tests/cli/read_rows.py; its stdout lines.
-fn read(py: &PathBuf, args: &[&str]) -> Vec<String> {
+pub fn read(py: &PathBuf, args: &[&str]) -> Vec<String> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cli/read_rows.py");
     let out = Command::new(py)
         .arg(script)
