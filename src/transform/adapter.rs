@@ -5,7 +5,6 @@ use std::collections::HashMap;
 
 use anyhow::Context;
 use futures_util::SinkExt;
-use serde_json::Value;
 
 use super::project::{scalar_string, AdapterKind, Target};
 
@@ -326,9 +325,7 @@ fn duck_string(v: duckdb::types::Value) -> Option<String> {
 }
 
 /// A SQL string literal (single quotes doubled): for catalog lookups, never for data.
-pub fn sql_string(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
+pub use crate::sql::quote_literal as sql_string;
 
 /// The connection fields a profile output may carry, for messages (secrets left out).
 pub fn describe(target: &Target) -> String {
@@ -362,9 +359,4 @@ pub fn describe(target: &Target) -> String {
             target.schema
         ),
     }
-}
-
-/// True for a JSON value a profile uses as "yes".
-pub fn truthy(v: Option<&Value>) -> bool {
-    matches!(v, Some(Value::Bool(true)))
 }

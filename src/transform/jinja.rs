@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use minijinja::value::{from_args, Kwargs, Object, ObjectRepr, Rest};
@@ -71,10 +70,8 @@ impl Relation {
     }
 }
 
-/// Quotes an identifier as both adapters do: in double quotes, quotes doubled.
-pub fn quote(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
+/// Quotes an identifier as both adapters do (double quotes, embedded quotes doubled).
+pub use crate::sql::quote_ident as quote;
 
 impl fmt::Display for Relation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -788,11 +785,6 @@ pub fn docs_blocks(text: &str) -> Vec<(String, String)> {
     re.captures_iter(text)
         .map(|c| (c[1].to_string(), c[2].trim().to_string()))
         .collect()
-}
-
-/// A file's display path, for messages.
-pub fn display(p: &Path) -> String {
-    p.display().to_string()
 }
 
 #[cfg(test)]

@@ -7,9 +7,9 @@
 {%- endmacro %}
 
 {% macro default__to_dollars(col) -%}
-    cast(round({{ col }} / 100.0, 2) as numeric(12, 2))
+    cast(round(({{ col }}) / 100.0, 2) as numeric(12, 2))
 {%- endmacro %}
 
 {% macro duckdb__to_dollars(col) -%}
-    cast(cast({{ col }} as decimal(18, 2)) * 0.01 as decimal(12, 2))
+    cast(cast(({{ col }}) as decimal(18, 2)) * 0.01 as decimal(12, 2))
 {%- endmacro %}
