@@ -3,6 +3,7 @@
 #   - the Python Singer packages the interop tests run (target-jsonl, the Meltano SDK's
 #     tap-jsonl), each in its own venv because their pins conflict;
 #   - the `duckdb` and `pyarrow` Python packages, as independent readers of DuckDB/Parquet output;
+#   - dbt-core with dbt-duckdb and dbt-postgres, the reference `ferry transform` is checked against;
 #   - a prebuilt libduckdb.so (.ci/libduckdb.sh), so the build links DuckDB instead of compiling it;
 #   - a running PostgreSQL (started if it is down), for the database connectors.
 # Build output and venvs live outside the clone (~/.cache/ferry), so repeated runs are fast.
@@ -34,6 +35,8 @@ venv tap-jsonl tap-jsonl==0.3.1
 venv pipelinewise-target-postgres pipelinewise-target-postgres==2.1.2
 # Independent readers of what the DuckDB and Parquet targets write (same DuckDB version as ferry's).
 venv readers duckdb==1.5.6 pyarrow==26.0.1 pytz==2025.2
+# dbt-core itself, to hold `ferry transform` to dbt's compiled SQL and results.
+venv dbt-1.11 dbt-core==1.11.16 dbt-duckdb==1.11.1 dbt-postgres==1.11.0
 export PATH
 export FERRY_REQUIRE_INTEROP=1
 

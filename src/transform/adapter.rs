@@ -81,6 +81,7 @@ pub async fn connect(target: &Target) -> anyhow::Result<Conn> {
             let password = s("password").or_else(|| s("pass"));
             let dbname = s("dbname").or_else(|| s("database"));
             let sslmode = s("sslmode");
+            let url = s("url");
             let port = s("port").and_then(|p| p.parse().ok()).unwrap_or(5432);
             let params = crate::pg::ConnParams {
                 host: host.as_deref(),
@@ -88,7 +89,7 @@ pub async fn connect(target: &Target) -> anyhow::Result<Conn> {
                 user: user.as_deref(),
                 password: password.as_deref(),
                 dbname: dbname.as_deref(),
-                url: None,
+                url: url.as_deref(),
                 sslmode: sslmode.as_deref(),
                 sslrootcert: None,
                 application_name: "ferry transform",
@@ -149,6 +150,44 @@ impl Conn {
                     rows: None,
                 })
             }),
+        }
+    }
+
+    /// Runs one statement with text parameters (`$1` on Postgres, `?` on DuckDB: see
+    /// [`Conn::placeholder`]); the values never become SQL text. Returns rows affected.
+    ///
+    /// # Errors
+    /// A [`DbError`].
+    pub async fn execute_params(&mut self, sql: &str, params: &[String]) -> Result<u64, DbError> {
+        match self {
+            Conn::Pg(c, _) => {
+                let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+                    .iter()
+                    .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+                    .collect();
+                c.execute(sql, &refs).await.map_err(|e| pg_err(&e))
+            }
+            Conn::Duck(c) => tokio::task::block_in_place(|| {
+                c.execute(sql, duckdb::params_from_iter(params.iter()))
+                    .map(|n| n as u64)
+                    .map_err(|e| duck_err(&e))
+            }),
+        }
+    }
+
+    /// The `i`-th (1-based) parameter placeholder of this warehouse.
+    pub fn placeholder(&self, i: usize) -> String {
+        match self {
+            Conn::Pg(..) => format!("${i}"),
+            Conn::Duck(_) => "?".to_string(),
+        }
+    }
+
+    /// The warehouse kind.
+    pub fn kind(&self) -> AdapterKind {
+        match self {
+            Conn::Pg(..) => AdapterKind::Postgres,
+            Conn::Duck(_) => AdapterKind::DuckDb,
         }
     }
 

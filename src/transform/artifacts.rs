@@ -115,7 +115,7 @@ fn node_json(
         "created_at": 0.0,
         "relation_name": relation_name(n),
         "raw_code": n.raw_code,
-        "doc_blocks": [],
+        "doc_blocks": doc_blocks(project, &n.raw_description),
         "language": "sql",
         "refs": n.refs.iter().map(|(p, name)| json!({"name": name, "package": p, "version": null})).collect::<Vec<_>>(),
         "sources": n.sources.iter().map(|(s, t)| json!([s, t])).collect::<Vec<_>>(),
@@ -233,22 +233,48 @@ fn node_json(
     o
 }
 
-/// dbt fills `primary_key` from a `unique` test on one column.
+/// dbt fills `primary_key` from tests: the one column with a `unique` test, or among several
+/// such columns the one that also has `not_null`.
 fn primary_key(graph: &Graph, n: &Node) -> Vec<String> {
-    let mut keys: Vec<String> = graph
+    let tests: Vec<(&str, String)> = graph
         .nodes
         .values()
         .filter_map(|t| t.test.as_ref())
-        .filter(|t| t.attached == n.unique_id && t.name == "unique")
-        .filter_map(|t| t.column.clone())
+        .filter(|t| t.attached == n.unique_id)
+        .filter_map(|t| Some((t.name.as_str(), t.column.clone()?)))
         .collect();
-    keys.sort();
-    keys.dedup();
-    if keys.len() == 1 {
-        keys
+    let with = |kind: &str| -> Vec<String> {
+        let mut v: Vec<String> = tests
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, c)| c.clone())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let unique = with("unique");
+    if unique.len() == 1 {
+        return unique;
+    }
+    let not_null = with("not_null");
+    let both: Vec<String> = unique
+        .into_iter()
+        .filter(|c| not_null.contains(c))
+        .collect();
+    if both.len() == 1 {
+        both
     } else {
         Vec::new()
     }
+}
+
+/// `doc('name')` calls in a description, as dbt lists them.
+fn doc_blocks(project: &DbtProject, description: &str) -> Vec<String> {
+    let re = regex::Regex::new(r#"doc\(\s*['"]([A-Za-z0-9_]+)['"]\s*\)"#).expect("static regex");
+    re.captures_iter(description)
+        .map(|c| format!("doc.{}.{}", project.name, &c[1]))
+        .collect()
 }
 
 fn source_json(project: &DbtProject, s: &Source) -> Value {

@@ -184,6 +184,8 @@ pub struct RenderCtx {
     pub docs: Arc<HashMap<String, String>>,
     /// The node's resolved config, for `config.get`.
     pub config: serde_json::Map<String, Json>,
+    /// Values given to `return()`, reached through the marker the call prints.
+    pub returns: Mutex<Vec<Value>>,
 }
 
 impl Object for RenderCtx {}
@@ -545,9 +547,67 @@ fn macro_blocks(text: &str) -> Vec<(String, String, usize)> {
             } else {
                 name.to_string()
             };
+            let block = with_return(&block, &name);
             Some((name, block, line))
         })
         .collect()
+}
+
+/// dbt's `{{ return(x) }}` makes a macro's call evaluate to `x`. minijinja macros only render
+/// text, so a macro that uses `return` becomes a wrapper around an inner macro with its body:
+/// `return(x)` records `x` and prints a marker; the wrapper finds the first marker in the inner
+/// output and gives back the recorded value (text for callers, as the value renders). Nothing is
+/// added on new lines, so error lines in the body stay right.
+fn with_return(block: &str, name: &str) -> String {
+    if !block.contains("return(") && !block.contains("return (") {
+        return block.to_string();
+    }
+    let Some(header_end) = block.find("%}").map(|i| i + 2) else {
+        return block.to_string();
+    };
+    let Some(end_start) = block.rfind("{%") else {
+        return block.to_string();
+    };
+    if end_start <= header_end {
+        return block.to_string();
+    }
+    let header = &block[..header_end];
+    let (Some(open), Some(close)) = (header.find('('), header.rfind(')')) else {
+        return block.to_string();
+    };
+    let args = &header[open + 1..close];
+    let mut names = Vec::new();
+    let (mut depth, mut quote, mut cur) = (0i32, None::<char>, String::new());
+    for c in args.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '(' | '[' | '{') => depth += 1,
+            (None, ')' | ']' | '}') => depth -= 1,
+            (None, ',') if depth == 0 => {
+                names.push(std::mem::take(&mut cur));
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(c);
+    }
+    names.push(cur);
+    let call = names
+        .iter()
+        .filter_map(|a| {
+            let n = a.split('=').next()?.trim();
+            (!n.is_empty() && !n.starts_with('*')).then(|| format!("{n}={n}"))
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let inner = format!("__ferry_inner__{name}");
+    format!(
+        "{header}{{{{ __ferry_ret({inner}({call})) }}}}{}{{% macro {inner}({args}) %}}{}{{% endmacro %}}",
+        &block[end_start..],
+        &block[header_end..end_start]
+    )
 }
 
 impl Jinja {
@@ -563,6 +623,34 @@ impl Jinja {
         env.add_function("var", var_fn);
         env.add_function("env_var", env_var_fn);
         env.add_function("doc", doc_fn);
+        env.add_function(
+            "return",
+            |state: &State, v: Value| -> Result<String, Error> {
+                let c = ctx(state)?;
+                let mut r = c.returns.lock().unwrap_or_else(|p| p.into_inner());
+                r.push(v);
+                Ok(format!("\u{2}{}\u{3}", r.len() - 1))
+            },
+        );
+        env.add_function(
+            "__ferry_ret",
+            |state: &State, out: Value| -> Result<Value, Error> {
+                let text = out.to_string();
+                let found = text.find('\u{2}').and_then(|a| {
+                    let b = a + text[a..].find('\u{3}')?;
+                    text[a + 1..b].parse::<usize>().ok()
+                });
+                match found {
+                    Some(i) => {
+                        let c = ctx(state)?;
+                        let r = c.returns.lock().unwrap_or_else(|p| p.into_inner());
+                        Ok(r.get(i).cloned().unwrap_or_default())
+                    }
+                    // No `return` ran: the macro's text, as dbt gives it.
+                    None => Ok(out),
+                }
+            },
+        );
         env.add_function("is_incremental", |state: &State| -> Result<bool, Error> {
             Ok(ctx(state)?.incremental)
         });
@@ -800,6 +888,7 @@ mod tests {
             vars: Arc::new(serde_json::Map::new()),
             docs: Arc::default(),
             config: serde_json::Map::new(),
+            returns: Mutex::default(),
         })
     }
 
@@ -845,6 +934,35 @@ mod tests {
             .render("models/m.sql", "select\n{{ 1 +  }}", rc(Phase::Parse), &[])
             .unwrap_err();
         assert_eq!((err.file.as_str(), err.line), ("models/m.sql", Some(2)));
+    }
+
+    #[test]
+    fn return_gives_the_value_to_the_caller() {
+        let j = Jinja::new(
+            AdapterKind::Postgres,
+            &[(
+                "macros/m.sql".into(),
+                "{% macro pick(x, y=2) %}\n  ignored text\n  {% if x %}{{ return(x ~ '!') }}{% endif %}\n  {{ return(y) }}\n{% endmacro %}".into(),
+            )],
+        );
+        let out = j
+            .render(
+                "m.sql",
+                "a={{ pick('yes') }} b={{ pick(none, y=7) }}",
+                rc(Phase::Parse),
+                &[],
+            )
+            .unwrap();
+        assert_eq!(out, "a=yes! b=7");
+        let err = j
+            .render(
+                "models/m.sql",
+                "{{ pick(undefined_fn()) }}",
+                rc(Phase::Parse),
+                &[],
+            )
+            .unwrap_err();
+        assert_eq!(err.file, "models/m.sql");
     }
 
     #[test]

@@ -271,7 +271,7 @@ pub async fn run(args: TransformArgs, g: &Globals) -> anyhow::Result<i32> {
             );
         } else {
             tracing::info!(
-                "Finished in {:.2}s. Done. PASS={pass} WARN={warn} ERROR={error} SKIP={skip} TOTAL={}",
+                "Finished in {:.2}s. Done. PASS={pass} WARN={warn} ERROR={error} SKIP={skip} NO-OP=0 TOTAL={}",
                 out.elapsed,
                 out.results.len()
             );

@@ -84,6 +84,8 @@ pub struct Node {
     pub config: Map<String, Value>,
     /// Description.
     pub description: String,
+    /// The description as written (`{{ doc('x') }}` calls kept), for `doc_blocks`.
+    pub raw_description: String,
     /// Documented columns, in file order.
     pub columns: Vec<Column>,
     /// The properties file that described it.
@@ -268,6 +270,7 @@ impl Graph {
             vars: self.vars.clone(),
             docs: self.docs.clone(),
             config,
+            returns: Mutex::default(),
         })
     }
 }
@@ -777,7 +780,13 @@ pub fn parse(project: &DbtProject, target: &Target, opts: &ParseOptions) -> anyh
             &tree_config(&project.seeds, &project.name, &fqn[1..]),
         );
         let patch = seed_patches.remove(&name);
-        let checksum = std::fs::metadata(&f.abs).map(|m| m.len()).unwrap_or(0);
+        // dbt: sha256 of the stripped file, or the path for seeds over 1 MiB.
+        let size = std::fs::metadata(&f.abs).map(|m| m.len()).unwrap_or(0);
+        let checksum = if size <= 1 << 20 {
+            sha256_hex(read(&f.abs)?.trim())
+        } else {
+            format!("path:{}", f.original)
+        };
         let node = build_node(
             &graph,
             &target_ctx,
@@ -794,7 +803,7 @@ pub fn parse(project: &DbtProject, target: &Target, opts: &ParseOptions) -> anyh
             &mut generic_specs,
         )?;
         let mut node = node;
-        node.checksum = format!("size:{checksum}");
+        node.checksum = checksum;
         if node.enabled() {
             graph.nodes.insert(node.unique_id.clone(), node);
         } else {
@@ -818,6 +827,7 @@ pub fn parse(project: &DbtProject, target: &Target, opts: &ParseOptions) -> anyh
         let mut config = Map::new();
         config.insert("materialized".into(), json!("test"));
         config.insert("severity".into(), json!("ERROR"));
+        config.insert("schema".into(), json!("dbt_test__audit"));
         merge_config(
             &mut config,
             &tree_config(&project.tests, &project.name, &fqn[1..]),
@@ -842,7 +852,10 @@ pub fn parse(project: &DbtProject, target: &Target, opts: &ParseOptions) -> anyh
 
     // Generic tests.
     for spec in generic_specs {
-        let node = build_generic_test(&graph, project, &spec)?;
+        let mut node = build_generic_test(&graph, project, &spec)?;
+        // Where dbt would store failures: `<target schema>_dbt_test__audit`.
+        node.database = target.database.clone();
+        node.schema = format!("{}_dbt_test__audit", target.schema);
         if let Some(prev) = graph.nodes.get(&node.unique_id) {
             return Err(config_error(format!(
                 "two tests would both be named {} ({} and {}); give one a `name:`",
@@ -963,12 +976,19 @@ fn build_node(
         patch,
     } = input;
     let mut description = String::new();
+    let mut raw_description = String::new();
     let mut columns = Vec::new();
     if let Some(p) = patch {
         if let Some(Value::Object(c)) = p.body.get("config") {
             merge_config(&mut config, c);
         }
         description = render_description(graph, p.body.get("description"), &p.file)?;
+        raw_description = p
+            .body
+            .get("description")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         columns = read_columns(graph, p.body.get("columns"), &p.file)?;
         if let Some(Value::Object(d)) = p.body.get("docs") {
             config.insert("docs".into(), Value::Object(d.clone()));
@@ -1077,16 +1097,17 @@ fn build_node(
         collect_tests(generic_specs, &name, &unique_id, target, &p.body, &p.file)?;
     }
     Ok(Node {
-        checksum: sha256_hex(&raw),
+        checksum: sha256_hex(raw.trim()),
         unique_id,
         name,
         resource,
         path: found.inner.clone(),
         original_file_path: found.original.clone(),
         fqn,
-        raw_code: raw,
+        raw_code: raw.trim().to_string(),
         config,
         description,
+        raw_description,
         columns,
         patch_path: patch.map(|p| p.file.clone()),
         refs,
@@ -1287,22 +1308,15 @@ fn build_generic_test(
     let mut config = Map::new();
     config.insert("materialized".into(), json!("test"));
     config.insert("severity".into(), json!("ERROR"));
+    config.insert("schema".into(), json!("dbt_test__audit"));
     merge_config(
         &mut config,
         &tree_config(&project.tests, &project.name, &fqn[1..]),
     );
     merge_config(&mut config, &spec.config);
-    if let Some(sev) = config.get("severity").and_then(Value::as_str) {
-        let s = sev.to_uppercase();
-        config.insert("severity".into(), json!(s));
-    }
+    // dbt lists what the arguments name (`to: ref('customers')`) before the tested node.
     let mut refs = Vec::new();
     let mut sources = Vec::new();
-    match &spec.target {
-        TestTarget::Node(n) => refs.push((None, n.clone())),
-        TestTarget::Source(s, t) => sources.push((s.clone(), t.clone())),
-    }
-    // Refs inside arguments (`to: ref('customers')`).
     for v in spec.args.values() {
         if let Value::String(s) = v {
             if looks_like_func(s) {
@@ -1317,7 +1331,16 @@ fn build_generic_test(
             }
         }
     }
-    let raw_code = format!("{{{{ test_{}(**_dbt_generic_test_kwargs) }}}}", spec.test);
+    match &spec.target {
+        TestTarget::Node(n) => refs.push((None, n.clone())),
+        TestTarget::Source(s, t) => sources.push((s.clone(), t.clone())),
+    }
+    let mut raw_code = format!("{{{{ test_{}(**_dbt_generic_test_kwargs) }}}}", spec.test);
+    if alias != name {
+        // A hashed name: dbt keeps the short one as the alias, in the config and the code.
+        raw_code.push_str(&format!("{{{{ config(alias=\"{alias}\") }}}}"));
+        config.insert("alias".into(), json!(alias));
+    }
     let path = format!("{alias}.sql");
     Ok(Node {
         unique_id,
@@ -1330,6 +1353,7 @@ fn build_generic_test(
         raw_code,
         config,
         description: String::new(),
+        raw_description: String::new(),
         columns: Vec::new(),
         patch_path: None,
         refs,
@@ -1368,7 +1392,23 @@ fn resolve_dependencies(graph: &mut Graph) -> anyhow::Result<()> {
         .collect();
     let disabled = graph.disabled.clone();
     for node in graph.nodes.values_mut() {
+        // Sources first, then refs, each in call order: the order dbt lists them in.
         let mut deps = Vec::new();
+        for (s, t) in &node.sources {
+            match sources.get(&(s.clone(), t.clone())) {
+                Some(id) => {
+                    if !deps.contains(id) {
+                        deps.push(id.clone());
+                    }
+                }
+                None => {
+                    return Err(config_error(format!(
+                        "Compilation Error in {}: it depends on a source named '{s}.{t}' which was not found; declare it under `sources:` in a .yml file",
+                        node.label()
+                    )))
+                }
+            }
+        }
         for (_, r) in &node.refs {
             match by_name.get(r) {
                 Some(id) => {
@@ -1386,21 +1426,6 @@ fn resolve_dependencies(graph: &mut Graph) -> anyhow::Result<()> {
                         "Compilation Error in {}: it depends on a node named '{r}' which was not found{hint}",
                         node.label()
                     )));
-                }
-            }
-        }
-        for (s, t) in &node.sources {
-            match sources.get(&(s.clone(), t.clone())) {
-                Some(id) => {
-                    if !deps.contains(id) {
-                        deps.push(id.clone());
-                    }
-                }
-                None => {
-                    return Err(config_error(format!(
-                        "Compilation Error in {}: it depends on a source named '{s}.{t}' which was not found; declare it under `sources:` in a .yml file",
-                        node.label()
-                    )))
                 }
             }
         }

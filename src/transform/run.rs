@@ -211,6 +211,8 @@ pub async fn execute(
         .iter()
         .filter(|id| selected.contains(*id))
         .filter(|id| mode.wants(graph.nodes[*id].resource))
+        // Ephemeral models run nowhere: their SQL is part of their dependents'.
+        .filter(|id| mode == Mode::Compile || graph.nodes[*id].materialized() != "ephemeral")
         .cloned()
         .collect();
     let mut conn = adapter::connect(target)
@@ -283,7 +285,10 @@ pub async fn execute(
         pool.push(pool[0].another(target).await?);
     }
     let mut free: Vec<(usize, Conn)> = pool.into_iter().enumerate().collect();
-    let mut pending: BTreeSet<(usize, String)> = BTreeSet::new();
+    // dbt's order: ready nodes queue first-in first-out; nodes that become ready together go in
+    // (level, id) order. With one thread that reproduces dbt's run order exactly.
+    let mut pending: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+    let mut initial: Vec<(usize, String)> = Vec::new();
     let mut waiting: HashMap<String, usize> = HashMap::new();
     let mut dependents: HashMap<String, Vec<String>> = HashMap::new();
     for id in &run_ids {
@@ -293,9 +298,11 @@ pub async fn execute(
             dependents.entry(p.clone()).or_default().push(id.clone());
         }
         if d.is_empty() {
-            pending.insert((level[id], id.clone()));
+            initial.push((level[id], id.clone()));
         }
     }
+    initial.sort();
+    pending.extend(initial.into_iter().map(|(_, id)| id));
     let mut bad: HashSet<String> = HashSet::new();
     let mut results = Vec::new();
     let mut set = tokio::task::JoinSet::new();
@@ -303,7 +310,7 @@ pub async fn execute(
     let mut running = 0usize;
     loop {
         while !free.is_empty() {
-            let Some((_, id)) = pending.pop_first() else {
+            let Some(id) = pending.pop_front() else {
                 break;
             };
             let node = graph.nodes[&id].clone();
@@ -419,77 +426,61 @@ fn upstream_in_run(graph: &Graph, n: &Node, in_run: &HashSet<&str>) -> BTreeSet<
     out
 }
 
-/// `build`: a node waits for the tests of what it depends on, so a failing test skips the
-/// dependents (dbt's rule), except where that would make a cycle (a test on two models).
+/// `build`: a node waits for every test whose parents are all upstream of it (dbt's
+/// `add_test_edges`), so a failing test skips what is built on the data it checked. A test on
+/// two models gates only what depends on both.
 fn add_test_edges(
     graph: &Graph,
     run_ids: &[String],
     in_run: &HashSet<&str>,
     deps: &mut HashMap<String, BTreeSet<String>>,
 ) {
-    let ancestors = |id: &str| -> HashSet<String> {
-        let mut out = HashSet::new();
-        let mut stack = vec![id.to_string()];
-        while let Some(x) = stack.pop() {
-            for p in graph
-                .nodes
-                .get(&x)
-                .map(|n| n.depends_on.clone())
-                .unwrap_or_default()
-            {
-                if out.insert(p.clone()) {
-                    stack.push(p);
-                }
-            }
-        }
-        out
-    };
-    // Direct children among the nodes that run, by the graph's own edges (a source's tests
-    // gate the models that read the source, as in dbt).
-    let mut children: HashMap<&str, Vec<&str>> = HashMap::new();
+    // Tests that run, by each of their parents.
+    let mut tests_of: HashMap<&str, Vec<&Node>> = HashMap::new();
     for id in run_ids {
-        // Parents through ephemeral models, which are part of their dependents' SQL.
-        let mut stack: Vec<&str> = graph.nodes[id]
-            .depends_on
-            .iter()
-            .map(String::as_str)
-            .collect();
-        let mut seen = HashSet::new();
-        while let Some(p) = stack.pop() {
-            if !seen.insert(p) {
-                continue;
-            }
-            children.entry(p).or_default().push(id);
-            if let Some(pn) = graph.nodes.get(p) {
-                if pn.materialized() == "ephemeral" && pn.resource == Resource::Model {
-                    stack.extend(pn.depends_on.iter().map(String::as_str));
-                }
+        let t = &graph.nodes[id];
+        if t.resource == Resource::Test {
+            for p in &t.depends_on {
+                tests_of.entry(p.as_str()).or_default().push(t);
             }
         }
     }
+    if tests_of.is_empty() {
+        return;
+    }
+    // Ancestors of every node (sources and ephemeral models included), memoized in topological
+    // order.
+    let mut anc: HashMap<&str, HashSet<&str>> = HashMap::new();
+    for id in topo_order(graph) {
+        let n = &graph.nodes[&id];
+        let mut set: HashSet<&str> = HashSet::new();
+        for p in &n.depends_on {
+            set.insert(p.as_str());
+            if let Some(a) = anc.get(p.as_str()) {
+                set.extend(a.iter().copied());
+            }
+        }
+        let key: &str = &graph.nodes[&id].unique_id;
+        anc.insert(key, set);
+    }
     let mut extra: Vec<(String, String)> = Vec::new();
-    for t in run_ids {
-        let tn = &graph.nodes[t];
-        if tn.resource != Resource::Test {
+    for id in run_ids {
+        let n = &graph.nodes[id];
+        if n.resource == Resource::Test {
             continue;
         }
-        let parents: Vec<&String> = tn.depends_on.iter().collect();
-        let parent_anc: HashSet<String> = if parents.len() > 1 {
-            parents.iter().flat_map(|p| ancestors(p)).collect()
-        } else {
-            HashSet::new()
+        let Some(up) = anc.get(n.unique_id.as_str()) else {
+            continue;
         };
-        for p in &parents {
-            for c in children.get(p.as_str()).into_iter().flatten() {
-                let cn = &graph.nodes[*c];
-                if cn.resource == Resource::Test
-                    || parents.iter().any(|x| x.as_str() == *c)
-                    || parent_anc.contains(*c)
-                    || !in_run.contains(c)
+        let mut seen: HashSet<&str> = HashSet::new();
+        for a in up {
+            for t in tests_of.get(a).into_iter().flatten() {
+                if seen.insert(t.unique_id.as_str())
+                    && in_run.contains(t.unique_id.as_str())
+                    && t.depends_on.iter().all(|p| up.contains(p.as_str()))
                 {
-                    continue;
+                    extra.push((id.clone(), t.unique_id.clone()));
                 }
-                extra.push(((*c).to_string(), t.clone()));
             }
         }
     }
@@ -527,16 +518,19 @@ fn release(
     id: &str,
     dependents: &HashMap<String, Vec<String>>,
     waiting: &mut HashMap<String, usize>,
-    pending: &mut BTreeSet<(usize, String)>,
+    pending: &mut std::collections::VecDeque<String>,
     level: &HashMap<String, usize>,
 ) {
+    let mut ready = Vec::new();
     for c in dependents.get(id).into_iter().flatten() {
         let w = waiting.get_mut(c).expect("known");
         *w -= 1;
         if *w == 0 {
-            pending.insert((level[c], c.clone()));
+            ready.push((level[c], c.clone()));
         }
     }
+    ready.sort();
+    pending.extend(ready.into_iter().map(|(_, c)| c));
 }
 
 fn kind_label(n: &Node) -> String {
@@ -627,7 +621,11 @@ async fn run_node(sh: &Shared, conn: &mut Conn, node: &Node, thread: usize) -> N
         execution_time: 0.0,
         adapter_response: json!({}),
         compiled_code: None,
-        relation_name: relation_name(node),
+        relation_name: if node.resource == Resource::Seed {
+            None
+        } else {
+            relation_name(node)
+        },
         thread,
     };
     let sql = if node.resource == Resource::Seed {
@@ -717,14 +715,15 @@ async fn run_node(sh: &Shared, conn: &mut Conn, node: &Node, thread: usize) -> N
                 } else {
                     r.status = "pass";
                 }
-                r.adapter_response = json!({"_message": "OK"});
+                r.adapter_response = match kind {
+                    AdapterKind::Postgres => {
+                        json!({"_message": "SELECT 1", "code": "SELECT", "rows_affected": 1})
+                    }
+                    AdapterKind::DuckDb => json!({"_message": "OK"}),
+                };
             } else {
                 r.message = Some(o.message.clone());
-                let mut resp = json!({"_message": o.message});
-                if let Some(n) = o.rows {
-                    resp["rows_affected"] = json!(n);
-                }
-                r.adapter_response = resp;
+                r.adapter_response = adapter_response(kind, node, &o.message, o.rows);
             }
         }
         Err(e) => {
@@ -754,6 +753,23 @@ async fn run_node(sh: &Shared, conn: &mut Conn, node: &Node, thread: usize) -> N
         }
     }
     r
+}
+
+/// `adapter_response` as dbt-postgres and dbt-duckdb report it.
+fn adapter_response(kind: AdapterKind, node: &Node, message: &str, rows: Option<u64>) -> Value {
+    let code = message.split(' ').next().unwrap_or_default();
+    match (kind, node.resource, node.materialized()) {
+        (_, Resource::Seed, _) => {
+            json!({"_message": message, "code": "INSERT", "rows_affected": rows.unwrap_or(0)})
+        }
+        (AdapterKind::Postgres, _, "view") => {
+            json!({"_message": "CREATE VIEW", "code": "CREATE VIEW", "rows_affected": -1})
+        }
+        (AdapterKind::Postgres, _, _) => {
+            json!({"_message": message, "code": code, "rows_affected": rows.unwrap_or(0)})
+        }
+        (AdapterKind::DuckDb, _, _) => json!({"_message": "OK"}),
+    }
 }
 
 fn take_cache(sh: &Shared) -> Cache {

@@ -26,3 +26,5 @@ mod warehouse;
 mod rest;
 // `ferry transform`: dbt-style projects in DuckDB and Postgres, bad projects, selection.
 mod transform;
+// `ferry transform` against dbt itself: compiled SQL snapshots, and dbt-core from PyPI.
+mod transform_dbt;

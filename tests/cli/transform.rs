@@ -121,7 +121,7 @@ fn duckdb_build_seeds_models_tests_then_incremental_and_full_refresh() {
     duck_profile(&d, 2);
     transform(&d, &["build"])
         .ok()
-        .stderr_has("PASS=12 WARN=0 ERROR=0 SKIP=0 TOTAL=12");
+        .stderr_has("PASS=12 WARN=0 ERROR=0 SKIP=0 NO-OP=0 TOTAL=12");
     // Seeds typed as dbt types them.
     assert_eq!(
         read(
@@ -256,7 +256,7 @@ fn postgres_build_gives_the_same_tables() {
     pg_profile(&d, &pg);
     transform(&d, &["build"])
         .ok()
-        .stderr_has("PASS=12 WARN=0 ERROR=0 SKIP=0 TOTAL=12");
+        .stderr_has("PASS=12 WARN=0 ERROR=0 SKIP=0 NO-OP=0 TOTAL=12");
     let marts = format!("{}_marts", pg.schema);
     assert_eq!(
         pg.sql(&format!("select customer_id, name, paid_orders, paid, is_vip from \"{marts}\".customer_value order by 1")),

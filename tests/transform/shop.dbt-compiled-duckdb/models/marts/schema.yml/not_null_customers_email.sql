@@ -1,0 +1,11 @@
+
+    
+    
+
+
+
+select email
+from "shop"."main_marts"."customers"
+where email is null
+
+

@@ -1,0 +1,11 @@
+
+    
+    
+
+
+
+select amount
+from "shop"."main_marts"."orders"
+where amount is null
+
+

@@ -1,0 +1,11 @@
+
+    
+    
+
+
+
+select currency
+from "shop"."main_marts"."revenue_by_currency"
+where currency is null
+
+

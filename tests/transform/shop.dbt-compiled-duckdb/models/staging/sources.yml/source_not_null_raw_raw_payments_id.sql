@@ -1,0 +1,11 @@
+
+    
+    
+
+
+
+select id
+from "shop"."main"."raw_payments"
+where id is null
+
+
