@@ -29,6 +29,7 @@ pub mod pg;
 pub mod process;
 pub mod progress;
 pub mod project;
+pub mod reverse;
 pub mod runner;
 pub mod schema;
 pub mod secrets;

@@ -27,6 +27,8 @@ pub struct Project {
     pub transform: Option<Value>,
     /// `syncs:` (reverse ETL), as written.
     pub syncs: Option<Value>,
+    /// `warehouse:`, the default warehouse syncs read from.
+    pub warehouse: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -37,7 +39,6 @@ struct ProjectFile {
     pipelines: Map<String, Value>,
     // Sections of later features, accepted so one project file serves every command.
     #[serde(default)]
-    #[allow(dead_code)]
     warehouse: Option<Value>,
     #[serde(default)]
     syncs: Option<Value>,
@@ -178,6 +179,7 @@ impl Project {
             pipelines,
             transform: raw.transform,
             syncs: raw.syncs,
+            warehouse: raw.warehouse,
         })
     }
 

@@ -69,6 +69,24 @@ pub enum Command {
     State(StateArgs),
     /// Run a dbt-style project's SQL models, seeds and tests inside the warehouse.
     Transform(TransformArgs),
+    /// Reverse ETL: send what changed in warehouse query results to APIs, databases, Redis.
+    Reverse(ReverseArgs),
+}
+
+/// `ferry reverse`.
+#[derive(Debug, Args)]
+pub struct ReverseArgs {
+    /// Syncs to run (from `syncs:` in ferry.yml).
+    pub syncs: Vec<String>,
+    /// Run every sync.
+    #[arg(long, conflicts_with = "syncs")]
+    pub all: bool,
+    /// Count adds, changes and removals, show samples and the first requests; send nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Write a JSON run report here.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
 }
 
 /// What `ferry transform` does (dbt's commands).

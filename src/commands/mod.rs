@@ -44,6 +44,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Select(a) => discover::select(a, &g),
         Command::State(a) => state::run(a, &g).await,
         Command::Transform(a) => crate::transform::run(a, &g).await,
+        Command::Reverse(a) => crate::reverse::run(a, &g).await,
     }
 }
 

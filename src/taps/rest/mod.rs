@@ -4,7 +4,7 @@
 //! parent and child streams, and keeps a bookmark per stream (per parent for child streams)
 //! that moves only as pages are emitted.
 
-mod def;
+pub mod def;
 mod page;
 mod sync;
 
