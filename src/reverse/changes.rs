@@ -11,7 +11,7 @@ use crate::sql::{quote_ident, quote_literal};
 use crate::transform::adapter::{Conn, DbError};
 use crate::transform::project::AdapterKind;
 
-/// The schema holding the snapshot tables.
+/// The schema holding the snapshot tables unless a sync names another (`snapshot_schema`).
 pub const SNAPSHOT_SCHEMA: &str = "_ferry";
 
 /// What a row is to the destination.
@@ -78,11 +78,11 @@ impl Counts {
 }
 
 /// The snapshot table of a sync.
-pub fn snapshot_table(sync: &str) -> String {
+pub fn snapshot_table(spec: &SyncSpec) -> String {
     format!(
         "{}.{}",
-        quote_ident(SNAPSHOT_SCHEMA),
-        quote_ident(&format!("reverse__{sync}"))
+        quote_ident(&spec.snapshot_schema),
+        quote_ident(&format!("reverse__{}", spec.name))
     )
 }
 
@@ -175,10 +175,10 @@ pub async fn prepare(conn: &mut Conn, spec: &SyncSpec) -> anyhow::Result<(Counts
         AdapterKind::DuckDb => format!("json_object({pairs})::varchar"),
     };
     let fp = quote_literal(&fingerprint(spec));
-    let snap = snapshot_table(&spec.name);
+    let snap = snapshot_table(spec);
     conn.execute(&format!(
         "create schema if not exists {}",
-        quote_ident(SNAPSHOT_SCHEMA)
+        quote_ident(&spec.snapshot_schema)
     ))
     .await
     .map_err(|e| db(e, &at))?;
@@ -355,7 +355,7 @@ pub async fn record(
     rejected: &[(&Change, String)],
 ) -> anyhow::Result<()> {
     let at = format!("sync {}: recording deliveries", spec.name);
-    let snap = snapshot_table(&spec.name);
+    let snap = snapshot_table(spec);
     let changes = changes_table(&spec.name);
     let now = "current_timestamp";
     let upserts: Vec<String> = confirmed

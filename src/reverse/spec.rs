@@ -89,6 +89,8 @@ pub struct SyncSpec {
     pub destination: DestSpec,
     /// Rows per delivery batch (default: the destination's).
     pub batch_size: Option<usize>,
+    /// The warehouse schema holding the sync's snapshot table (default `_ferry`).
+    pub snapshot_schema: String,
 }
 
 /// A `warehouse:` block as a connection target (the same one `ferry transform` uses).
@@ -176,10 +178,16 @@ pub fn read_syncs(
         for k in o.keys() {
             if !matches!(
                 k.as_str(),
-                "source" | "primary_key" | "mapping" | "mode" | "destination" | "batch_size"
+                "source"
+                    | "primary_key"
+                    | "mapping"
+                    | "mode"
+                    | "destination"
+                    | "batch_size"
+                    | "snapshot_schema"
             ) {
                 return Err(config_error(format!(
-                    "{at}: unknown key {k:?} (keys: source, primary_key, mapping, mode, destination, batch_size)"
+                    "{at}: unknown key {k:?} (keys: source, primary_key, mapping, mode, destination, batch_size, snapshot_schema)"
                 )));
             }
         }
@@ -296,6 +304,11 @@ pub fn read_syncs(
                 mode,
                 destination,
                 batch_size,
+                snapshot_schema: o
+                    .get("snapshot_schema")
+                    .and_then(Value::as_str)
+                    .unwrap_or(super::changes::SNAPSHOT_SCHEMA)
+                    .to_string(),
             },
         );
     }

@@ -28,3 +28,5 @@ mod rest;
 mod transform;
 // `ferry transform` against dbt itself: compiled SQL snapshots, and dbt-core from PyPI.
 mod transform_dbt;
+// `ferry reverse` into Redis and a Postgres application database, from a Postgres warehouse.
+mod reverse;
