@@ -123,7 +123,10 @@ fn mapped_columns(spec: &SyncSpec, columns: &[String]) -> Vec<(String, String)> 
 /// # Errors
 /// Before anything is sent: a mapping that names a missing column, a missing key column,
 /// duplicate or NULL keys (with examples), or the warehouse's error for the query.
-pub async fn prepare(conn: &mut Conn, spec: &SyncSpec) -> anyhow::Result<(Counts, Vec<String>)> {
+pub async fn prepare(
+    conn: &mut Conn,
+    spec: &SyncSpec,
+) -> anyhow::Result<(Counts, Vec<(String, String)>)> {
     let at = format!("sync {}", spec.name);
     // The query's columns.
     let probe = quote_ident(&format!("_ferry_probe__{}", spec.name));
@@ -136,10 +139,18 @@ pub async fn prepare(conn: &mut Conn, spec: &SyncSpec) -> anyhow::Result<(Counts
     ))
     .await
     .map_err(|e| db(e, &format!("{at}: the source query failed")))?;
-    let columns = conn
-        .columns(None, &format!("_ferry_probe__{}", spec.name))
+    let typed = conn
+        .query_strings(&format!(
+            "select column_name, data_type from information_schema.columns where table_name = {} order by ordinal_position",
+            quote_literal(&format!("_ferry_probe__{}", spec.name))
+        ))
         .await
         .map_err(|e| db(e, &at))?;
+    let typed: Vec<(String, String)> = typed
+        .into_iter()
+        .filter_map(|r| Some((r.first()?.clone()?, r.get(1)?.clone().unwrap_or_default())))
+        .collect();
+    let columns: Vec<String> = typed.iter().map(|(c, _)| c.clone()).collect();
     conn.execute(&format!("drop table if exists {probe}"))
         .await
         .map_err(|e| db(e, &at))?;
@@ -275,7 +286,7 @@ pub async fn prepare(conn: &mut Conn, spec: &SyncSpec) -> anyhow::Result<(Counts
             changes: n(2),
             removes: n(3),
         },
-        columns,
+        typed,
     ))
 }
 

@@ -68,6 +68,8 @@ pub enum DestSpec {
     Postgres(Value),
     /// Redis.
     Redis(Value),
+    /// A Singer target: built-in (`target: duckdb`) or external (`command: target-x`).
+    Singer(super::singer::SingerDest),
 }
 
 /// One sync.
@@ -276,7 +278,27 @@ pub fn read_syncs(
             .get("config")
             .cloned()
             .unwrap_or(Value::Object(Map::new()));
-        let destination = match d.get("name").and_then(Value::as_str) {
+        let destination = if let Some(t) = d.get("target").and_then(Value::as_str) {
+            DestSpec::Singer(super::singer::SingerDest::Builtin(t.to_string(), config))
+        } else if let Some(program) = d.get("command").and_then(Value::as_str) {
+            let args = d
+                .get("args")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            DestSpec::Singer(super::singer::SingerDest::Command(
+                crate::runner::ExternalTarget {
+                    program: program.to_string(),
+                    args,
+                    config,
+                },
+            ))
+        } else {
+            match d.get("name").and_then(Value::as_str) {
             Some("postgres") => DestSpec::Postgres(config),
             Some("redis") => DestSpec::Redis(config),
             Some(f) if f.ends_with(".yml") || f.ends_with(".yaml") => DestSpec::Http {
@@ -285,8 +307,9 @@ pub fn read_syncs(
             },
             other => {
                 return Err(config_error(format!(
-                    "{at}: destination {other:?}: use a definition file (targets/<api>.yml), postgres or redis"
+                    "{at}: destination {other:?}: use a definition file (name: targets/<api>.yml), name: postgres, name: redis, target: <a built-in ferry target> or command: <a Singer target>"
                 )))
+            }
             }
         };
         let batch_size = o
