@@ -362,33 +362,42 @@ pub async fn page(
 pub async fn record(
     conn: &mut Conn,
     spec: &SyncSpec,
-    confirmed: &[(&Change, Option<String>)],
+    positions: (u64, u64),
+    ids: &[(&Change, String)],
     rejected: &[(&Change, String)],
 ) -> anyhow::Result<()> {
     let at = format!("sync {}: recording deliveries", spec.name);
     let snap = snapshot_table(spec);
     let changes = changes_table(&spec.name);
-    let now = "current_timestamp";
-    let upserts: Vec<String> = confirmed
-        .iter()
-        .filter(|(c, _)| c.op != Op::Remove)
-        .map(|(c, _)| c.key.clone())
-        .collect();
-    for chunk in upserts.chunks(500) {
-        let ph: Vec<String> = (1..=chunk.len()).map(|i| conn.placeholder(i)).collect();
-        conn.execute_params(
-            &format!(
-                "insert into {snap} (k, h, status, error, updated_at) select k, h, 'ok', null, {now} from {changes} where k in ({}) on conflict (k) do update set h = excluded.h, status = 'ok', error = null, updated_at = excluded.updated_at",
-                ph.join(", ")
-            ),
-            chunk,
-        )
-        .await
-        .map_err(|e| db(e, &at))?;
-    }
+    let (a, b) = positions;
+    // Every row of the page by position (numbers of our own), except the rejected keys (few,
+    // as parameters).
+    let keys: Vec<String> = rejected.iter().map(|(c, _)| c.key.clone()).collect();
+    let not_rejected = if keys.is_empty() {
+        String::new()
+    } else {
+        let ph: Vec<String> = (1..=keys.len()).map(|i| conn.placeholder(i)).collect();
+        format!(" and k not in ({})", ph.join(", "))
+    };
+    conn.execute_params(
+        &format!(
+            "insert into {snap} (k, h, status, error, updated_at) select k, h, 'ok', null, current_timestamp from {changes} where n > {a} and n <= {b} and op <> 'remove'{not_rejected} on conflict (k) do update set h = excluded.h, status = 'ok', error = null, updated_at = excluded.updated_at"
+        ),
+        &keys,
+    )
+    .await
+    .map_err(|e| db(e, &at))?;
+    conn.execute_params(
+        &format!(
+            "delete from {snap} where k in (select k from {changes} where n > {a} and n <= {b} and op = 'remove'{not_rejected})"
+        ),
+        &keys,
+    )
+    .await
+    .map_err(|e| db(e, &at))?;
     // Ids the destination gave the rows, for deleting them later.
-    for (c, id) in confirmed {
-        if let (Some(id), true) = (id, c.op != Op::Remove) {
+    for (c, id) in ids {
+        if c.op != Op::Remove {
             let sql = format!(
                 "update {snap} set dest_id = {} where k = {}",
                 conn.placeholder(1),
@@ -399,25 +408,11 @@ pub async fn record(
                 .map_err(|e| db(e, &at))?;
         }
     }
-    let removed: Vec<String> = confirmed
-        .iter()
-        .filter(|(c, _)| c.op == Op::Remove)
-        .map(|(c, _)| c.key.clone())
-        .collect();
-    for chunk in removed.chunks(500) {
-        let ph: Vec<String> = (1..=chunk.len()).map(|i| conn.placeholder(i)).collect();
-        conn.execute_params(
-            &format!("delete from {snap} where k in ({})", ph.join(", ")),
-            chunk,
-        )
-        .await
-        .map_err(|e| db(e, &at))?;
-    }
     for (c, err) in rejected {
         // A rejected add keeps no hash (so it is an add again next run); a rejected change or
         // removal keeps the last delivered hash.
         let sql = format!(
-            "insert into {snap} (k, h, status, error, updated_at) values ({}, null, 'rejected', {}, {now}) on conflict (k) do update set status = 'rejected', error = excluded.error, updated_at = excluded.updated_at",
+            "insert into {snap} (k, h, status, error, updated_at) values ({}, null, 'rejected', {}, current_timestamp) on conflict (k) do update set status = 'rejected', error = excluded.error, updated_at = excluded.updated_at",
             conn.placeholder(1),
             conn.placeholder(2)
         );

@@ -56,7 +56,7 @@ impl Dest {
     fn batch_size(&self) -> usize {
         match self {
             Dest::Http(h) => h.batch_size(),
-            Dest::Pg(_) => 1000,
+            Dest::Pg(_) => 5000,
             Dest::Redis(_) => 500,
         }
     }
@@ -175,14 +175,21 @@ async fn run_sync(spec: &SyncSpec, dry_run: bool, quiet: bool) -> anyhow::Result
         if page.is_empty() {
             break;
         }
+        let start = after;
         after += page.len() as u64;
         let results = dest.deliver(&page).await?;
         rep.sent += page.len() as u64;
-        let mut confirmed = Vec::new();
+        let mut confirmed = 0u64;
+        let mut ids = Vec::new();
         let mut rejected = Vec::new();
         for (c, r) in page.iter().zip(results) {
             match r {
-                Ok(id) => confirmed.push((c, id)),
+                Ok(id) => {
+                    confirmed += 1;
+                    if let Some(id) = id {
+                        ids.push((c, id));
+                    }
+                }
                 Err(e) => {
                     let e = crate::secrets::redact(&e);
                     if rep.first_errors.len() < 5 {
@@ -192,8 +199,8 @@ async fn run_sync(spec: &SyncSpec, dry_run: bool, quiet: bool) -> anyhow::Result
                 }
             }
         }
-        changes::record(&mut conn, spec, &confirmed, &rejected).await?;
-        rep.confirmed += confirmed.len() as u64;
+        changes::record(&mut conn, spec, (start, after), &ids, &rejected).await?;
+        rep.confirmed += confirmed;
         rep.rejected += rejected.len() as u64;
         if !quiet {
             tracing::info!(sync = %spec.name, "Sent {} of {total}: {} confirmed, {} rejected.", rep.sent, rep.confirmed, rep.rejected);

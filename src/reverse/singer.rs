@@ -9,7 +9,7 @@ use std::path::Path;
 
 use serde_json::{json, Map, Value};
 
-use super::changes::{self, Change, Op};
+use super::changes::{self, Op};
 use super::spec::{FieldSource, Mode, SyncSpec};
 use crate::runner::{self, ExternalTarget, RunOptions, Sink, Source, StateOut};
 use crate::state_store::StateStore;
@@ -230,21 +230,10 @@ fn position(state_path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// Records the changes up to `position` as delivered, page by page.
+/// Records the changes up to `position` as delivered.
 ///
 /// # Errors
 /// The warehouse's error.
 pub async fn record_up_to(conn: &mut Conn, spec: &SyncSpec, position: u64) -> anyhow::Result<()> {
-    let mut after = 0u64;
-    while after < position {
-        let n = (position - after).min(5000) as usize;
-        let page = changes::page(conn, spec, after, n).await?;
-        if page.is_empty() {
-            break;
-        }
-        after += page.len() as u64;
-        let confirmed: Vec<(&Change, Option<String>)> = page.iter().map(|c| (c, None)).collect();
-        changes::record(conn, spec, &confirmed, &[]).await?;
-    }
-    Ok(())
+    changes::record(conn, spec, (0, position), &[], &[]).await
 }

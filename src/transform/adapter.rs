@@ -95,6 +95,11 @@ pub async fn connect(target: &Target) -> anyhow::Result<Conn> {
                 application_name: "ferry transform",
             };
             let (client, task) = crate::pg::connect("transform", params).await?;
+            // `drop … if exists` and friends would log a NOTICE each.
+            client
+                .batch_execute("set client_min_messages to warning")
+                .await
+                .map_err(|e| pg_err(&e))?;
             Ok(Conn::Pg(client, task))
         }
         AdapterKind::DuckDb => {
