@@ -238,12 +238,21 @@ impl HttpDest {
         self.def.batch_size.max(1)
     }
 
-    fn endpoint(&self, op: Op) -> Option<&Endpoint> {
+    /// The endpoint a change goes to, and its name (changes are grouped by name: an upsert and
+    /// a delete may share a path and a method).
+    fn endpoint(&self, op: Op) -> Option<(&'static str, &Endpoint)> {
+        fn pick<'a>(name: &'static str, e: &'a Option<Endpoint>) -> Option<(&'static str, &'a Endpoint)> {
+            e.as_ref().map(|e| (name, e))
+        }
         match (op, self.mode) {
-            (Op::Remove, _) => self.def.delete.as_ref(),
-            (Op::Add, Mode::Insert) => self.def.create.as_ref().or(self.def.upsert.as_ref()),
-            (_, Mode::Update) => self.def.update.as_ref().or(self.def.upsert.as_ref()),
-            _ => self.def.upsert.as_ref(),
+            (Op::Remove, _) => pick("delete", &self.def.delete),
+            (Op::Add, Mode::Insert) => {
+                pick("create", &self.def.create).or_else(|| pick("upsert", &self.def.upsert))
+            }
+            (_, Mode::Update) => {
+                pick("update", &self.def.update).or_else(|| pick("upsert", &self.def.upsert))
+            }
+            _ => pick("upsert", &self.def.upsert),
         }
     }
 
@@ -293,83 +302,98 @@ impl HttpDest {
     /// The requests a batch would make, for `--dry-run` (method, URL, body).
     pub fn describe(&self, batch: &[Change]) -> Vec<String> {
         let mut out = Vec::new();
-        for group in self.groups(batch) {
-            match self.build(&group.0, &group.1) {
-                Ok(reqs) => {
-                    for (r, _) in reqs.into_iter().take(3) {
-                        let body = match &r.body {
-                            Some(Body::Json(v)) => v.to_string(),
-                            _ => String::new(),
-                        };
-                        out.push(format!(
-                            "{} {} {}",
-                            r.method,
-                            crate::http::masked_url(&r.url),
-                            crate::http::excerpt(body.as_bytes())
-                        ));
-                    }
-                }
-                Err(e) => out.push(format!("(cannot build: {e:#})")),
+        for (_, ep, items) in self.groups(batch) {
+            let (reqs, refused) = self.build(ep, &items);
+            for (r, _) in reqs.into_iter().take(3) {
+                let body = match &r.body {
+                    Some(Body::Json(v)) => v.to_string(),
+                    _ => String::new(),
+                };
+                out.push(format!(
+                    "{} {} {}",
+                    r.method,
+                    crate::http::masked_url(&r.url),
+                    crate::http::excerpt(body.as_bytes())
+                ));
+            }
+            for (i, e) in refused.into_iter().take(3) {
+                out.push(format!("(row {} would be rejected: {e})", batch[i].key));
             }
         }
         out
     }
 
     /// Changes grouped by the endpoint they go to (keeping their positions).
-    fn groups<'a>(&self, batch: &'a [Change]) -> Vec<(Endpoint, Vec<(usize, &'a Change)>)> {
-        let mut out: Vec<(Endpoint, Vec<(usize, &Change)>)> = Vec::new();
+    fn groups<'a>(
+        &self,
+        batch: &'a [Change],
+    ) -> Vec<(&'static str, &Endpoint, Vec<(usize, &'a Change)>)> {
+        let mut out: Vec<(&'static str, &Endpoint, Vec<(usize, &Change)>)> = Vec::new();
         for (i, c) in batch.iter().enumerate() {
-            let Some(ep) = self.endpoint(c.op) else {
+            let Some((name, ep)) = self.endpoint(c.op) else {
                 continue;
             };
-            match out
-                .iter_mut()
-                .find(|(e, _)| e.path == ep.path && e.method == ep.method)
-            {
-                Some((_, v)) => v.push((i, c)),
-                None => out.push((ep.clone(), vec![(i, c)])),
+            match out.iter_mut().find(|(n, _, _)| *n == name) {
+                Some((_, _, v)) => v.push((i, c)),
+                None => out.push((name, ep, vec![(i, c)])),
             }
         }
         out
     }
 
-    /// Requests for a group: one batched request, or one per record; with the positions each
-    /// request carries.
+    /// Requests for a group: one batched request, or one per record, with the positions each
+    /// carries; and the rows whose request cannot be made (a template needing a value the row
+    /// lacks, e.g. a delete by id for a row no id was recorded for), with why.
     fn build(
         &self,
         ep: &Endpoint,
         items: &[(usize, &Change)],
-    ) -> anyhow::Result<Vec<(Request, Vec<usize>)>> {
+    ) -> (Vec<(Request, Vec<usize>)>, Vec<(usize, String)>) {
         let mut out = Vec::new();
+        let mut refused = Vec::new();
         match &ep.body {
             Some(body) => {
                 let mut records = Vec::new();
-                for (_, c) in items {
+                let mut positions = Vec::new();
+                for (i, c) in items {
                     let ctx = self.record_ctx(c);
-                    records.push(self.record_value(ep, &ctx)?);
+                    match self.record_value(ep, &ctx) {
+                        Ok(r) => {
+                            records.push(r);
+                            positions.push(*i);
+                        }
+                        Err(e) => refused.push((*i, format!("{e:#}"))),
+                    }
+                }
+                if records.is_empty() {
+                    return (out, refused);
                 }
                 let mut ctx = self.ctx.clone();
                 ctx["records"] = Value::Array(records);
-                let b = render_value(body, &ctx)
-                    .map_err(|e| anyhow::anyhow!("{}: body template: {e}", self.def.name))?;
-                out.push((
-                    self.request(ep, &ctx, Some(b))?,
-                    items.iter().map(|(i, _)| *i).collect(),
-                ));
+                let req = render_value(body, &ctx)
+                    .map_err(|e| anyhow::anyhow!("{}: body template: {e}", self.def.name))
+                    .and_then(|b| self.request(ep, &ctx, Some(b)));
+                match req {
+                    Ok(r) => out.push((r, positions)),
+                    Err(e) => refused.extend(positions.into_iter().map(|i| (i, format!("{e:#}")))),
+                }
             }
             None => {
                 for (i, c) in items {
                     let ctx = self.record_ctx(c);
                     let body = if ep.method.eq_ignore_ascii_case("DELETE") {
-                        None
+                        Ok(None)
                     } else {
-                        Some(self.record_value(ep, &ctx)?)
+                        self.record_value(ep, &ctx).map(Some)
                     };
-                    out.push((self.request(ep, &ctx, body)?, vec![*i]));
+                    match body.and_then(|b| self.request(ep, &ctx, b)) {
+                        Ok(r) => out.push((r, vec![*i])),
+                        Err(e) => refused.push((*i, format!("{e:#}"))),
+                    }
                 }
             }
         }
-        Ok(out)
+        (out, refused)
     }
 
     /// Sends a batch. Per row: Ok(id the API gave it, if the definition reads ids) or the
@@ -383,19 +407,23 @@ impl HttpDest {
         batch: &[Change],
     ) -> anyhow::Result<Vec<Result<Option<String>, String>>> {
         let mut out: Vec<Result<Option<String>, String>> = vec![Ok(None); batch.len()];
-        for (ep, items) in self.groups(batch) {
+        for (_, ep, items) in self.groups(batch) {
             // Halve a refused batch until each refusal is pinned to one row.
             let mut stack: Vec<Vec<(usize, &Change)>> = vec![items];
             while let Some(part) = stack.pop() {
                 if part.is_empty() {
                     continue;
                 }
-                for (req, positions) in self.build(&ep, &part)? {
+                let (requests, refused) = self.build(ep, &part);
+                for (i, e) in refused {
+                    out[i] = Err(e);
+                }
+                for (req, positions) in requests {
                     match self.client.send(&req).await {
                         Ok(resp) => {
                             let body: Value =
                                 serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
-                            self.read_items(&ep, &body, batch, &positions, &mut out);
+                            self.read_items(ep, &body, batch, &positions, &mut out);
                         }
                         Err(HttpError::Status {
                             status, excerpt, ..
@@ -412,9 +440,9 @@ impl HttpDest {
                         }
                         Err(e) => {
                             return Err(anyhow::Error::new(e).context(format!(
-                            "{}: the destination failed; nothing of this batch is marked delivered",
-                            self.def.name
-                        )))
+                                "{}: the destination failed; nothing of this batch is marked delivered",
+                                self.def.name
+                            )))
                         }
                     }
                 }

@@ -146,7 +146,11 @@ async fn run_sync(spec: &SyncSpec, dry_run: bool, quiet: bool) -> anyhow::Result
         counts: counts.clone(),
         ..SyncReport::default()
     };
-    let batch = spec.batch_size.unwrap_or_else(|| dest.batch_size()).max(1);
+    // A sync may send smaller batches than the destination allows, never larger.
+    let batch = spec
+        .batch_size
+        .map_or(dest.batch_size(), |b| b.min(dest.batch_size()))
+        .max(1);
     if dry_run {
         let first = changes::page(&mut conn, spec, 0, batch).await?;
         let sample = |op: Op| -> Vec<Value> {

@@ -271,8 +271,10 @@ fn primary_key(graph: &Graph, n: &Node) -> Vec<String> {
 
 /// `doc('name')` calls in a description, as dbt lists them.
 fn doc_blocks(project: &DbtProject, description: &str) -> Vec<String> {
-    let re = regex::Regex::new(r#"doc\(\s*['"]([A-Za-z0-9_]+)['"]\s*\)"#).expect("static regex");
-    re.captures_iter(description)
+    static RE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r#"doc\(\s*['"]([A-Za-z0-9_]+)['"]\s*\)"#).expect("static regex")
+    });
+    RE.captures_iter(description)
         .map(|c| format!("doc.{}.{}", project.name, &c[1]))
         .collect()
 }

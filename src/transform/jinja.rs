@@ -521,10 +521,13 @@ fn words(text: &str) -> impl Iterator<Item = &str> {
 
 /// One `{% macro %}` / `{% test %}` block and where it starts in its file.
 fn macro_blocks(text: &str) -> Vec<(String, String, usize)> {
-    let re = regex::Regex::new(
+    static RE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(
         r"(?s)\{%-?\s*(macro|test)\s+([A-Za-z_][A-Za-z0-9_]*)\s*\((.*?)\{%-?\s*end(?:macro|test)\s*-?%\}",
     )
-    .expect("static regex");
+        .expect("static regex")
+    });
+    let re = &*RE;
     re.captures_iter(text)
         .filter_map(|c| {
             let whole = c.get(0)?;
@@ -866,10 +869,13 @@ pub fn render_env_vars(v: &mut Json) -> anyhow::Result<()> {
 
 /// Reads every `{% docs name %}…{% enddocs %}` block of a file (contents trimmed, as dbt).
 pub fn docs_blocks(text: &str) -> Vec<(String, String)> {
-    let re = regex::Regex::new(
+    static RE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(
         r"(?s)\{%-?\s*docs\s+([A-Za-z_][A-Za-z0-9_]*)\s*-?%\}(.*?)\{%-?\s*enddocs\s*-?%\}",
     )
-    .expect("static regex");
+        .expect("static regex")
+    });
+    let re = &*RE;
     re.captures_iter(text)
         .map(|c| (c[1].to_string(), c[2].trim().to_string()))
         .collect()

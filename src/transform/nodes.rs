@@ -422,7 +422,10 @@ pub fn generic_test_name(
             v => flat.push(py_str(v)),
         }
     }
-    let clean = regex::Regex::new("[^0-9a-zA-Z_]+").expect("static regex");
+    static CLEAN: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new("[^0-9a-zA-Z_]+").expect("static regex")
+    });
+    let clean = &*CLEAN;
     let unique = flat
         .iter()
         .map(|a| clean.replace_all(a, "_").into_owned())
@@ -1373,9 +1376,10 @@ fn build_generic_test(
 
 /// dbt renders test arguments that look like a call (`ref('x')`) as expressions.
 pub fn looks_like_func(s: &str) -> bool {
-    let re =
-        regex::Regex::new(r"^\s*(env_var|ref|var|source|doc)\s*\(.+\)\s*$").expect("static regex");
-    re.is_match(s)
+    static RE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"^\s*(env_var|ref|var|source|doc)\s*\(.+\)\s*$").expect("static regex")
+    });
+    RE.is_match(s)
 }
 
 fn resolve_dependencies(graph: &mut Graph) -> anyhow::Result<()> {

@@ -77,6 +77,8 @@ struct Shared {
     target_ctx: minijinja::Value,
     lookup: Arc<Lookup>,
     compiled: Mutex<HashMap<String, Compiled>>,
+    /// Compiled ephemeral models, which other nodes inline (a small map, cloned per compile).
+    ephemerals: Mutex<HashMap<String, Compiled>>,
     cache: Mutex<Cache>,
     mode: Mode,
     full_refresh: bool,
@@ -89,7 +91,7 @@ impl Shared {
             materialize::is_incremental(node, &cache, self.full_refresh)
         };
         let known = self
-            .compiled
+            .ephemerals
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
@@ -101,6 +103,12 @@ impl Shared {
             incremental,
             &known,
         )?;
+        if node.materialized() == "ephemeral" {
+            self.ephemerals
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(node.unique_id.clone(), c.clone());
+        }
         self.compiled
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -255,6 +263,7 @@ pub async fn execute(
         project: project.clone(),
         target: target.clone(),
         compiled: Mutex::new(HashMap::new()),
+        ephemerals: Mutex::new(HashMap::new()),
         cache: Mutex::new(cache),
         mode,
         full_refresh,

@@ -30,6 +30,30 @@ APIs (auth in brackets):
            GET /crm/tickets?api_key=crm-key-123 (one page).
   bench    GET /bench/items?page=N&per_page=100 (no auth; pages pre-encoded and cached).
 
+Write APIs, the destinations of `ferry reverse` (targets/*.yml):
+  HubSpot  [as above]  POST /crm/v3/objects/{contacts|companies|deals}/batch/upsert|update
+           {"inputs": [{"idProperty", "id", "properties"}]}: at most 100 inputs (else 400), no
+           repeated id (400), idProperty a unique property (contacts: email, external_id;
+           companies, deals: external_id; else 400 "non-unique"). 200, or 207 with `errors`
+           ({status, category, message, context: {ids}}) for inputs with an email lacking "@"
+           (VALIDATION_ERROR), a non-scalar property value (VALIDATION_ERROR) or, for update,
+           no such object (OBJECT_NOT_FOUND). Upserts are idempotent by the unique property
+           (emails kept lowercased); new objects take the next numeric id (no randomness), share
+           the store the tap reads (list/search see them) and return {id, properties (those
+           sent + the id property, hs_object_id, createdate, lastmodifieddate), new, ...}.
+           POST .../batch/archive {"inputs": [{"id"}]}: 204; unknown ids ignored, a non-numeric
+           id is a 400; archived objects leave list/search.
+  Customer.io  [basic cio-site:cio-key]  PUT /api/v1/customers/{identifier} (JSON attributes;
+           "" or null removes one; `_update: true` only updates an existing person) and DELETE
+           /api/v1/customers/{identifier} -> 200 {}. 400 {"meta": {"error"}} as Customer.io
+           documents (docs.customer.io/journeys/invalid-api-requests): more than 300
+           attributes, an attribute name over 150 bytes, a value over 1000 bytes (a string's
+           UTF-8 bytes, other values as JSON text), a body that is not a JSON object.
+  webhook  [any auth or none; recorded]  POST /webhook... {"records": [{"key", "fields"}]} and
+           DELETE /webhook... {"deleted": [keys]} -> 200 {"received": n, "errors": [{key,
+           message}]} (errors for keys set with /_admin/webhook/reject); any path under
+           /webhook, kept apart. A body that is not that shape is a 400.
+
 Admin (never logged nor faulted):
   POST /_admin/mutate {"api", "collection", "add": n, "update": n [, "account": id]}
        -> {"added": [ids], "updated": [ids]} (updates the n lowest ids / oldest objects)
@@ -39,10 +63,22 @@ Admin (never logged nor faulted):
        "retry_after"?, "delay"? (slow)}]}   replaces the rules; a `hang` prints `HANG <path>`.
   GET  /_admin/log  [{"t", "method", "path", "status", "auth"[, "fault"]}]; POST /_admin/log/clear
   POST /_admin/expire_tokens   every OAuth access token issued so far stops working.
+  GET  /_admin/hubspot/{contacts|companies|deals}  objects written by the batch endpoints, as
+       they are now (archived ones with "archived": true, "archivedAt"), by id
+  GET  /_admin/customerio/customers   {"customers": {identifier: attributes}, "deleted": [ids]}
+  GET  /_admin/webhook/received  [{"method", "path", "auth", "headers", "body"}] every request, in order
+  GET  /_admin/webhook/state     {path: {key: fields}} after the upserts and deletes received
+  POST /_admin/webhook/reject {"keys": [...]}  those keys get item errors (replaces the list)
+  POST /_admin/{hubspot|customerio|webhook}/reset  forgets what was written (HubSpot: objects
+       created are dropped, objects updated or archived get back their seeded state)
+  The fault rules and the log cover the write APIs as every other route (faulted requests
+  never reach them: a webhook request answered by a fault is not in /_admin/webhook/received).
+  Log entries of batch writes carry "items": the number of inputs/records in the request.
 """
 
 import argparse
 import base64
+import copy
 import functools
 import json
 import math
@@ -157,6 +193,7 @@ class Req:
         self.path = unquote(parts.path)
         self.pairs = parse_qsl(parts.query, keep_blank_values=True)
         self.q = dict(self.pairs)
+        self.note = {}  # extra fields for this request's log entry
         self.host = headers.get("Host") or "127.0.0.1"
 
     def url(self, **replace):
@@ -217,6 +254,9 @@ class World:
         self.faults = []
         self.bench_records = bench_records
         self.bench_cache = {}
+        self.reset_writes("hubspot")
+        self.reset_writes("customerio")
+        self.reset_writes("webhook")
         for api, coll, n in SIZES:
             for _ in range(n):
                 self.add(api, coll)
@@ -475,6 +515,63 @@ class World:
             return [{**c, "account_id": acc[c["id"]]} for c in self.data["crm"]["contacts"]]
         return self.data[api][coll]
 
+    # ---- state of the write APIs (reverse-ETL destinations) ----
+
+    def reset_writes(self, api):
+        """Forgets what the write endpoints of `api` did (the initial state)."""
+        if api == "hubspot":
+            for coll, touched in getattr(self, "hs_orig", {}).items():
+                if not touched:
+                    continue
+                objs = self.data["hubspot"][coll]
+                objs[:] = [o for o in objs if o["id"] not in touched]
+                objs += [o for o in touched.values() if o is not None]
+                objs.sort(key=lambda o: int(o["id"]))
+                key = "hs_" + coll
+                self.next_id[key] = max([self.hs_next0[coll]] + [int(o["id"]) for o in objs])
+            self.hs_orig = {c: {} for c in HS_DATES}  # id -> seeded object (None: created here)
+            self.hs_archived = {c: {} for c in HS_DATES}  # id -> archived object
+            self.hs_next0 = {}
+        elif api == "customerio":
+            self.cio_customers, self.cio_deleted = {}, []
+        elif api == "webhook":
+            self.hook_received, self.hook_state, self.hook_reject = [], {}, set()
+        else:
+            raise ValueError(f"no write API {api}")
+
+    def hs_touch(self, coll, o):
+        """Remembers an object's seeded state before the first write to it."""
+        self.hs_next0.setdefault(coll, self.next_id.get("hs_" + coll, 50))
+        if o["id"] not in self.hs_orig[coll]:
+            self.hs_orig[coll][o["id"]] = copy.deepcopy(o)
+
+    def hs_create(self, coll, props):
+        self.hs_next0.setdefault(coll, self.next_id.get("hs_" + coll, 50))
+        key = "hs_" + coll
+        self.next_id[key] = self.next_id.get(key, 50) + 1
+        t = self.tick()
+        oid = str(self.next_id[key])
+        c, m = HS_DATES[coll]
+        props = {**props, c: iso_ms(t), m: iso_ms(t), "hs_object_id": oid}
+        o = {"id": oid, "properties": dict(sorted(props.items())), "createdAt": iso_ms(t),
+             "updatedAt": iso_ms(t), "archived": False}
+        self.data["hubspot"][coll].append(o)
+        self.hs_orig[coll][oid] = None
+        return o
+
+    def admin_written(self, api, coll):
+        if api == "hubspot" and coll in HS_DATES:
+            live = {o["id"]: o for o in self.data["hubspot"][coll] if o["id"] in self.hs_orig[coll]}
+            live.update(self.hs_archived[coll])
+            return [live[i] for i in sorted(live, key=int)]
+        if api == "customerio" and coll == "customers":
+            return {"customers": self.cio_customers, "deleted": self.cio_deleted}
+        if api == "webhook" and coll == "received":
+            return self.hook_received
+        if api == "webhook" and coll == "state":
+            return self.hook_state
+        return None
+
     def issue_token(self, api):
         self.token_n += 1
         tok = f"{'hs' if api == 'hubspot' else 'crm'}-access-{self.token_n}"
@@ -712,6 +809,9 @@ def hubspot(w, req):
         return hs_error(401, "The OAuth token used to make this call expired 1 second(s) ago.", "EXPIRED_AUTHENTICATION")
     if tok != "pat-test-token" and w.tokens.get(tok) != "hubspot" or tok in w.expired:
         return Resp(401, HS_UNAUTH)
+    m = re.fullmatch(r"/crm/v3/objects/(contacts|companies|deals)/batch/(upsert|update|archive)", req.path)
+    if m and req.method == "POST":
+        return hs_batch(w, req, m[1], m[2])
     m = re.fullmatch(r"/crm/v3/objects/(contacts|companies|deals)(/search|/[^/]+)?", req.path)
     if not m:
         return hs_error(404, f"Unable to infer object type from: {req.path}", "OBJECT_NOT_FOUND")
@@ -760,6 +860,194 @@ def hubspot(w, req):
         nxt = hits[limit]["id"]
         out["paging"] = {"next": {"after": nxt, "link": req.url(after=nxt)}}
     return Resp(200, out)
+
+
+# Properties with unique values in the fake portal (the ones an upsert may go by): contacts'
+# email, and a custom unique property on every object.
+HS_UNIQUE = {"contacts": {"email", "external_id"}, "companies": {"external_id"}, "deals": {"external_id"}}
+HS_TYPE_ID = {"contacts": "0-1", "companies": "0-2", "deals": "0-3"}
+HS_BATCH_MAX = 100
+
+
+def hs_string(v):
+    """A property value as HubSpot stores it (every property is a string; "" or null clears)."""
+    if v is None or v == "":
+        return None
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def hs_invalid(name, value, error, message):
+    detail = [{"isValid": False, "message": message, "error": error, "name": name,
+               "localizedErrorMessage": message}]
+    return f"Property values were not valid: {json.dumps(detail, separators=(',', ':'))}"
+
+
+def hs_batch(w, req, coll, op):
+    """POST /crm/v3/objects/<coll>/batch/upsert|update|archive."""
+    body = req.json()
+    inputs = body.get("inputs") if isinstance(body, dict) else None
+    if not isinstance(inputs, list) or not all(isinstance(i, dict) for i in inputs):
+        return hs_error(400, "Invalid input JSON on line 1, column 1: Cannot build BatchInput, some of required "
+                             "attributes are not set [inputs]")
+    req.note["items"] = len(inputs)
+    if len(inputs) > HS_BATCH_MAX:
+        return hs_error(400, f"Batch input limit exceeded: {len(inputs)} inputs were given; the limit is "
+                             f"{HS_BATCH_MAX}.")
+    started = iso_ms(w.clock)
+    if op == "archive":
+        ids = [i.get("id") for i in inputs]
+        bad = [i for i in ids if not (isinstance(i, int) and not isinstance(i, bool) or isinstance(i, str) and i.isdigit())]
+        if bad:
+            return hs_error(400, f"Invalid object ids: {json.dumps(bad)}; ids must be numeric strings")
+        objs = w.data["hubspot"][coll]
+        for oid in map(str, ids):
+            o = next((o for o in objs if o["id"] == oid), None)
+            if o is None:
+                continue  # unknown or already archived: nothing to do, as HubSpot does
+            w.hs_touch(coll, o)
+            objs.remove(o)
+            w.hs_archived[coll][oid] = {**o, "archived": True, "archivedAt": iso_ms(w.tick())}
+        return Resp(204, b"")
+    # upsert / update
+    ids = []
+    for i in inputs:
+        idp, oid = i.get("idProperty"), i.get("id")
+        if not isinstance(oid, str) or not oid or not isinstance(i.get("properties", {}), dict):
+            return hs_error(400, "Invalid input JSON: every input needs a string `id` and an object `properties`")
+        if op == "upsert" and not idp:
+            return hs_error(400, "idProperty is required for an upsert")
+        if idp and idp not in HS_UNIQUE[coll]:
+            return hs_error(400, f"Unable to perform update/upsert by non-unique {HS_TYPE_ID[coll]} property {idp} "
+                                 f"in portal ID 12345678")
+        ids.append((idp, oid.lower() if idp == "email" else oid))
+    dup = sorted({o for _, o in ids if sum(1 for _, x in ids if x == o) > 1})
+    if dup:
+        return hs_error(400, f"Duplicate IDs found in batch input: {dup}. IDs must be unique")
+    results, errors = [], []
+    objs = w.data["hubspot"][coll]
+    for i, (idp, norm) in zip(inputs, ids):
+        given, props = i["id"], i.get("properties") or {}
+        complex_ = [k for k, v in props.items() if isinstance(v, (dict, list))]
+        if complex_:
+            errors.append({"status": "error", "category": "VALIDATION_ERROR", "context": {"ids": [given]},
+                           "message": hs_invalid(complex_[0], props[complex_[0]], "INVALID_PROPERTY_VALUE",
+                                                 f"{json.dumps(props[complex_[0]])} is not a valid value for {complex_[0]}")})
+            continue
+        email = norm if idp == "email" else hs_string(props.get("email"))
+        if coll == "contacts" and email is not None and "@" not in email:
+            errors.append({"status": "error", "category": "VALIDATION_ERROR", "context": {"ids": [given]},
+                           "message": hs_invalid("email", email, "INVALID_EMAIL", f"Email address {email} is invalid")})
+            continue
+        new_props = {k: hs_string(v) for k, v in props.items()}
+        if "email" in new_props and new_props["email"]:
+            new_props["email"] = new_props["email"].lower()
+        if idp:
+            new_props[idp] = norm
+            same = (lambda v: (v or "").lower() == norm) if idp == "email" else (lambda v: v == norm)
+            o = next((o for o in objs if same(o["properties"].get(idp))), None)
+        else:
+            o = next((o for o in objs if o["id"] == norm), None)
+        created = o is None
+        if created and op == "update":
+            errors.append({"status": "error", "category": "OBJECT_NOT_FOUND", "context": {"ids": [given]},
+                           "message": f"Could not get some {coll[:-1].upper()} objects, they may be deleted or not "
+                                      f"exist. Check that ids are valid."})
+            continue
+        if created:
+            o = w.hs_create(coll, {k: v for k, v in new_props.items() if v is not None})
+        elif any(o["properties"].get(k) != v for k, v in new_props.items()):
+            w.hs_touch(coll, o)
+            t = iso_ms(w.tick())
+            p = {**o["properties"], **new_props, HS_DATES[coll][1]: t}
+            o["properties"], o["updatedAt"] = dict(sorted(p.items())), t
+        keep = set(props) | ({idp} if idp else set()) | {"hs_object_id", *HS_DATES[coll]}
+        res = {"id": o["id"], "properties": {k: o["properties"].get(k) for k in sorted(keep)},
+               "createdAt": o["createdAt"], "updatedAt": o["updatedAt"], "archived": False}
+        if op == "upsert":
+            res["new"] = created
+        results.append(res)
+    out = {"status": "COMPLETE", "results": results, "startedAt": started, "completedAt": iso_ms(w.clock)}
+    if errors:
+        out.update(numErrors=len(errors), errors=errors)
+    return Resp(207 if errors else 200, out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Customer.io Track API v1 (docs.customer.io/api/track): identify and delete people.
+
+CIO_AUTH = ("cio-site", "cio-key")
+CIO_UNAUTH = {"meta": {"error": "Unauthorized request"}}
+
+
+def cio_error(message):
+    return Resp(400, {"meta": {"error": message}})
+
+
+def customerio(w, req):
+    if req.basic() != CIO_AUTH:
+        return Resp(401, CIO_UNAUTH)
+    m = re.fullmatch(r"/api/v1/customers/([^/]+)", urlsplit(req.raw).path)
+    if not m or req.method not in ("PUT", "DELETE"):
+        return Resp(404, {"meta": {"error": f"no route {req.method} {req.path}"}})
+    ident = unquote(m[1])
+    if req.method == "DELETE":
+        w.cio_customers.pop(ident, None)
+        w.cio_deleted.append(ident)
+        return Resp(200, {})
+    attrs = req.json()
+    if not isinstance(attrs, dict):
+        return cio_error("request body must be a JSON object of attributes")
+    if len(attrs) > 300:
+        return cio_error("cannot identify more than 300 attributes in one request")
+    for k, v in attrs.items():
+        if len(k.encode()) > 150:
+            return cio_error("attribute name cannot be longer than 150 bytes")
+        size = len((v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)).encode())
+        if size > 1000:
+            return cio_error(f"value for attribute '{k}' cannot be longer than 1000 bytes")
+    update_only = attrs.pop("_update", False) is True
+    if update_only and ident not in w.cio_customers:
+        return Resp(200, {})
+    person = w.cio_customers.setdefault(ident, {})
+    for k, v in attrs.items():
+        if v is None or v == "":
+            person.pop(k, None)
+        else:
+            person[k] = v
+    return Resp(200, {})
+
+
+# ---------------------------------------------------------------------------------------------
+# A webhook receiver (targets/webhook.yml): stores what it gets.
+
+def webhook(w, req):
+    body = req.json()
+    w.hook_received.append({"method": req.method, "path": req.raw, "auth": req.headers.get("Authorization"),
+                            "headers": dict(req.headers),
+                            "body": body if body is not None else req.body.decode("utf-8", "replace")})
+    field = {"POST": "records", "DELETE": "deleted"}.get(req.method)
+    if field is None:
+        return Resp(405, {"error": f"{req.method} is not accepted; POST records or DELETE keys"})
+    items = body.get(field) if isinstance(body, dict) else None
+    if not isinstance(items, list):
+        return Resp(400, {"error": f"expected a JSON object with a `{field}` array"})
+    if field == "records" and not all(isinstance(r, dict) and "key" in r for r in items):
+        return Resp(400, {"error": "every record needs a `key`"})
+    req.note["items"] = len(items)
+    state, errors = w.hook_state.setdefault(urlsplit(req.raw).path, {}), []
+    for it in items:
+        key = str(it["key"] if field == "records" else it)
+        if key in w.hook_reject:
+            errors.append({"key": key, "message": "rejected by the receiver"})
+        elif field == "records":
+            state[key] = it.get("fields")
+        else:
+            state.pop(key, None)
+    return Resp(200, {"received": len(items), "errors": errors})
 
 
 HV_UNAUTH = {"error": "invalid_token",
@@ -854,10 +1142,11 @@ def crm(w, req):
 
 
 ROUTES = [("/repos/", github), ("/v1/", stripe), ("/crm/v3/", hubspot), ("/oauth/v1/", hubspot),
-          ("/v2/", harvest), ("/crm/", crm)]
+          ("/v2/", harvest), ("/crm/", crm), ("/api/v1/", customerio), ("/webhook", webhook)]
 UNAUTH = {github: {"message": "Bad credentials", "documentation_url": GH_DOCS},
           stripe: {"error": {"message": "Invalid API Key provided: sk_test_****", "type": "invalid_request_error"}},
-          hubspot: HS_UNAUTH, harvest: HV_UNAUTH, crm: {"error": "invalid_token"}}
+          hubspot: HS_UNAUTH, harvest: HV_UNAUTH, crm: {"error": "invalid_token"}, customerio: CIO_UNAUTH,
+          webhook: {"error": "unauthorized"}}
 
 
 def route(path):
@@ -927,6 +1216,17 @@ def admin(w, method, path, body):
         if method == "POST" and path == "/_admin/expire_tokens":
             w.expired.update(w.tokens)
             return Resp(200, {"expired": len(w.tokens)})
+        m = re.fullmatch(r"/_admin/(hubspot|customerio|webhook)/(\w+)", path)
+        if m and method == "POST" and m[2] == "reset":
+            w.reset_writes(m[1])
+            return Resp(200, {})
+        if m and method == "POST" and (m[1], m[2]) == ("webhook", "reject"):
+            w.hook_reject = {str(k) for k in spec.get("keys", [])}
+            return Resp(200, {"keys": len(w.hook_reject)})
+        if m and method == "GET":
+            data = w.admin_written(m[1], m[2])
+            if data is not None:
+                return Resp(200, data)
     except (ValueError, TypeError, AttributeError, KeyError) as e:
         return Resp(400, {"error": str(e)})
     return Resp(404, {"error": f"no admin endpoint {method} {path}"})
@@ -935,7 +1235,7 @@ def admin(w, method, path, body):
 # ---------------------------------------------------------------------------------------------
 # HTTP
 
-REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+REASONS = {200: "OK", 204: "No Content", 207: "Multi-Status", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
            405: "Method Not Allowed", 422: "Unprocessable Entity", 429: "Too Many Requests",
            500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
 
@@ -1053,6 +1353,7 @@ class Handler(BaseHTTPRequestHandler):
             req = Req(method, raw, self.headers, body)
             with LOCK:
                 r = fn(w, req) if fn else Resp(404, {"message": "Not Found"})
+                entry.update(req.note)
         entry["status"] = r.status
         self.send(r)
 
