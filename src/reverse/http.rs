@@ -241,7 +241,10 @@ impl HttpDest {
     /// The endpoint a change goes to, and its name (changes are grouped by name: an upsert and
     /// a delete may share a path and a method).
     fn endpoint(&self, op: Op) -> Option<(&'static str, &Endpoint)> {
-        fn pick<'a>(name: &'static str, e: &'a Option<Endpoint>) -> Option<(&'static str, &'a Endpoint)> {
+        fn pick<'a>(
+            name: &'static str,
+            e: &'a Option<Endpoint>,
+        ) -> Option<(&'static str, &'a Endpoint)> {
             e.as_ref().map(|e| (name, e))
         }
         match (op, self.mode) {
@@ -438,12 +441,10 @@ impl HttpDest {
                                 stack.push(sub[..mid].to_vec());
                             }
                         }
-                        Err(e) => {
-                            return Err(anyhow::Error::new(e).context(format!(
-                                "{}: the destination failed; nothing of this batch is marked delivered",
-                                self.def.name
-                            )))
-                        }
+                        Err(e) => return Err(anyhow::Error::new(e).context(format!(
+                            "{}: the destination failed; nothing of this batch is marked delivered",
+                            self.def.name
+                        ))),
                     }
                 }
             }

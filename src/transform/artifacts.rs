@@ -69,6 +69,7 @@ fn node_json(
     n: &Node,
     all: &HashMap<String, Compiled>,
     graph: &Graph,
+    tests: &ColumnTests<'_>,
 ) -> Value {
     let compiled = all.get(&n.unique_id);
     let mut config = n.config.clone();
@@ -102,11 +103,11 @@ fn node_json(
         "fqn": n.fqn,
         "alias": n.alias,
         "checksum": if n.test.is_some() { json!({"name": "none", "checksum": ""}) } else { json!({"name": "sha256", "checksum": n.checksum}) },
-        "config": config,
+        "config": null,
         "tags": n.tags(),
         "description": n.description,
-        "columns": columns_json(&n.columns),
-        "meta": n.config.get("meta").cloned().unwrap_or_else(|| json!({})),
+        "columns": null,
+        "meta": null,
         "group": null,
         "docs": {"show": true, "node_color": null},
         "patch_path": n.patch_path.as_ref().map(|p| format!("{}://{p}", project.name)),
@@ -134,6 +135,13 @@ fn node_json(
         "contract": {"enforced": false, "alias_types": true, "checksum": null},
     });
     let m = o.as_object_mut().expect("object");
+    // Moved in, not through json! (which would serialize these trees once more).
+    m.insert(
+        "meta".into(),
+        config.get("meta").cloned().unwrap_or_else(|| json!({})),
+    );
+    m.insert("config".into(), Value::Object(config));
+    m.insert("columns".into(), columns_json(&n.columns));
     match n.resource {
         Resource::Model => {
             m.insert("access".into(), json!("protected"));
@@ -141,7 +149,7 @@ fn node_json(
             m.insert("version".into(), Value::Null);
             m.insert("latest_version".into(), Value::Null);
             m.insert("deprecation_date".into(), Value::Null);
-            m.insert("primary_key".into(), json!(primary_key(graph, n)));
+            m.insert("primary_key".into(), json!(primary_key(tests, n)));
             m.insert("time_spine".into(), Value::Null);
         }
         Resource::Seed => {
@@ -233,21 +241,32 @@ fn node_json(
     o
 }
 
+/// Column tests per node: (test name, column), so `primary_key` needs no scan of every node.
+type ColumnTests<'a> = HashMap<&'a str, Vec<(&'a str, &'a str)>>;
+
+fn column_tests(graph: &Graph) -> ColumnTests<'_> {
+    let mut out: ColumnTests<'_> = HashMap::new();
+    for t in graph.nodes.values().filter_map(|n| n.test.as_ref()) {
+        if let Some(c) = &t.column {
+            out.entry(t.attached.as_str())
+                .or_default()
+                .push((t.name.as_str(), c.as_str()));
+        }
+    }
+    out
+}
+
 /// dbt fills `primary_key` from tests: the one column with a `unique` test, or among several
 /// such columns the one that also has `not_null`.
-fn primary_key(graph: &Graph, n: &Node) -> Vec<String> {
-    let tests: Vec<(&str, String)> = graph
-        .nodes
-        .values()
-        .filter_map(|t| t.test.as_ref())
-        .filter(|t| t.attached == n.unique_id)
-        .filter_map(|t| Some((t.name.as_str(), t.column.clone()?)))
-        .collect();
+fn primary_key(tests: &ColumnTests<'_>, n: &Node) -> Vec<String> {
+    let Some(tests) = tests.get(n.unique_id.as_str()) else {
+        return Vec::new();
+    };
     let with = |kind: &str| -> Vec<String> {
         let mut v: Vec<String> = tests
             .iter()
             .filter(|(k, _)| *k == kind)
-            .map(|(_, c)| c.clone())
+            .map(|(_, c)| (*c).to_string())
             .collect();
         v.sort();
         v.dedup();
@@ -314,8 +333,12 @@ pub fn manifest(
     inv: &Invocation,
 ) -> Value {
     let mut nodes = Map::new();
+    let tests = column_tests(graph);
     for n in graph.nodes.values() {
-        nodes.insert(n.unique_id.clone(), node_json(project, n, compiled, graph));
+        nodes.insert(
+            n.unique_id.clone(),
+            node_json(project, n, compiled, graph, &tests),
+        );
     }
     let mut sources = Map::new();
     for s in graph.sources.values() {
@@ -364,7 +387,7 @@ pub fn manifest(
     for v in child_map.values_mut() {
         v.sort();
     }
-    json!({
+    let mut out = json!({
         "metadata": {
             "dbt_schema_version": "https://schemas.getdbt.com/dbt/manifest/v12.json",
             "dbt_version": super::DBT_VERSION,
@@ -380,23 +403,39 @@ pub fn manifest(
             "quoting": {"database": true, "schema": true, "identifier": true, "column": null},
             "ferry_version": env!("CARGO_PKG_VERSION"),
         },
-        "nodes": nodes,
-        "sources": sources,
-        "macros": macros,
-        "docs": docs,
+        "nodes": null,
+        "sources": null,
+        "macros": null,
+        "docs": null,
         "exposures": {},
         "metrics": {},
         "groups": {},
         "selectors": {},
         "disabled": graph.disabled.iter().map(|d| (d.clone(), json!([]))).collect::<Map<String, Value>>(),
-        "parent_map": parent_map,
-        "child_map": child_map,
+        "parent_map": null,
+        "child_map": null,
         "group_map": {},
         "saved_queries": {},
         "semantic_models": {},
         "unit_tests": {},
         "functions": {},
-    })
+    });
+    // The big parts moved in afterwards: json! would serialize them into a copy first.
+    let m = out.as_object_mut().expect("object");
+    m.insert("nodes".into(), Value::Object(nodes));
+    m.insert("sources".into(), Value::Object(sources));
+    m.insert("macros".into(), Value::Object(macros));
+    m.insert("docs".into(), Value::Object(docs));
+    let to_map = |bm: BTreeMap<String, Vec<String>>| -> Value {
+        Value::Object(
+            bm.into_iter()
+                .map(|(k, v)| (k, Value::Array(v.into_iter().map(Value::String).collect())))
+                .collect(),
+        )
+    };
+    m.insert("parent_map".into(), to_map(parent_map));
+    m.insert("child_map".into(), to_map(child_map));
+    out
 }
 
 /// run_results.json.

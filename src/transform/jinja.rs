@@ -871,8 +871,8 @@ pub fn render_env_vars(v: &mut Json) -> anyhow::Result<()> {
 pub fn docs_blocks(text: &str) -> Vec<(String, String)> {
     static RE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
         regex::Regex::new(
-        r"(?s)\{%-?\s*docs\s+([A-Za-z_][A-Za-z0-9_]*)\s*-?%\}(.*?)\{%-?\s*enddocs\s*-?%\}",
-    )
+            r"(?s)\{%-?\s*docs\s+([A-Za-z_][A-Za-z0-9_]*)\s*-?%\}(.*?)\{%-?\s*enddocs\s*-?%\}",
+        )
         .expect("static regex")
     });
     let re = &*RE;

@@ -174,6 +174,7 @@ pub async fn run(args: TransformArgs, g: &Globals) -> anyhow::Result<i32> {
     };
     let t0 = std::time::Instant::now();
     let graph = Arc::new(nodes::parse(&project, &target, &opts)?);
+    tracing::debug!(secs = t0.elapsed().as_secs_f64(), "Parsed the project.");
     if let Some(cycle) = select::find_cycle(&graph) {
         return Err(config_error(format!(
             "Found a cycle: {}",
@@ -202,7 +203,9 @@ pub async fn run(args: TransformArgs, g: &Globals) -> anyhow::Result<i32> {
     match args.command {
         TransformCommand::Parse => {
             let m = artifacts::manifest(&project, Some(&target), &graph, &Default::default(), &inv);
+            tracing::debug!(secs = t0.elapsed().as_secs_f64(), "Built the manifest.");
             artifacts::write_json(&target_dir, "manifest.json", &m)?;
+            tracing::debug!(secs = t0.elapsed().as_secs_f64(), "Wrote the manifest.");
             if !g.quiet {
                 tracing::info!(
                     "Parsed {summary} in {:.2}s; wrote {}.",

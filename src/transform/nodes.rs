@@ -422,9 +422,8 @@ pub fn generic_test_name(
             v => flat.push(py_str(v)),
         }
     }
-    static CLEAN: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
-        regex::Regex::new("[^0-9a-zA-Z_]+").expect("static regex")
-    });
+    static CLEAN: std::sync::LazyLock<regex::Regex> =
+        std::sync::LazyLock::new(|| regex::Regex::new("[^0-9a-zA-Z_]+").expect("static regex"));
     let clean = &*CLEAN;
     let unique = flat
         .iter()
