@@ -121,6 +121,12 @@ pub struct ItemResults {
     pub id: String,
 }
 
+/// Changes bound for one endpoint: its name, the endpoint, and (position, change) pairs.
+type Group<'d, 'c> = (&'static str, &'d Endpoint, Vec<(usize, &'c Change)>);
+
+/// Requests with the positions each carries, and rows refused before sending, with why.
+type Built = (Vec<(Request, Vec<usize>)>, Vec<(usize, String)>);
+
 /// A connected destination.
 #[derive(Debug)]
 pub struct HttpDest {
@@ -327,11 +333,8 @@ impl HttpDest {
     }
 
     /// Changes grouped by the endpoint they go to (keeping their positions).
-    fn groups<'a>(
-        &self,
-        batch: &'a [Change],
-    ) -> Vec<(&'static str, &Endpoint, Vec<(usize, &'a Change)>)> {
-        let mut out: Vec<(&'static str, &Endpoint, Vec<(usize, &Change)>)> = Vec::new();
+    fn groups<'a>(&self, batch: &'a [Change]) -> Vec<Group<'_, 'a>> {
+        let mut out: Vec<Group<'_, 'a>> = Vec::new();
         for (i, c) in batch.iter().enumerate() {
             let Some((name, ep)) = self.endpoint(c.op) else {
                 continue;
@@ -347,11 +350,7 @@ impl HttpDest {
     /// Requests for a group: one batched request, or one per record, with the positions each
     /// carries; and the rows whose request cannot be made (a template needing a value the row
     /// lacks, e.g. a delete by id for a row no id was recorded for), with why.
-    fn build(
-        &self,
-        ep: &Endpoint,
-        items: &[(usize, &Change)],
-    ) -> (Vec<(Request, Vec<usize>)>, Vec<(usize, String)>) {
+    fn build(&self, ep: &Endpoint, items: &[(usize, &Change)]) -> Built {
         let mut out = Vec::new();
         let mut refused = Vec::new();
         match &ep.body {
@@ -441,10 +440,12 @@ impl HttpDest {
                                 stack.push(sub[..mid].to_vec());
                             }
                         }
-                        Err(e) => return Err(anyhow::Error::new(e).context(format!(
+                        Err(e) => {
+                            return Err(anyhow::Error::new(e).context(format!(
                             "{}: the destination failed; nothing of this batch is marked delivered",
                             self.def.name
-                        ))),
+                        )))
+                        }
                     }
                 }
             }
