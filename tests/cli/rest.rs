@@ -25,14 +25,14 @@ fn def(rel: &str) -> String {
 }
 
 /// A running fake API server.
-struct Api {
+pub struct Api {
     child: Child,
     stdout: BufReader<ChildStdout>,
     port: u16,
 }
 
 impl Api {
-    fn start() -> Api {
+    pub fn start() -> Api {
         let mut child = Command::new("python3")
             .arg(root().join("tests/cli/fake_api.py"))
             .args(["--bench-records", "1000"])
@@ -56,12 +56,12 @@ impl Api {
         }
     }
 
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
     /// One admin request; the JSON answer.
-    fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+    pub fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Value {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
         let body = body.map(|b| b.to_string()).unwrap_or_default();
         write!(
@@ -95,11 +95,11 @@ impl Api {
         )
     }
 
-    fn faults(&self, rules: Value) {
+    pub fn faults(&self, rules: Value) {
         self.admin("POST", "/_admin/faults", Some(json!({ "rules": rules })));
     }
 
-    fn log(&self) -> Vec<Value> {
+    pub fn log(&self) -> Vec<Value> {
         match self.admin("GET", "/_admin/log", None) {
             Value::Array(a) => a,
             other => panic!("{other}"),

@@ -452,3 +452,103 @@ fn bad_syncs_fail_before_anything_is_sent() {
         .stderr_has("mode \"sideways\" is not one of upsert, insert, update, mirror");
     assert_eq!(app.sql("select count(*) from accounts"), ["0"]);
 }
+
+#[test]
+fn hubspot_definition_upserts_in_batches_rejects_bad_items_and_archives_by_id() {
+    let pg = Pg::new("rev_hs");
+    seed_warehouse(&pg, 250);
+    // One email HubSpot refuses (no "@"): an item error in a 207.
+    pg.sql(&format!(
+        "update \"{}\".customers set email = 'not-an-email' where id = 42",
+        pg.schema
+    ));
+    let api = crate::rest::Api::start();
+    let d = Dir::new();
+    let def = concat!(env!("CARGO_MANIFEST_DIR"), "/targets/hubspot.yml");
+    d.write(
+        "ferry.yml",
+        &format!(
+            "{}syncs:\n  vips:\n    source: {{ query: \"select email, name, ltv from \\\"{}\\\".customers where active\" }}\n    primary_key: email\n    mapping: {{ email: email, firstname: name, lifetime_value: ltv }}\n    mode: mirror\n    snapshot_schema: {}\n    destination: {{ name: {def}, config: {{ base_url: \"{}\", access_token: pat-test-token }} }}\n",
+            warehouse_yaml(&pg),
+            pg.schema,
+            pg.schema,
+            api.url()
+        ),
+    );
+    // A 429 with Retry-After and a 500 on the way: retried, nothing lost.
+    api.faults(serde_json::json!([
+        {"path": "/batch/upsert", "kind": 429, "retry_after": 1, "times": 1},
+        {"path": "/batch/upsert", "kind": 500, "after": 1, "times": 1}
+    ]));
+    let out = reverse(&d, &["vips"]).code(3);
+    assert!(
+        out.stderr.contains("rejected not-an-email:"),
+        "{}",
+        out.stderr
+    );
+    let r = report(&d);
+    assert_eq!(
+        (
+            r[0]["sent"].as_u64(),
+            r[0]["confirmed"].as_u64(),
+            r[0]["rejected"].as_u64()
+        ),
+        (Some(200), Some(199), Some(1))
+    );
+    let contacts = api.admin("GET", "/_admin/hubspot/contacts", None);
+    let live: Vec<&Value> = objects(&contacts)
+        .into_iter()
+        .filter(|c| {
+            c["properties"]["email"]
+                .as_str()
+                .is_some_and(|e| e.starts_with('c') && e.ends_with("@example.com"))
+        })
+        .filter(|c| c["archived"] != true)
+        .collect();
+    assert_eq!(live.len(), 199);
+    let upserts: Vec<Value> = api
+        .log()
+        .into_iter()
+        .filter(|e| {
+            e["path"].as_str().unwrap_or("").ends_with("/batch/upsert")
+                && (e["status"] == 200 || e["status"] == 207)
+        })
+        .collect();
+    assert!(upserts.len() >= 2, "{upserts:?}");
+    assert!(
+        upserts
+            .iter()
+            .all(|e| e["items"].as_u64().unwrap_or(0) <= 100),
+        "{upserts:?}"
+    );
+
+    // Next run: only the rejected row again.
+    reverse(&d, &["vips"]).code(3);
+    assert_eq!(report(&d)[0]["sent"], 1);
+    // Fixed at the source, and one customer leaves the query: one upsert, one archive by id.
+    pg.sql(&format!("update \"{0}\".customers set email = 'c42@example.com' where id = 42; update \"{0}\".customers set active = false where id = 7", pg.schema));
+    reverse(&d, &["vips"]).ok();
+    let r = report(&d);
+    assert_eq!(r[0]["counts"]["removes"], 1);
+    assert_eq!(
+        (r[0]["sent"].as_u64(), r[0]["confirmed"].as_u64()),
+        (Some(2), Some(2))
+    );
+    let contacts = api.admin("GET", "/_admin/hubspot/contacts", None);
+    let c7 = objects(&contacts)
+        .into_iter()
+        .find(|c| c["properties"]["email"] == "c7@example.com")
+        .expect("c7 was created");
+    assert_eq!(c7["archived"], true);
+    reverse(&d, &["vips"]).ok();
+    assert_eq!(report(&d)[0]["sent"], 0);
+}
+
+/// The objects of an admin listing (a JSON array, or an object by id).
+fn objects(v: &Value) -> Vec<&Value> {
+    match v {
+        Value::Array(a) => a.iter().collect(),
+        Value::Object(o) => o.values().collect(),
+        other => panic!("not a listing: {other}"),
+    }
+}
