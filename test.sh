@@ -5,7 +5,8 @@
 #   - the `duckdb` and `pyarrow` Python packages, as independent readers of DuckDB/Parquet output;
 #   - dbt-core with dbt-duckdb and dbt-postgres, the reference `ferry transform` is checked against;
 #   - a prebuilt libduckdb.so (.ci/libduckdb.sh), so the build links DuckDB instead of compiling it;
-#   - a running PostgreSQL (started if it is down), for the database connectors.
+#   - a running PostgreSQL and Redis (started if they are down), for the database connectors
+#     and reverse ETL.
 # Build output and venvs live outside the clone (~/.cache/ferry), so repeated runs are fast.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -45,6 +46,17 @@ if command -v pg_isready >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; the
   if command -v pg_ctlcluster >/dev/null; then
     pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
   fi
+fi
+
+# Redis (the reverse-ETL tests write to it): the client, and the server if it does not answer.
+if ! command -v redis-cli >/dev/null; then
+  apt-get install -y -q redis-tools >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q redis-tools; }
+fi
+if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+  if ! command -v redis-server >/dev/null; then
+    apt-get install -y -q redis-server >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q redis-server; }
+  fi
+  redis-server --bind 127.0.0.1 --port 6379 --save '' --daemonize yes
 fi
 
 # shellcheck source=.ci/libduckdb.sh
