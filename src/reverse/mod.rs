@@ -132,6 +132,12 @@ fn field_names(spec: &SyncSpec, columns: &[String]) -> Vec<String> {
 async fn run_sync(spec: &SyncSpec, dry_run: bool, quiet: bool) -> anyhow::Result<SyncReport> {
     let t0 = Instant::now();
     let mut conn = crate::transform::adapter::connect(&spec.warehouse).await?;
+    if conn.kind() == crate::transform::project::AdapterKind::DuckDb {
+        // The change set is a temporary table: bounded memory, DuckDB spills the rest to disk.
+        conn.execute("set memory_limit = '256MB'")
+            .await
+            .map_err(|e| anyhow::anyhow!("sync {}: {}", spec.name, e.0))?;
+    }
     let (counts, typed) = changes::prepare(&mut conn, spec).await?;
     let columns: Vec<String> = typed.iter().map(|(c, _)| c.clone()).collect();
     let fields = field_names(spec, &columns);
