@@ -799,6 +799,12 @@ impl Jinja {
         if e.detail().is_some() {
             detail = format!("{}: {detail}", e.kind());
         }
+        if detail.contains("undefined is not callable") {
+            // minijinja does not say which name: say what to look for.
+            detail.push_str(
+                " (a function or macro called here is not defined: check its name, that its macro file is in the macro paths, or whether it comes from a dbt package, which ferry does not install)",
+            );
+        }
         let mut src = std::error::Error::source(e);
         while let Some(s) = src {
             detail.push_str(&format!(": {s}"));

@@ -13,6 +13,31 @@ fn pg_env(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
 }
 
+/// Runs SQL with psql in a database of the test server; rows as `a|b|c` lines.
+pub fn psql(db: &str, sql: &str) -> Vec<String> {
+    let out = Command::new("psql")
+        .args(["-X", "-q", "-At", "-F", "|", "-v", "ON_ERROR_STOP=1"])
+        .args([
+            "-h",
+            &pg_env("FERRY_PG_HOST", "127.0.0.1"),
+            "-p",
+            &pg_env("FERRY_PG_PORT", "5432"),
+        ])
+        .args(["-U", &pg_env("FERRY_PG_USER", "postgres"), "-d", db])
+        .args(["-c", sql])
+        .output()
+        .expect("psql runs");
+    assert!(
+        out.status.success(),
+        "psql failed for {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
 /// A schema of its own for one test, dropped when the test ends.
 pub struct Pg {
     pub schema: String,
@@ -33,32 +58,7 @@ impl Pg {
 
     /// Runs SQL with psql; rows as `a|b|c` lines.
     pub fn sql(&self, sql: &str) -> Vec<String> {
-        let out = Command::new("psql")
-            .args(["-X", "-q", "-At", "-F", "|", "-v", "ON_ERROR_STOP=1"])
-            .args([
-                "-h",
-                &pg_env("FERRY_PG_HOST", "127.0.0.1"),
-                "-p",
-                &pg_env("FERRY_PG_PORT", "5432"),
-            ])
-            .args([
-                "-U",
-                &pg_env("FERRY_PG_USER", "postgres"),
-                "-d",
-                &pg_env("FERRY_PG_DB", "test"),
-            ])
-            .args(["-c", sql])
-            .output()
-            .expect("psql runs");
-        assert!(
-            out.status.success(),
-            "psql failed for {sql}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_owned)
-            .collect()
+        psql(&pg_env("FERRY_PG_DB", "test"), sql)
     }
 
     pub fn config(&self, extra: Value) -> String {

@@ -171,35 +171,7 @@ impl AppDb {
     }
 
     fn sql(&self, sql: &str) -> Vec<String> {
-        let out = Command::new("psql")
-            .args([
-                "-X",
-                "-q",
-                "-At",
-                "-F",
-                "|",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-d",
-                &self.name,
-                "-c",
-                sql,
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect()
+        crate::postgres::psql(&self.name, sql)
     }
 }
 
