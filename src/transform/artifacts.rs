@@ -331,15 +331,15 @@ pub fn manifest(
     graph: &Graph,
     compiled: &HashMap<String, Compiled>,
     inv: &Invocation,
-) -> Value {
-    let mut nodes = Map::new();
+) -> Manifest {
     let tests = column_tests(graph);
-    for n in graph.nodes.values() {
-        nodes.insert(
-            n.unique_id.clone(),
-            node_json(project, n, compiled, graph, &tests),
-        );
-    }
+    let all: Vec<&Node> = graph.nodes.values().collect();
+    // Each node's JSON is made and serialized on all cores; the manifest splices them in.
+    let nodes = super::par_map(all, |n| {
+        let v = node_json(project, n, compiled, graph, &tests);
+        let raw = serde_json::value::to_raw_value(&v).expect("a JSON value serializes");
+        (n.unique_id.clone(), raw)
+    });
     let mut sources = Map::new();
     for s in graph.sources.values() {
         sources.insert(s.unique_id.clone(), source_json(project, s));
@@ -422,7 +422,6 @@ pub fn manifest(
     });
     // The big parts moved in afterwards: json! would serialize them into a copy first.
     let m = out.as_object_mut().expect("object");
-    m.insert("nodes".into(), Value::Object(nodes));
     m.insert("sources".into(), Value::Object(sources));
     m.insert("macros".into(), Value::Object(macros));
     m.insert("docs".into(), Value::Object(docs));
@@ -435,62 +434,128 @@ pub fn manifest(
     };
     m.insert("parent_map".into(), to_map(parent_map));
     m.insert("child_map".into(), to_map(child_map));
-    out
+    let Value::Object(head) = out else {
+        unreachable!("built as an object")
+    };
+    Manifest { head, nodes }
+}
+
+/// manifest.json: its sections, with the nodes already serialized (they are most of it).
+pub struct Manifest {
+    /// Every section in order; `nodes` is a placeholder.
+    head: Map<String, Value>,
+    nodes: Vec<(String, Box<serde_json::value::RawValue>)>,
+}
+
+impl serde::Serialize for Manifest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        struct Nodes<'a>(&'a [(String, Box<serde_json::value::RawValue>)]);
+        impl serde::Serialize for Nodes<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+            }
+        }
+        let mut m = s.serialize_map(Some(self.head.len()))?;
+        for (k, v) in &self.head {
+            if k == "nodes" {
+                m.serialize_entry(k, &Nodes(&self.nodes))?;
+            } else {
+                m.serialize_entry(k, v)?;
+            }
+        }
+        m.end()
+    }
 }
 
 /// run_results.json.
-pub fn run_results(results: &[NodeResult], elapsed: f64, inv: &Invocation) -> Value {
-    let rs: Vec<Value> = results
-        .iter()
-        .map(|r| {
-            let mut timing = Vec::new();
-            if let Some((a, b)) = r.compile {
-                timing.push(json!({"name": "compile", "started_at": ts(a), "completed_at": ts(b)}));
-            }
-            if let Some((a, b)) = r.execute {
-                timing.push(json!({"name": "execute", "started_at": ts(a), "completed_at": ts(b)}));
-            }
-            json!({
-                "status": r.status,
-                "timing": timing,
-                "thread_id": format!("Thread-{} (worker)", r.thread + 1),
-                "execution_time": r.execution_time,
-                "adapter_response": r.adapter_response,
-                "message": r.message,
-                "failures": r.failures,
-                "unique_id": r.unique_id,
-                "compiled": r.compiled_code.is_some(),
-                "compiled_code": r.compiled_code,
-                "relation_name": r.relation_name,
-                "batch_results": null,
-            })
-        })
-        .collect();
-    json!({
-        "metadata": {
+pub fn run_results<'a>(
+    results: &'a [NodeResult],
+    elapsed: f64,
+    inv: &'a Invocation,
+) -> RunResults<'a> {
+    RunResults {
+        metadata: json!({
             "dbt_schema_version": "https://schemas.getdbt.com/dbt/run-results/v6.json",
             "dbt_version": super::DBT_VERSION,
             "generated_at": ts(chrono::Utc::now()),
             "invocation_id": inv.id,
             "invocation_started_at": inv.started.to_rfc3339(),
             "env": {},
-        },
-        "results": rs,
-        "elapsed_time": elapsed,
-        "args": inv.args,
-    })
+        }),
+        results: results.iter().map(ResultJson).collect(),
+        elapsed_time: elapsed,
+        args: &inv.args,
+    }
 }
 
-/// Writes a JSON artifact atomically (a reader never sees half a file).
+/// run_results.json, serialized straight from the results (no copy of the compiled SQL).
+#[derive(serde::Serialize)]
+pub struct RunResults<'a> {
+    metadata: Value,
+    results: Vec<ResultJson<'a>>,
+    elapsed_time: f64,
+    args: &'a Value,
+}
+
+/// One result, in dbt's field order.
+pub struct ResultJson<'a>(&'a NodeResult);
+
+impl serde::Serialize for ResultJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        #[derive(serde::Serialize)]
+        struct Timing {
+            name: &'static str,
+            started_at: String,
+            completed_at: String,
+        }
+        let r = self.0;
+        let timing: Vec<Timing> = [("compile", r.compile), ("execute", r.execute)]
+            .into_iter()
+            .filter_map(|(name, t)| {
+                t.map(|(a, b)| Timing {
+                    name,
+                    started_at: ts(a),
+                    completed_at: ts(b),
+                })
+            })
+            .collect();
+        let mut m = s.serialize_map(Some(12))?;
+        m.serialize_entry("status", r.status)?;
+        m.serialize_entry("timing", &timing)?;
+        m.serialize_entry("thread_id", &format!("Thread-{} (worker)", r.thread + 1))?;
+        m.serialize_entry("execution_time", &r.execution_time)?;
+        m.serialize_entry("adapter_response", &r.adapter_response)?;
+        m.serialize_entry("message", &r.message)?;
+        m.serialize_entry("failures", &r.failures)?;
+        m.serialize_entry("unique_id", &r.unique_id)?;
+        m.serialize_entry("compiled", &r.compiled_code.is_some())?;
+        m.serialize_entry("compiled_code", &r.compiled_code)?;
+        m.serialize_entry("relation_name", &r.relation_name)?;
+        m.serialize_entry("batch_results", &())?;
+        m.end()
+    }
+}
+
+/// Writes `dir/name` atomically (a temporary file renamed over it).
 ///
 /// # Errors
-/// I/O errors naming the file.
-pub fn write_json(dir: &std::path::Path, name: &str, v: &Value) -> anyhow::Result<()> {
+/// The file cannot be written.
+pub fn write_json(
+    dir: &std::path::Path,
+    name: &str,
+    v: &impl serde::Serialize,
+) -> anyhow::Result<()> {
     use anyhow::Context;
+    use std::io::Write;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, serde_json::to_vec(v)?)
+    let file = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+    serde_json::to_writer(&mut w, v)?;
+    w.flush()
         .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())

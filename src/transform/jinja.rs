@@ -3,8 +3,9 @@
 //! file, and dbt's built-in generic tests.
 //!
 //! Every macro of the project is available in every file, as in dbt. minijinja keeps macros per
-//! template, so each render is given the macro definitions (built-in, then the project's) ahead
-//! of the file's own text; definitions print nothing, and error lines are mapped back.
+//! template, so each render imports the macros its text can reach (built-in, then the
+//! project's) from a module template made once per distinct set and compiled once by the
+//! environment; error lines inside a module are mapped back to the macro's file.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -487,10 +488,15 @@ pub struct Jinja {
     env: Environment<'static>,
     /// Built-in macros first, then the project's: a later definition of a name wins.
     all: Vec<MacroBlock>,
-    by_name: HashMap<String, Vec<usize>>,
+    /// A word to the blocks it reaches: `x` reaches the macros `x`, `default__x` and
+    /// `<adapter>__x` (what `adapter.dispatch('x')` may call).
+    reach: HashMap<String, Vec<usize>>,
+    /// Module templates made so far.
+    modules: Mutex<Modules>,
+    /// Their texts, which the environment's loader serves (and compiles once).
+    module_texts: Arc<Mutex<HashMap<String, String>>>,
     /// The project's own macros (for `generate_schema_name` overrides and the manifest).
     pub macros: Vec<MacroDef>,
-    adapter: AdapterKind,
 }
 
 /// A macro found in the project.
@@ -503,6 +509,26 @@ pub struct MacroDef {
     /// Its source.
     pub sql: String,
 }
+
+/// A module template: a set of macro blocks, concatenated.
+#[derive(Debug)]
+struct Module {
+    /// `{% from "<name>" import a, b %}`, put before a file's text on its first line.
+    import: String,
+    /// Where each block starts: (first line in the module, block index).
+    segments: Vec<(usize, usize)>,
+}
+
+/// The module templates made so far: by the set of blocks they hold, and by number (their
+/// name is [`MODULE_PREFIX`] and the number).
+#[derive(Debug, Default)]
+struct Modules {
+    by_set: HashMap<Vec<usize>, Arc<Module>>,
+    list: Vec<Arc<Module>>,
+}
+
+/// Names of module templates start with this.
+const MODULE_PREFIX: &str = "__ferry_macros_";
 
 #[derive(Debug)]
 struct MacroBlock {
@@ -617,6 +643,15 @@ impl Jinja {
     /// Builds the environment with the project's macro files (`(relative path, text)`).
     pub fn new(adapter: AdapterKind, macro_files: &[(String, String)]) -> Jinja {
         let mut env = Environment::new();
+        let module_texts: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+        let texts = module_texts.clone();
+        env.set_loader(move |name| {
+            Ok(texts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(name)
+                .cloned())
+        });
         env.set_undefined_behavior(UndefinedBehavior::Lenient);
         env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
@@ -698,16 +733,27 @@ impl Jinja {
         for (file, text) in macro_files {
             add(file, text, false);
         }
-        let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut reach: HashMap<String, Vec<usize>> = HashMap::new();
+        let adapter_prefix = format!("{}__", adapter.as_str());
         for (i, m) in all.iter().enumerate() {
-            by_name.entry(m.name.clone()).or_default().push(i);
+            let base = m
+                .name
+                .strip_prefix("default__")
+                .or_else(|| m.name.strip_prefix(&adapter_prefix));
+            for key in std::iter::once(m.name.as_str()).chain(base) {
+                let v = reach.entry(key.to_string()).or_default();
+                if !v.contains(&i) {
+                    v.push(i);
+                }
+            }
         }
         Jinja {
             env,
             all,
-            by_name,
+            reach,
+            modules: Mutex::default(),
+            module_texts,
             macros,
-            adapter,
         }
     }
 
@@ -716,38 +762,50 @@ impl Jinja {
         self.macros.iter().any(|m| m.name == name)
     }
 
-    /// The macro definitions a text can reach (by the names it mentions, transitively; a
-    /// mention of `x` also reaches `default__x` and `<adapter>__x` for `adapter.dispatch`),
-    /// in definition order, and where each starts: (first line in the prefix, block index).
-    fn prefix_for(&self, source: &str) -> (String, Vec<(usize, usize)>) {
+    /// The module holding the macro definitions a text can reach (by the names it mentions,
+    /// transitively; see `reach`), in definition order; `None` when it reaches none.
+    fn module_for(&self, source: &str) -> Option<Arc<Module>> {
         let mut want: Vec<bool> = vec![false; self.all.len()];
         let mut queue: Vec<&str> = words(source).collect();
-        let adapter_prefix = format!("{}__", self.adapter.as_str());
         while let Some(w) = queue.pop() {
-            for key in [
-                w.to_string(),
-                format!("default__{w}"),
-                format!("{adapter_prefix}{w}"),
-            ] {
-                for &i in self.by_name.get(&key).into_iter().flatten() {
-                    if !want[i] {
-                        want[i] = true;
-                        queue.extend(self.all[i].words.iter().map(String::as_str));
-                    }
+            for &i in self.reach.get(w).into_iter().flatten() {
+                if !want[i] {
+                    want[i] = true;
+                    queue.extend(self.all[i].words.iter().map(String::as_str));
                 }
             }
         }
-        let mut prefix = String::new();
+        let set: Vec<usize> = (0..want.len()).filter(|&i| want[i]).collect();
+        if set.is_empty() {
+            return None;
+        }
+        let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = modules.by_set.get(&set) {
+            return Some(m.clone());
+        }
+        let name = format!("{MODULE_PREFIX}{}", modules.list.len());
+        let mut text = String::new();
         let mut segments = Vec::new();
         let mut line = 1;
-        for (i, m) in self.all.iter().enumerate() {
-            if want[i] {
-                segments.push((line, i));
-                prefix.push_str(&m.block);
-                line += m.block.matches('\n').count();
+        let mut names: Vec<&str> = Vec::new();
+        for &i in &set {
+            let m = &self.all[i];
+            segments.push((line, i));
+            text.push_str(&m.block);
+            line += m.block.matches('\n').count();
+            if !names.contains(&m.name.as_str()) {
+                names.push(&m.name);
             }
         }
-        (prefix, segments)
+        let import = format!("{{% from \"{name}\" import {} %}}", names.join(", "));
+        self.module_texts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name, text);
+        let m = Arc::new(Module { import, segments });
+        modules.by_set.insert(set, m.clone());
+        modules.list.push(m.clone());
+        Some(m)
     }
 
     /// Renders a file's text. `name` is used in errors.
@@ -761,15 +819,18 @@ impl Jinja {
         rc: Arc<RenderCtx>,
         extra: &[(&str, Value)],
     ) -> Result<String, RenderError> {
-        let (prefix, segments) = self.prefix_for(source);
-        let prefix_lines = prefix.matches('\n').count();
-        let full = format!("{prefix}{source}");
+        let module = self.module_for(source);
+        let full = match &module {
+            // On the first line, so the file's lines keep their numbers.
+            Some(m) => format!("{}{source}", m.import),
+            None => source.to_string(),
+        };
         let mut context: std::collections::BTreeMap<&str, Value> = extra.iter().cloned().collect();
         context.insert("__ferry", Value::from_dyn_object(rc.clone()));
         context.insert("execute", Value::from(rc.phase == Phase::Compile));
         self.env
             .render_named_str(name, &full, context)
-            .map_err(|e| self.render_error(name, &e, prefix_lines, &segments))
+            .map_err(|e| self.render_error(name, &e))
     }
 
     /// Evaluates an expression (`ref('customers')` in a test's arguments) to a value.
@@ -780,51 +841,72 @@ impl Jinja {
         let compiled = self
             .env
             .compile_expression_owned(expr.to_string())
-            .map_err(|e| self.render_error(name, &e, 0, &[]))?;
+            .map_err(|e| self.render_error(name, &e))?;
         compiled
             .eval(minijinja::context! { __ferry => Value::from_dyn_object(rc) })
-            .map_err(|e| self.render_error(name, &e, 0, &[]))
+            .map_err(|e| self.render_error(name, &e))
     }
 
-    fn render_error(
-        &self,
-        name: &str,
-        e: &Error,
-        prefix_lines: usize,
-        segments: &[(usize, usize)],
-    ) -> RenderError {
-        let mut detail = e
-            .detail()
-            .map_or_else(|| e.kind().to_string(), str::to_string);
-        if e.detail().is_some() {
-            detail = format!("{}: {detail}", e.kind());
+    fn render_error(&self, name: &str, e: &Error) -> RenderError {
+        // What went wrong, innermost causes last; the import of a module is ferry's own
+        // plumbing, so its wrapper says nothing to the user.
+        let mut parts: Vec<String> = Vec::new();
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(err) = cur {
+            match err.downcast_ref::<Error>() {
+                Some(j)
+                    if j.kind() == ErrorKind::BadInclude
+                        && j.detail().is_some_and(|d| d.contains(MODULE_PREFIX)) => {}
+                Some(j) => parts.push(match j.detail() {
+                    Some(d) => format!("{}: {d}", j.kind()),
+                    None => j.kind().to_string(),
+                }),
+                None => parts.push(err.to_string()),
+            }
+            cur = err.source();
         }
+        let mut detail = parts.join(": ");
         if detail.contains("undefined is not callable") {
             // minijinja does not say which name: say what to look for.
             detail.push_str(
                 " (a function or macro called here is not defined: check its name, that its macro file is in the macro paths, or whether it comes from a dbt package, which ferry does not install)",
             );
         }
-        let mut src = std::error::Error::source(e);
-        while let Some(s) = src {
-            detail.push_str(&format!(": {s}"));
-            src = s.source();
-        }
-        let (file, line) = match e.line() {
-            Some(l) if l > prefix_lines => (name.to_string(), Some(l - prefix_lines)),
-            Some(l) => {
-                // Inside a macro: name its file and line.
-                match segments.iter().rev().find(|(start, _)| *start <= l) {
-                    Some((start, i)) => {
-                        let m = &self.all[*i];
-                        (m.file.clone(), Some(m.line + (l - start)))
-                    }
-                    None => (name.to_string(), None),
+        // Inside a module (a macro's body, or a syntax error in a macro file, which comes
+        // wrapped in the import's error): name the macro's file and line.
+        let mut inner: Option<&Error> = Some(e);
+        while let Some(err) = inner {
+            let module = err
+                .name()
+                .and_then(|n| n.strip_prefix(MODULE_PREFIX))
+                .and_then(|n| n.parse::<usize>().ok());
+            if let (Some(k), Some(l)) = (module, err.line()) {
+                let modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+                let seg = modules
+                    .list
+                    .get(k)
+                    .and_then(|m| m.segments.iter().rev().find(|(s, _)| *s <= l).copied());
+                if let Some((start, i)) = seg {
+                    let b = &self.all[i];
+                    return RenderError {
+                        file: b.file.clone(),
+                        line: Some(b.line + (l - start)),
+                        detail,
+                    };
                 }
             }
-            None => (name.to_string(), None),
+            inner = std::error::Error::source(err).and_then(|s| s.downcast_ref::<Error>());
+        }
+        let line = if e.name().is_none_or(|n| n == name) {
+            e.line()
+        } else {
+            None
         };
-        RenderError { file, line, detail }
+        RenderError {
+            file: name.to_string(),
+            line,
+            detail,
+        }
     }
 }
 
@@ -946,6 +1028,51 @@ mod tests {
             .render("models/m.sql", "select\n{{ 1 +  }}", rc(Phase::Parse), &[])
             .unwrap_err();
         assert_eq!((err.file.as_str(), err.line), ("models/m.sql", Some(2)));
+    }
+
+    #[test]
+    fn errors_in_macros_point_at_the_macro_file() {
+        let j = Jinja::new(
+            AdapterKind::DuckDb,
+            &[
+                (
+                    "macros/a.sql".into(),
+                    "{% macro ok() %}1{% endmacro %}\n{% macro boom(x) %}\n{{ x.missing.deeper }}\n{% endmacro %}".into(),
+                ),
+                (
+                    "macros/b.sql".into(),
+                    "\n\n{% macro broken() %}\n{{ 1 + }}\n{% endmacro %}".into(),
+                ),
+            ],
+        );
+        // Modules are shared between renders that reach the same macros.
+        for _ in 0..2 {
+            let out = j.render("m.sql", "select {{ ok() }}", rc(Phase::Parse), &[]);
+            assert_eq!(out.unwrap(), "select 1");
+        }
+        let err = j
+            .render(
+                "models/x.sql",
+                "\n{{ ok() }}{{ boom(none) }}",
+                rc(Phase::Parse),
+                &[],
+            )
+            .unwrap_err();
+        assert_eq!(
+            (err.file.as_str(), err.line),
+            ("macros/a.sql", Some(3)),
+            "{err}"
+        );
+        let err = j
+            .render("models/y.sql", "{{ broken() }}", rc(Phase::Parse), &[])
+            .unwrap_err();
+        assert_eq!(
+            (err.file.as_str(), err.line),
+            ("macros/b.sql", Some(4)),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("__ferry"), "{err}");
+        assert!(err.detail.contains("syntax error"), "{err}");
     }
 
     #[test]

@@ -718,9 +718,11 @@ pub fn parse(project: &DbtProject, target: &Target, opts: &ParseOptions) -> anyh
         graph.sources.insert(src.unique_id.clone(), src);
     }
 
-    // Models.
+    // Models: read and configured in order, rendered on all cores.
     let mut names: HashMap<String, String> = HashMap::new();
-    for f in find_files(dir, &project.model_paths, &[".sql"]) {
+    let model_files = find_files(dir, &project.model_paths, &[".sql"]);
+    let mut inputs = Vec::new();
+    for f in &model_files {
         let name = stem_of(&f.inner);
         let raw = read(&f.abs)?;
         let unique_id = format!("model.{}.{name}", project.name);
@@ -740,21 +742,28 @@ pub fn parse(project: &DbtProject, target: &Target, opts: &ParseOptions) -> anyh
             &tree_config(&project.models, &project.name, &fqn[1..]),
         );
         let patch = model_patches.remove(&name);
-        let node = build_node(
-            &graph,
-            &target_ctx,
+        inputs.push((
             NodeInput {
                 unique_id,
                 name,
                 resource: Resource::Model,
-                found: &f,
+                found: f,
                 fqn,
                 raw,
                 config,
-                patch: patch.as_ref(),
+                patch: None,
             },
-            &mut generic_specs,
-        )?;
+            patch,
+        ));
+    }
+    let built = super::par_map(inputs, |(mut input, patch)| {
+        input.patch = patch.as_ref();
+        let mut specs = Vec::new();
+        build_node(&graph, &target_ctx, input, &mut specs).map(|n| (n, specs))
+    });
+    for b in built {
+        let (node, specs) = b?;
+        generic_specs.extend(specs);
         if node.enabled() {
             graph.nodes.insert(node.unique_id.clone(), node);
         } else {
@@ -853,8 +862,11 @@ pub fn parse(project: &DbtProject, target: &Target, opts: &ParseOptions) -> anyh
     }
 
     // Generic tests.
-    for spec in generic_specs {
-        let mut node = build_generic_test(&graph, project, &spec)?;
+    let built = super::par_map(generic_specs, |spec| {
+        build_generic_test(&graph, project, &spec)
+    });
+    for b in built {
+        let mut node = b?;
         // Where dbt would store failures: `<target schema>_dbt_test__audit`.
         node.database = target.database.clone();
         node.schema = format!("{}_dbt_test__audit", target.schema);

@@ -77,8 +77,10 @@ struct Shared {
     target_ctx: minijinja::Value,
     lookup: Arc<Lookup>,
     compiled: Mutex<HashMap<String, Compiled>>,
-    /// Compiled ephemeral models, which other nodes inline (a small map, cloned per compile).
-    ephemerals: Mutex<HashMap<String, Compiled>>,
+    /// Compiled ephemeral models, which other nodes inline (read by every compile).
+    ephemerals: std::sync::RwLock<HashMap<String, Compiled>>,
+    /// Artifact folders made so far (one `create_dir_all` per folder, not per file).
+    dirs: Mutex<HashSet<std::path::PathBuf>>,
     cache: Mutex<Cache>,
     mode: Mode,
     full_refresh: bool,
@@ -90,22 +92,20 @@ impl Shared {
             let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
             materialize::is_incremental(node, &cache, self.full_refresh)
         };
-        let known = self
-            .ephemerals
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let c = compile_node(
-            &self.graph,
-            node,
-            &self.target_ctx,
-            self.lookup.clone(),
-            incremental,
-            &known,
-        )?;
+        let c = {
+            let known = self.ephemerals.read().unwrap_or_else(|p| p.into_inner());
+            compile_node(
+                &self.graph,
+                node,
+                &self.target_ctx,
+                self.lookup.clone(),
+                incremental,
+                &known,
+            )?
+        };
         if node.materialized() == "ephemeral" {
             self.ephemerals
-                .lock()
+                .write()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(node.unique_id.clone(), c.clone());
         }
@@ -133,12 +133,30 @@ impl Shared {
     fn write_artifact(&self, kind: &str, node: &Node, text: &str) {
         let p = self.artifact_path(kind, node);
         if let Some(d) = p.parent() {
-            let _ = std::fs::create_dir_all(d);
+            // Made under the lock, so no other worker writes into it before it exists.
+            let mut dirs = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
+            if !dirs.contains(d) {
+                let _ = std::fs::create_dir_all(d);
+                dirs.insert(d.to_path_buf());
+            }
         }
-        if let Err(e) = std::fs::write(&p, text) {
+        if let Err(e) = write_if_changed(&p, text.as_bytes()) {
             tracing::warn!("Cannot write {}: {e}.", p.display());
         }
     }
+}
+
+/// Writes a file unless it already holds exactly these bytes. A changed file is removed and
+/// made anew rather than truncated: on ext4, truncating or renaming over a file flushes it to
+/// disk on close, which made writing thousands of compiled files the slowest part of a compile.
+fn write_if_changed(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    match std::fs::read(path) {
+        Ok(old) if old == bytes => return Ok(()),
+        Ok(_) => std::fs::remove_file(path)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::write(path, bytes)
 }
 
 /// Compiles every ephemeral model first (in dependency order), so any node can inline them
@@ -263,13 +281,42 @@ pub async fn execute(
         project: project.clone(),
         target: target.clone(),
         compiled: Mutex::new(HashMap::new()),
-        ephemerals: Mutex::new(HashMap::new()),
+        ephemerals: std::sync::RwLock::new(HashMap::new()),
+        dirs: Mutex::default(),
         cache: Mutex::new(cache),
         mode,
         full_refresh,
     });
     compile_ephemerals(&shared, &order)
         .map_err(|e| anyhow::Error::new(crate::error::Failure::Config(format!("{e:#}"))))?;
+    if mode == Mode::Compile {
+        drop(conn);
+        let mut results = compile_all(&shared, &run_ids);
+        // As when nodes run: what depends on a node that failed to compile is skipped
+        // (run_ids are in dependency order).
+        let in_run: HashSet<&str> = run_ids.iter().map(String::as_str).collect();
+        let mut bad: HashSet<String> = HashSet::new();
+        for r in &mut results {
+            let node = &graph.nodes[&r.unique_id];
+            if upstream_in_run(&graph, node, &in_run)
+                .iter()
+                .any(|u| bad.contains(u))
+            {
+                *r = skipped(node);
+            }
+            if r.status != "success" {
+                bad.insert(r.unique_id.clone());
+            }
+        }
+        for r in &results {
+            report_line(0, 0, &graph.nodes[&r.unique_id], r, mode);
+        }
+        return Ok(RunOutput {
+            results,
+            compiled: take_compiled(&shared),
+            elapsed: started.elapsed().as_secs_f64(),
+        });
+    }
 
     // Scheduling edges among the nodes that run.
     let in_run: HashSet<&str> = run_ids.iter().map(String::as_str).collect();
@@ -384,16 +431,15 @@ pub async fn execute(
         );
         results.push(r);
     }
-    let compiled = shared
-        .compiled
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
     Ok(RunOutput {
         results,
-        compiled,
+        compiled: take_compiled(&shared),
         elapsed: started.elapsed().as_secs_f64(),
     })
+}
+
+fn take_compiled(shared: &Shared) -> HashMap<String, Compiled> {
+    std::mem::take(&mut *shared.compiled.lock().unwrap_or_else(|p| p.into_inner()))
 }
 
 async fn schemas_present(conn: &mut Conn, schemas: &[String]) -> anyhow::Result<HashSet<String>> {
@@ -617,7 +663,10 @@ fn report_line(index: usize, total: usize, node: &Node, r: &NodeResult, mode: Mo
     }
 }
 
-async fn run_node(sh: &Shared, conn: &mut Conn, node: &Node, thread: usize) -> NodeResult {
+/// Compiles a node (writing its compiled SQL) and starts its result, with the SQL (`None` for
+/// seeds) and when it started. A result with status `error` is final (compiling failed); in
+/// compile mode every result is.
+fn compile_step(sh: &Shared, node: &Node, thread: usize) -> (NodeResult, Option<String>, Instant) {
     let c0 = Utc::now();
     let t0 = Instant::now();
     let mut r = NodeResult {
@@ -650,7 +699,7 @@ async fn run_node(sh: &Shared, conn: &mut Conn, node: &Node, thread: usize) -> N
                 r.status = "error";
                 r.message = Some(format!("{e:#}"));
                 r.execution_time = t0.elapsed().as_secs_f64();
-                return r;
+                return (r, None, t0);
             }
         }
     };
@@ -659,8 +708,53 @@ async fn run_node(sh: &Shared, conn: &mut Conn, node: &Node, thread: usize) -> N
     if sh.mode == Mode::Compile {
         r.execute = Some((c1, c1));
         r.execution_time = t0.elapsed().as_secs_f64();
+    }
+    (r, sql, t0)
+}
+
+/// `compile`: nothing runs in the warehouse and no node needs another's result (ephemeral
+/// models are compiled already), so every node compiles at once, on all cores.
+fn compile_all(sh: &Shared, run_ids: &[String]) -> Vec<NodeResult> {
+    let workers = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(run_ids.len())
+        .max(1);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut slots: Vec<Option<NodeResult>> = std::iter::repeat_with(|| None)
+        .take(run_ids.len())
+        .collect();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|thread| {
+                let next = &next;
+                scope.spawn(move || {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(id) = run_ids.get(i) else { break };
+                        let (r, _, _) = compile_step(sh, &sh.graph.nodes[id], thread);
+                        done.push((i, r));
+                    }
+                    done
+                })
+            })
+            .collect();
+        for h in handles {
+            // A worker that panicked loses its results; the others' still count.
+            for (i, r) in h.join().unwrap_or_default() {
+                slots[i] = Some(r);
+            }
+        }
+    });
+    slots.into_iter().flatten().collect()
+}
+
+async fn run_node(sh: &Shared, conn: &mut Conn, node: &Node, thread: usize) -> NodeResult {
+    let (mut r, sql, t0) = compile_step(sh, node, thread);
+    if r.status == "error" || sh.mode == Mode::Compile {
         return r;
     }
+    let c1 = r.compile.map_or_else(Utc::now, |(_, c1)| c1);
     let kind = sh.target.kind;
     let outcome = match node.resource {
         Resource::Seed => {
