@@ -11,6 +11,10 @@ use ferry::cli::{Cli, LogFormat};
 use ferry::error::{exit_code, is_broken_pipe, Failure};
 use ferry::{progress, secrets};
 
+/// mimalloc: the hot paths (JSON records, SQL text, Jinja values) make many small allocations.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn init_logging(cli: &Cli) {
     let level = match (cli.quiet, cli.verbose) {
         (true, _) => "warn",

@@ -589,8 +589,12 @@ pub fn parse(project: &DbtProject, target: &Target, opts: &ParseOptions) -> anyh
         .chain(&project.analysis_paths)
         .cloned()
         .collect();
-    for f in find_files(dir, &roots, &[".yml", ".yaml"]) {
-        let doc = parse_yaml(&read(&f.abs)?, &f.abs)?;
+    let yaml_files = find_files(dir, &roots, &[".yml", ".yaml"]);
+    let docs = super::par_map(yaml_files.iter().collect(), |f| {
+        parse_yaml(&read(&f.abs)?, &f.abs)
+    });
+    for (f, doc) in yaml_files.iter().zip(docs) {
+        let doc = doc?;
         let Some(o) = doc.as_object() else { continue };
         for (section, patches) in [("models", &mut model_patches), ("seeds", &mut seed_patches)] {
             for entry in o
