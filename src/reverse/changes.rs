@@ -2,6 +2,10 @@
 //! in the warehouse (`_ferry.reverse__<sync>`: key, hash of the mapped fields, status, error),
 //! and one SQL statement joins the query's rows against it, so unchanged rows never leave the
 //! warehouse. Rows are marked delivered only after the destination confirmed them.
+//!
+//! With `snapshot: state` the snapshot lives in a JSON file instead (for small syncs): it is
+//! loaded into a temporary table at the start, the same SQL runs against it, and the file is
+//! replaced atomically after every recorded batch.
 
 use serde_json::Value;
 
@@ -77,8 +81,11 @@ impl Counts {
     }
 }
 
-/// The snapshot table of a sync.
+/// The snapshot table of a sync (a temporary table when the snapshot is kept in a file).
 pub fn snapshot_table(spec: &SyncSpec) -> String {
+    if spec.state_file.is_some() {
+        return quote_ident(&format!("_ferry_snapshot__{}", spec.name));
+    }
     format!(
         "{}.{}",
         quote_ident(&spec.snapshot_schema),
@@ -187,17 +194,31 @@ pub async fn prepare(
     };
     let fp = quote_literal(&fingerprint(spec));
     let snap = snapshot_table(spec);
-    conn.execute(&format!(
-        "create schema if not exists {}",
-        quote_ident(&spec.snapshot_schema)
-    ))
-    .await
-    .map_err(|e| db(e, &at))?;
-    conn.execute(&format!(
-        "create table if not exists {snap} (k {text} primary key, h {text}, status {text} not null, error {text}, dest_id {text}, updated_at timestamp)"
-    ))
-    .await
-    .map_err(|e| db(e, &at))?;
+    let columns_sql = format!(
+        "(k {text} primary key, h {text}, status {text} not null, error {text}, dest_id {text}, updated_at timestamp)"
+    );
+    match &spec.state_file {
+        Some(path) => {
+            conn.execute(&format!("drop table if exists {snap}"))
+                .await
+                .map_err(|e| db(e, &at))?;
+            conn.execute(&format!("create temporary table {snap} {columns_sql}"))
+                .await
+                .map_err(|e| db(e, &at))?;
+            load_state_file(conn, &snap, path, &at).await?;
+        }
+        None => {
+            conn.execute(&format!(
+                "create schema if not exists {}",
+                quote_ident(&spec.snapshot_schema)
+            ))
+            .await
+            .map_err(|e| db(e, &at))?;
+            conn.execute(&format!("create table if not exists {snap} {columns_sql}"))
+                .await
+                .map_err(|e| db(e, &at))?;
+        }
+    }
     let pk = quote_ident(&spec.primary_key);
     let m = format!(
         "with src as (\n{}\n), m as (select cast(src.{pk} as {text}) as k, {payload} as p from src)",
@@ -421,6 +442,116 @@ pub async fn record(
             .map_err(|e| db(e, &at))?;
     }
     Ok(())
+}
+
+/// The fields of a snapshot row in a state file.
+const STATE_FIELDS: [&str; 4] = ["h", "status", "error", "dest_id"];
+
+/// Above this many rows a file snapshot is slow to rewrite after every batch: say so.
+const STATE_FILE_ROWS_WARN: usize = 100_000;
+
+/// Loads a state-file snapshot (`{"sync": …, "rows": {key: {h, status, error, dest_id}}}`)
+/// into the temporary snapshot table. Values go in as parameters; NULL travels as ''.
+async fn load_state_file(
+    conn: &mut Conn,
+    snap: &str,
+    path: &std::path::Path,
+    at: &str,
+) -> anyhow::Result<()> {
+    let state = crate::state_store::read_state_file(path)?;
+    let empty = serde_json::Map::new();
+    let rows = match state.get("rows") {
+        None => &empty,
+        Some(Value::Object(r)) => r,
+        Some(_) => {
+            return Err(config_error(format!(
+                "{at}: state file {}: `rows` must be an object; remove the file to send every row again",
+                path.display()
+            )))
+        }
+    };
+    if rows.len() > STATE_FILE_ROWS_WARN {
+        tracing::warn!(
+            "{at}: the snapshot in {} holds {} rows; `snapshot: warehouse` (the default) scales better",
+            path.display(),
+            rows.len()
+        );
+    }
+    let all: Vec<(&String, &Value)> = rows.iter().collect();
+    for chunk in all.chunks(200) {
+        let mut params = Vec::with_capacity(chunk.len() * 5);
+        let mut tuples = Vec::with_capacity(chunk.len());
+        for (k, v) in chunk {
+            let base = params.len();
+            params.push((*k).clone());
+            for f in STATE_FIELDS {
+                params.push(match v.get(f) {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(Value::Null) | None => String::new(),
+                    Some(other) => other.to_string(),
+                });
+            }
+            let ph = |i: usize| conn.placeholder(base + i);
+            tuples.push(format!(
+                "({}, nullif({}, ''), coalesce(nullif({}, ''), 'ok'), nullif({}, ''), nullif({}, ''), null)",
+                ph(1),
+                ph(2),
+                ph(3),
+                ph(4),
+                ph(5)
+            ));
+        }
+        conn.execute_params(
+            &format!("insert into {snap} values {}", tuples.join(", ")),
+            &params,
+        )
+        .await
+        .map_err(|e| {
+            db(
+                e,
+                &format!("{at}: loading the snapshot from {}", path.display()),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// With `snapshot: state`, writes the snapshot table to the state file (sorted by key, so it
+/// diffs cleanly), replacing it atomically. Without, nothing to do.
+///
+/// # Errors
+/// The warehouse's error, or the file cannot be written.
+pub async fn save_state(conn: &mut Conn, spec: &SyncSpec) -> anyhow::Result<()> {
+    let Some(path) = &spec.state_file else {
+        return Ok(());
+    };
+    let at = format!("sync {}: saving the snapshot", spec.name);
+    let rows = conn
+        .query_strings(&format!(
+            "select k, h, status, error, dest_id from {} order by k",
+            snapshot_table(spec)
+        ))
+        .await
+        .map_err(|e| db(e, &at))?;
+    let mut out = serde_json::Map::new();
+    for r in rows {
+        let mut it = r.into_iter();
+        let Some(Some(k)) = it.next() else { continue };
+        let mut o = serde_json::Map::new();
+        for (f, v) in STATE_FIELDS.iter().zip(it) {
+            if let Some(v) = v {
+                o.insert((*f).to_string(), Value::String(v));
+            }
+        }
+        out.insert(k, Value::Object(o));
+    }
+    let doc = serde_json::json!({"sync": spec.name, "rows": out});
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("{at}: creating {}: {e}", dir.display()))?;
+    }
+    crate::state_store::write_atomic(path, crate::singer::state::to_pretty(&doc).as_bytes())
+        .map_err(|e| anyhow::anyhow!("{at}: writing {}: {e}", path.display()))
 }
 
 /// Drops the change set.

@@ -131,6 +131,11 @@ fn field_names(spec: &SyncSpec, columns: &[String]) -> Vec<String> {
 
 async fn run_sync(spec: &SyncSpec, dry_run: bool, quiet: bool) -> anyhow::Result<SyncReport> {
     let t0 = Instant::now();
+    // A file snapshot is guarded like a pipeline's state: one run at a time.
+    let _lock = match &spec.state_file {
+        Some(p) if !dry_run => Some(crate::state_store::StateStore::open_locked(p)?),
+        _ => None,
+    };
     let mut conn = crate::transform::adapter::connect(&spec.warehouse).await?;
     if conn.kind() == crate::transform::project::AdapterKind::DuckDb {
         // The change set is a temporary table: bounded memory, DuckDB spills the rest to disk.
@@ -210,6 +215,7 @@ async fn run_sync(spec: &SyncSpec, dry_run: bool, quiet: bool) -> anyhow::Result
             }
         }
         changes::record(&mut conn, spec, (start, after), &ids, &rejected).await?;
+        changes::save_state(&mut conn, spec).await?;
         rep.confirmed += confirmed;
         rep.rejected += rejected.len() as u64;
         if !quiet {
@@ -259,6 +265,7 @@ async fn singer_sync(
     }
     let (sent, confirmed, err) = singer::deliver(conn, spec, dest, typed, batch).await?;
     singer::record_up_to(conn, spec, confirmed).await?;
+    changes::save_state(conn, spec).await?;
     changes::finish(conn, spec).await;
     rep.sent = sent;
     rep.confirmed = confirmed;

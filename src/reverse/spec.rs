@@ -93,6 +93,9 @@ pub struct SyncSpec {
     pub batch_size: Option<usize>,
     /// The warehouse schema holding the sync's snapshot table (default `_ferry`).
     pub snapshot_schema: String,
+    /// `snapshot: state`: the snapshot lives in this JSON file instead of the warehouse (for
+    /// small syncs, or a warehouse ferry may not write to); `None`: in the warehouse.
+    pub state_file: Option<PathBuf>,
 }
 
 /// A `warehouse:` block as a connection target (the same one `ferry transform` uses).
@@ -187,12 +190,27 @@ pub fn read_syncs(
                     | "destination"
                     | "batch_size"
                     | "snapshot_schema"
+                    | "snapshot"
+                    | "state"
             ) {
                 return Err(config_error(format!(
-                    "{at}: unknown key {k:?} (keys: source, primary_key, mapping, mode, destination, batch_size, snapshot_schema)"
+                    "{at}: unknown key {k:?} (keys: source, primary_key, mapping, mode, destination, batch_size, snapshot, snapshot_schema, state)"
                 )));
             }
         }
+        let state_file = match o.get("snapshot").map(|v| v.as_str()) {
+            None | Some(Some("warehouse")) => None,
+            Some(Some("state")) => Some(dir.join(
+                o.get("state")
+                    .and_then(Value::as_str)
+                    .map_or_else(|| PathBuf::from("state").join(format!("reverse-{name}.json")), PathBuf::from),
+            )),
+            Some(other) => {
+                return Err(config_error(format!(
+                    "{at}: snapshot {other:?}: use `warehouse` (a table in the warehouse, the default) or `state` (a JSON file, for small syncs)"
+                )))
+            }
+        };
         let source = o.get("source").and_then(Value::as_object).ok_or_else(|| {
             config_error(format!(
                 "{at}: `source` (query, table or model) is required"
@@ -332,6 +350,7 @@ pub fn read_syncs(
                     .and_then(Value::as_str)
                     .unwrap_or(super::changes::SNAPSHOT_SCHEMA)
                     .to_string(),
+                state_file,
             },
         );
     }

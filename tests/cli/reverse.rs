@@ -524,3 +524,112 @@ fn objects(v: &Value) -> Vec<&Value> {
         other => panic!("not a listing: {other}"),
     }
 }
+
+#[test]
+fn webhook_definition_with_the_snapshot_in_a_state_file() {
+    let pg = Pg::new("rev_hook");
+    seed_warehouse(&pg, 150);
+    let api = crate::rest::Api::start();
+    let d = Dir::new();
+    let def = concat!(env!("CARGO_MANIFEST_DIR"), "/targets/webhook.yml");
+    d.write(
+        "ferry.yml",
+        &format!(
+            "{}syncs:\n  hooks:\n    source: {{ query: \"select id, email, ltv from \\\"{}\\\".customers where active\" }}\n    primary_key: id\n    mapping: {{ email: email, value: ltv, origin: {{ const: warehouse }} }}\n    mode: mirror\n    snapshot: state\n    snapshot_schema: {}\n    destination: {{ name: {def}, config: {{ base_url: \"{}/webhook/customers\", token: hook-secret-1 }} }}\n",
+            warehouse_yaml(&pg),
+            pg.schema,
+            pg.schema,
+            api.url()
+        ),
+    );
+    // Two rows the receiver refuses (item errors in a 200), and a 500 in the middle.
+    api.admin(
+        "POST",
+        "/_admin/webhook/reject",
+        Some(serde_json::json!({"keys": ["3", "77"]})),
+    );
+    api.faults(serde_json::json!([{"path": "/webhook", "kind": 500, "after": 1, "times": 1}]));
+    reverse(&d, &["hooks"]).code(3);
+    let r = report(&d);
+    assert_eq!(
+        (
+            r[0]["sent"].as_u64(),
+            r[0]["confirmed"].as_u64(),
+            r[0]["rejected"].as_u64()
+        ),
+        (Some(120), Some(118), Some(2))
+    );
+    let state = api.admin("GET", "/_admin/webhook/state", None);
+    let got = state["/webhook/customers"]
+        .as_object()
+        .expect("rows received");
+    assert_eq!(got.len(), 118);
+    assert_eq!(
+        (
+            got["8"]["email"].as_str(),
+            got["8"]["value"].as_f64(),
+            got["8"]["origin"].as_str()
+        ),
+        (Some("c8@example.com"), Some(14.0), Some("warehouse"))
+    );
+    let received: Vec<Value> = match api.admin("GET", "/_admin/webhook/received", None) {
+        Value::Array(a) => a,
+        other => panic!("{other}"),
+    };
+    assert!(received.iter().all(|q| q["auth"] == "Bearer hook-secret-1"));
+    assert!(received
+        .iter()
+        .all(|q| q["body"]["records"].as_array().map_or(0, Vec::len) <= 100));
+    // The snapshot is the state file, sorted by key; the warehouse got no snapshot table.
+    let snap: Value = serde_json::from_str(&d.read("state/reverse-hooks.json")).unwrap();
+    let rows = snap["rows"].as_object().unwrap();
+    assert_eq!(rows.len(), 120);
+    assert_eq!(rows["3"]["status"], "rejected");
+    assert!(rows["3"].get("h").is_none());
+    assert!(rows["3"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("rejected by the receiver"));
+    assert_eq!(rows["8"]["status"], "ok");
+    assert_eq!(rows["8"]["h"].as_str().map(str::len), Some(32));
+    assert_eq!(
+        pg.sql(&format!(
+            "select count(*) from information_schema.tables where table_name = 'reverse__hooks' and table_schema in ('{}', '_ferry')",
+            pg.schema
+        )),
+        ["0"]
+    );
+    assert!(!d.read("state/reverse-hooks.json").contains("hook-secret-1"));
+
+    // The receiver takes them now; three rows change and one leaves the query.
+    api.admin(
+        "POST",
+        "/_admin/webhook/reject",
+        Some(serde_json::json!({"keys": []})),
+    );
+    pg.sql(&format!(
+        "update \"{0}\".customers set ltv = ltv + 1 where id in (8, 9, 11); update \"{0}\".customers set active = false where id = 12",
+        pg.schema
+    ));
+    reverse(&d, &["hooks"]).ok();
+    let r = report(&d);
+    assert_eq!(
+        (
+            r[0]["counts"]["adds"].as_u64(),
+            r[0]["counts"]["changes"].as_u64(),
+            r[0]["counts"]["removes"].as_u64(),
+            r[0]["sent"].as_u64()
+        ),
+        (Some(2), Some(3), Some(1), Some(6))
+    );
+    let state = api.admin("GET", "/_admin/webhook/state", None);
+    let got = state["/webhook/customers"].as_object().unwrap();
+    assert_eq!(got.len(), 119);
+    assert_eq!(got["8"]["value"].as_f64(), Some(15.0));
+    assert!(got.get("12").is_none() && got.get("3").is_some());
+    let snap: Value = serde_json::from_str(&d.read("state/reverse-hooks.json")).unwrap();
+    assert_eq!(snap["rows"].as_object().unwrap().len(), 119);
+    // Nothing changed: nothing sent.
+    reverse(&d, &["hooks"]).ok();
+    assert_eq!(report(&d)[0]["sent"], 0);
+}
