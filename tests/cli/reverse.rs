@@ -633,3 +633,66 @@ fn webhook_definition_with_the_snapshot_in_a_state_file() {
     reverse(&d, &["hooks"]).ok();
     assert_eq!(report(&d)[0]["sent"], 0);
 }
+
+#[test]
+fn customerio_definition_identifies_people_and_deletes_them_in_mirror_mode() {
+    let pg = Pg::new("rev_cio");
+    seed_warehouse(&pg, 40);
+    // Customer.io refuses attribute values over 1,000 bytes: a 400 for that person only.
+    pg.sql(&format!(
+        "update \"{}\".customers set name = repeat('x', 1200) where id = 6",
+        pg.schema
+    ));
+    let api = crate::rest::Api::start();
+    let d = Dir::new();
+    let def = concat!(env!("CARGO_MANIFEST_DIR"), "/targets/customerio.yml");
+    d.write(
+        "ferry.yml",
+        &format!(
+            "{}syncs:\n  people:\n    source: {{ query: \"select id, email, name, ltv from \\\"{}\\\".customers where active\" }}\n    primary_key: id\n    mapping: {{ email: email, name: name, ltv: ltv }}\n    mode: mirror\n    snapshot_schema: {}\n    destination: {{ name: {def}, config: {{ base_url: \"{}\", site_id: cio-site, api_key: cio-key }} }}\n",
+            warehouse_yaml(&pg),
+            pg.schema,
+            pg.schema,
+            api.url()
+        ),
+    );
+    api.faults(serde_json::json!([{"path": "/api/v1/customers", "kind": 429, "retry_after": 1, "times": 1}]));
+    let out = reverse(&d, &["people"]).code(3);
+    assert!(out.stderr.contains("rejected 6:"), "{}", out.stderr);
+    assert!(!out.stderr.contains("cio-key"), "{}", out.stderr);
+    let r = report(&d);
+    assert_eq!(
+        (
+            r[0]["sent"].as_u64(),
+            r[0]["confirmed"].as_u64(),
+            r[0]["rejected"].as_u64()
+        ),
+        (Some(32), Some(31), Some(1))
+    );
+    let people = api.admin("GET", "/_admin/customerio/customers", None);
+    let got = people["customers"].as_object().expect("customers");
+    assert_eq!(got.len(), 31);
+    assert_eq!(got["8"]["email"], "c8@example.com");
+    assert_eq!(got["8"]["name"], "Name 8");
+    assert!(got.get("6").is_none());
+
+    // Fixed at the source, one person leaves the query: an identify and a delete.
+    pg.sql(&format!(
+        "update \"{0}\".customers set name = 'Six' where id = 6; update \"{0}\".customers set active = false where id = 9",
+        pg.schema
+    ));
+    reverse(&d, &["people"]).ok();
+    let r = report(&d);
+    assert_eq!(
+        (r[0]["counts"]["removes"].as_u64(), r[0]["sent"].as_u64()),
+        (Some(1), Some(2))
+    );
+    let people = api.admin("GET", "/_admin/customerio/customers", None);
+    let got = people["customers"].as_object().unwrap();
+    assert_eq!(got.len(), 31);
+    assert_eq!(got["6"]["name"], "Six");
+    assert!(got.get("9").is_none());
+    assert_eq!(people["deleted"], serde_json::json!(["9"]));
+    reverse(&d, &["people"]).ok();
+    assert_eq!(report(&d)[0]["sent"], 0);
+}
