@@ -425,6 +425,21 @@ fn bad_syncs_fail_before_anything_is_sent() {
     assert_eq!(app.sql("select count(*) from accounts"), ["0"]);
 }
 
+/// Writes ferry.yml with one mirror sync of the active customers to an HTTP definition in
+/// targets/: `lines` holds its primary_key and mapping (and any other keys), `config` the
+/// destination's config entries.
+fn http_sync(d: &Dir, pg: &Pg, sync: &str, columns: &str, lines: &str, def: &str, config: &str) {
+    d.write(
+        "ferry.yml",
+        &format!(
+            "{wh}syncs:\n  {sync}:\n    source: {{ query: \"select {columns} from \\\"{schema}\\\".customers where active\" }}\n{lines}    mode: mirror\n    snapshot_schema: {schema}\n    destination: {{ name: {dir}/targets/{def}, config: {{ {config} }} }}\n",
+            wh = warehouse_yaml(pg),
+            schema = pg.schema,
+            dir = env!("CARGO_MANIFEST_DIR"),
+        ),
+    );
+}
+
 #[test]
 fn hubspot_definition_upserts_in_batches_rejects_bad_items_and_archives_by_id() {
     let pg = Pg::new("rev_hs");
@@ -436,16 +451,14 @@ fn hubspot_definition_upserts_in_batches_rejects_bad_items_and_archives_by_id() 
     ));
     let api = crate::rest::Api::start();
     let d = Dir::new();
-    let def = concat!(env!("CARGO_MANIFEST_DIR"), "/targets/hubspot.yml");
-    d.write(
-        "ferry.yml",
-        &format!(
-            "{}syncs:\n  vips:\n    source: {{ query: \"select email, name, ltv from \\\"{}\\\".customers where active\" }}\n    primary_key: email\n    mapping: {{ email: email, firstname: name, lifetime_value: ltv }}\n    mode: mirror\n    snapshot_schema: {}\n    destination: {{ name: {def}, config: {{ base_url: \"{}\", access_token: pat-test-token }} }}\n",
-            warehouse_yaml(&pg),
-            pg.schema,
-            pg.schema,
-            api.url()
-        ),
+    http_sync(
+        &d,
+        &pg,
+        "vips",
+        "email, name, ltv",
+        "    primary_key: email\n    mapping: { email: email, firstname: name, lifetime_value: ltv }\n",
+        "hubspot.yml",
+        &format!("base_url: \"{}\", access_token: pat-test-token", api.url()),
     );
     // A 429 with Retry-After and a 500 on the way: retried, nothing lost.
     api.faults(serde_json::json!([
@@ -531,16 +544,14 @@ fn webhook_definition_with_the_snapshot_in_a_state_file() {
     seed_warehouse(&pg, 150);
     let api = crate::rest::Api::start();
     let d = Dir::new();
-    let def = concat!(env!("CARGO_MANIFEST_DIR"), "/targets/webhook.yml");
-    d.write(
-        "ferry.yml",
-        &format!(
-            "{}syncs:\n  hooks:\n    source: {{ query: \"select id, email, ltv from \\\"{}\\\".customers where active\" }}\n    primary_key: id\n    mapping: {{ email: email, value: ltv, origin: {{ const: warehouse }} }}\n    mode: mirror\n    snapshot: state\n    snapshot_schema: {}\n    destination: {{ name: {def}, config: {{ base_url: \"{}/webhook/customers\", token: hook-secret-1 }} }}\n",
-            warehouse_yaml(&pg),
-            pg.schema,
-            pg.schema,
-            api.url()
-        ),
+    http_sync(
+        &d,
+        &pg,
+        "hooks",
+        "id, email, ltv",
+        "    primary_key: id\n    mapping: { email: email, value: ltv, origin: { const: warehouse } }\n    snapshot: state\n",
+        "webhook.yml",
+        &format!("base_url: \"{}/webhook/customers\", token: hook-secret-1", api.url()),
     );
     // Two rows the receiver refuses (item errors in a 200), and a 500 in the middle.
     api.admin(
@@ -645,14 +656,15 @@ fn customerio_definition_identifies_people_and_deletes_them_in_mirror_mode() {
     ));
     let api = crate::rest::Api::start();
     let d = Dir::new();
-    let def = concat!(env!("CARGO_MANIFEST_DIR"), "/targets/customerio.yml");
-    d.write(
-        "ferry.yml",
+    http_sync(
+        &d,
+        &pg,
+        "people",
+        "id, email, name, ltv",
+        "    primary_key: id\n    mapping: { email: email, name: name, ltv: ltv }\n",
+        "customerio.yml",
         &format!(
-            "{}syncs:\n  people:\n    source: {{ query: \"select id, email, name, ltv from \\\"{}\\\".customers where active\" }}\n    primary_key: id\n    mapping: {{ email: email, name: name, ltv: ltv }}\n    mode: mirror\n    snapshot_schema: {}\n    destination: {{ name: {def}, config: {{ base_url: \"{}\", site_id: cio-site, api_key: cio-key }} }}\n",
-            warehouse_yaml(&pg),
-            pg.schema,
-            pg.schema,
+            "base_url: \"{}\", site_id: cio-site, api_key: cio-key",
             api.url()
         ),
     );
