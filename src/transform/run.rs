@@ -715,38 +715,9 @@ fn compile_step(sh: &Shared, node: &Node, thread: usize) -> (NodeResult, Option<
 /// `compile`: nothing runs in the warehouse and no node needs another's result (ephemeral
 /// models are compiled already), so every node compiles at once, on all cores.
 fn compile_all(sh: &Shared, run_ids: &[String]) -> Vec<NodeResult> {
-    let workers = std::thread::available_parallelism()
-        .map_or(1, std::num::NonZeroUsize::get)
-        .min(run_ids.len())
-        .max(1);
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut slots: Vec<Option<NodeResult>> = std::iter::repeat_with(|| None)
-        .take(run_ids.len())
-        .collect();
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..workers)
-            .map(|thread| {
-                let next = &next;
-                scope.spawn(move || {
-                    let mut done = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(id) = run_ids.get(i) else { break };
-                        let (r, _, _) = compile_step(sh, &sh.graph.nodes[id], thread);
-                        done.push((i, r));
-                    }
-                    done
-                })
-            })
-            .collect();
-        for h in handles {
-            // A worker that panicked loses its results; the others' still count.
-            for (i, r) in h.join().unwrap_or_default() {
-                slots[i] = Some(r);
-            }
-        }
-    });
-    slots.into_iter().flatten().collect()
+    super::par_map(run_ids.iter().collect(), |id| {
+        compile_step(sh, &sh.graph.nodes[id], 0).0
+    })
 }
 
 async fn run_node(sh: &Shared, conn: &mut Conn, node: &Node, thread: usize) -> NodeResult {
