@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
@@ -25,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::process::{singer_args, ChildConnector, ChildFiles};
 use crate::progress::Progress;
 use crate::schema::Validator;
-use crate::singer::{codec, state, Catalog, Envelope, Message, Record};
+use crate::singer::{codec, state, Catalog, Check, Envelope, Message, Record};
 use crate::state_store::StateStore;
 use crate::taps::Tap;
 use crate::targets::Target;
@@ -43,11 +44,75 @@ pub type Chunk = Vec<Envelope>;
 #[error("the loading side stopped before the source finished")]
 pub struct ConsumerGone;
 
+/// Checks RECORDs against their stream's schema on the source's side of the channel, so that
+/// validation runs on the source's thread while the sink's thread loads (two cores instead of
+/// one). The sink checks whatever arrives unchecked ([`Check::Pending`]) itself.
+#[derive(Clone, Default)]
+pub struct Checker {
+    validate: bool,
+    streams: HashMap<String, Arc<StreamCtx>>,
+}
+
+impl Checker {
+    fn new(validate: bool) -> Checker {
+        Checker {
+            validate,
+            streams: HashMap::new(),
+        }
+    }
+
+    /// Follows SCHEMA messages and checks RECORDs, in message order, as the sink would.
+    fn check(&mut self, env: &mut Envelope) {
+        match &env.msg {
+            Message::Schema(m) => {
+                let validator = if self.validate {
+                    match Validator::compile(&m.schema) {
+                        Ok(v) => Some(v),
+                        // The sink reports an unusable schema, at its line; until then the
+                        // stream's records are left to it.
+                        Err(_) => {
+                            self.streams.remove(&m.stream);
+                            return;
+                        }
+                    }
+                } else {
+                    None
+                };
+                self.streams.insert(
+                    m.stream.clone(),
+                    Arc::new(StreamCtx {
+                        validator,
+                        keys: m.key_properties.clone(),
+                    }),
+                );
+            }
+            Message::Record(r) => {
+                if let Some(ctx) = self.streams.get(&r.stream) {
+                    env.check = match check_record(ctx, &r.record) {
+                        None => Check::Valid,
+                        Some(problem) => Check::Invalid(problem),
+                    };
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl std::fmt::Debug for Checker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checker")
+            .field("streams", &self.streams.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// The producer end of the channel, batching messages into chunks.
 #[derive(Debug)]
 pub struct Emitter {
     tx: mpsc::Sender<Chunk>,
     buf: Chunk,
+    checker: Option<Checker>,
 }
 
 impl Emitter {
@@ -56,6 +121,7 @@ impl Emitter {
         Emitter {
             tx,
             buf: Vec::with_capacity(CHUNK_ROWS),
+            checker: None,
         }
     }
 
@@ -65,13 +131,26 @@ impl Emitter {
 
     fn push_at(&mut self, line: u64, msg: Message) -> bool {
         let is_state = matches!(msg, Message::State(_));
-        self.buf.push(Envelope { line, msg });
+        let mut env = Envelope {
+            line,
+            msg,
+            check: Check::Pending,
+        };
+        if let Some(c) = &mut self.checker {
+            c.check(&mut env);
+        }
+        self.buf.push(env);
         is_state || self.buf.len() >= CHUNK_ROWS
     }
 
-    /// Another emitter into the same channel (for a tap that reads streams in parallel).
+    /// Another emitter into the same channel (for a tap that reads streams in parallel). It
+    /// knows the schemas this one has seen; a stream's SCHEMA must come from the emitter that
+    /// sends its records or before the sibling is made (otherwise the sink checks them).
     pub fn sibling(&self) -> Emitter {
-        Emitter::new(self.tx.clone())
+        Emitter {
+            checker: self.checker.clone(),
+            ..Emitter::new(self.tx.clone())
+        }
     }
 
     /// Queues a message; a full chunk, or any STATE, is sent at once.
@@ -172,9 +251,13 @@ impl Source {
             } => tap.sync(catalog, state, emitter).await,
             Source::Lines(reader) => {
                 let tx = emitter.tx.clone();
+                let mut checker = emitter.checker.take();
                 drop(emitter);
                 tokio::task::spawn_blocking(move || {
-                    codec::read_lines(reader, CHUNK_ROWS, |c| {
+                    codec::read_lines(reader, CHUNK_ROWS, |mut c| {
+                        if let Some(checker) = &mut checker {
+                            c.iter_mut().for_each(|env| checker.check(env));
+                        }
                         tx.blocking_send(c)
                             .map_err(|_| anyhow::Error::new(ConsumerGone))
                     })
@@ -382,7 +465,12 @@ pub struct RunStats {
 
 impl RunStats {
     fn stream(&mut self, index: &mut HashMap<String, usize>, name: &str) -> usize {
-        if let Some(i) = index.get(name) {
+        // Called for every record: a few streams are found faster by comparing names.
+        if self.streams.len() <= 4 {
+            if let Some(i) = self.streams.iter().position(|s| s.stream == name) {
+                return i;
+            }
+        } else if let Some(i) = index.get(name) {
             return *i;
         }
         self.streams.push(StreamStats {
@@ -415,8 +503,12 @@ pub async fn run(
     // The source's verdict: the sink makes its final commit only if the source succeeded
     // (a closed channel alone cannot tell a finished source from a failed one).
     let (verdict_tx, verdict_rx) = oneshot::channel::<bool>();
+    let mut emitter = Emitter::new(tx);
+    if matches!(sink, Sink::Load(_)) {
+        emitter.checker = Some(Checker::new(opts.validate));
+    }
     let src = async move {
-        let r = source.run(Emitter::new(tx)).await;
+        let r = source.run(emitter).await;
         let _ = verdict_tx.send(r.is_ok());
         r
     };
@@ -619,7 +711,7 @@ async fn consume_load(
 
     while let Some(chunk) = rx.recv().await {
         chunk_counts.clear();
-        for Envelope { line, msg } in chunk {
+        for Envelope { line, msg, check } in chunk {
             match msg {
                 Message::Schema(m) => {
                     let validator = if opts.validate {
@@ -650,7 +742,12 @@ async fn consume_load(
                         );
                     };
                     let i = stats.stream(&mut index, &r.stream);
-                    if let Some(problem) = check_record(ctx, &r.record) {
+                    let problem = match check {
+                        Check::Valid => None,
+                        Check::Invalid(problem) => Some(problem),
+                        Check::Pending => check_record(ctx, &r.record),
+                    };
+                    if let Some(problem) = problem {
                         match opts.on_invalid {
                             OnInvalid::Fail => bail!(
                                 "{}stream {:?}{}: record does not match its schema: {problem}; fix the source data or the schema, \

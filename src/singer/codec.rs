@@ -22,6 +22,21 @@ pub struct Envelope {
     pub line: u64,
     /// The message.
     pub msg: Message,
+    /// A RECORD's check against its stream's schema, when the producing side made it already.
+    pub check: Check,
+}
+
+/// Whether a RECORD was checked against its schema where it was produced (the runner checks
+/// records on the source's thread, beside the loading work on another core) and what came of it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Check {
+    /// Not checked yet: the sink checks it.
+    #[default]
+    Pending,
+    /// It matches its schema and has its key properties.
+    Valid,
+    /// What is wrong with it.
+    Invalid(String),
 }
 
 /// A line that is not a valid Singer message.
@@ -484,7 +499,11 @@ pub fn read_lines<R: std::io::Read>(
         let msg = decode(trimmed).map_err(|kind| DecodeError { line, kind })?;
         // A STATE goes out at once, so the consumer can commit without waiting for a full chunk.
         let is_state = matches!(msg, Message::State(_));
-        out.push(Envelope { line, msg });
+        out.push(Envelope {
+            line,
+            msg,
+            check: Check::Pending,
+        });
         if out.len() >= chunk || is_state {
             sink(std::mem::replace(&mut out, Vec::with_capacity(chunk)))?;
         }

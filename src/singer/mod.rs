@@ -9,7 +9,7 @@ pub mod message;
 pub mod state;
 
 pub use catalog::{Catalog, CatalogStream};
-pub use codec::{DecodeError, Envelope};
+pub use codec::{Check, DecodeError, Envelope};
 pub use message::{
     ActivateVersionMessage, Message, Record, RecordMessage, SchemaMessage, StateMessage,
 };

@@ -1054,3 +1054,107 @@ fn parquet_partition_by_one_name_skips_streams_without_it() {
         [json!({"id": 2})]
     );
 }
+
+#[test]
+fn duckdb_first_load_appends_straight_then_upserts_once_a_key_repeats() {
+    let Some(py) = python() else { return };
+    let d = Dir::new();
+    // Two rows per batch: the first batches of an empty table go straight in; the batch that
+    // repeats a key (across batches, then within one) and all later ones go through the merge.
+    d.write(
+        "t.json",
+        &json!({"path": "w.duckdb", "schema": "main", "batch_size_rows": 2}).to_string(),
+    );
+    let f = d.join("w.duckdb");
+    let f = f.to_str().unwrap();
+    let orders = |keys: &[&str]| {
+        schema_msg(
+            "orders",
+            keys,
+            json!({"id": {"type": "integer"}, "code": {"type": "string"}, "v": {"type": ["null", "string"]}}),
+        )
+    };
+    let r = |id: i64, code: &str, v: &str| rec("orders", json!({"id": id, "code": code, "v": v}));
+    let codes = schema_msg(
+        "codes",
+        &["code"],
+        json!({"code": {"type": "string"}, "n": {"type": "integer"}}),
+    );
+    let c = |code: &str, n: i64| rec("codes", json!({"code": code, "n": n}));
+    d.run(
+        &["target", "duckdb", "--config", "t.json"],
+        Some(&lines(&[
+            orders(&["id", "code"]),
+            codes.clone(),
+            r(1, "a", "one"),
+            r(2, "a", "two"),
+            c("x", 1),
+            c("y", 1),
+            r(3, "a", "three"),
+            r(1, "b", "other key"),
+            state(1),
+            c("é", 1),
+            c("x", 2),
+            r(5, "a", "five"),
+            r(1, "a", "one again"),
+            r(6, "a", "six"),
+            r(6, "a", "six again"),
+            state(2),
+        ])),
+    )
+    .ok();
+    assert_eq!(
+        read(
+            &py,
+            &[
+                "duckdb",
+                f,
+                "SELECT id, code, v FROM main.orders ORDER BY id, code"
+            ]
+        ),
+        [
+            r#"[1, "a", "one again"]"#,
+            r#"[1, "b", "other key"]"#,
+            r#"[2, "a", "two"]"#,
+            r#"[3, "a", "three"]"#,
+            r#"[5, "a", "five"]"#,
+            r#"[6, "a", "six again"]"#,
+        ]
+    );
+    assert_eq!(
+        read(
+            &py,
+            &["duckdb", f, "SELECT code, n FROM main.codes ORDER BY code"]
+        ),
+        [r#"["x", 2]"#, r#"["y", 1]"#, r#"["é", 1]"#]
+    );
+    // A second run finds the table filled: everything is merged by key.
+    d.run(
+        &["target", "duckdb", "--config", "t.json"],
+        Some(&lines(&[
+            orders(&["id", "code"]),
+            r(7, "a", "seven"),
+            r(2, "a", "two, updated"),
+            state(3),
+        ])),
+    )
+    .ok();
+    assert_eq!(
+        read(
+            &py,
+            &[
+                "duckdb",
+                f,
+                "SELECT id, v FROM main.orders WHERE code = 'a' ORDER BY id"
+            ]
+        ),
+        [
+            r#"[1, "one again"]"#,
+            r#"[2, "two, updated"]"#,
+            r#"[3, "three"]"#,
+            r#"[5, "five"]"#,
+            r#"[6, "six again"]"#,
+            r#"[7, "seven"]"#,
+        ]
+    );
+}

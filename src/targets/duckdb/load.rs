@@ -2,10 +2,11 @@
 //! merge (dedupe + upsert, or append), ACTIVATE_VERSION and the state table, one transaction
 //! per commit.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use anyhow::{anyhow, bail, Context};
 use arrow::datatypes::DataType;
+use arrow::record_batch::RecordBatch;
 use duckdb::Connection;
 use serde_json::Value;
 
@@ -43,7 +44,110 @@ struct DuckStream {
     staged_bytes: u64,
     versions: Versions,
     bytes: u64,
+    /// Whether batches can go straight into the table, skipping staging and the merge.
+    direct: Direct,
 }
+
+/// Batches are appended straight into a stream's table while that cannot conflict: the table was
+/// empty when this run first flushed the stream, and no key has come twice since (tracked by
+/// hash; a false alarm only sends the rest through staging). The first load of a table then
+/// costs DuckDB one append instead of an append, a copy and a merge.
+#[derive(Debug, Default)]
+enum Direct {
+    /// Not known until the first flush.
+    #[default]
+    Undecided,
+    /// Straight in; the hashes of the keys appended so far (empty for a stream without keys).
+    Keys(KeySet),
+    /// Through staging and the merge.
+    Off,
+}
+
+/// Keys tracked for straight appends at most (about 16 bytes each); beyond it, batches go
+/// through staging, so memory stays flat however long the table.
+const DIRECT_KEYS_MAX: usize = 4_000_000;
+
+/// Whether `batch` can be appended straight into the table; turns `direct` off for good when
+/// it cannot (a key seen before, or too many keys to track).
+fn direct_ok(direct: &mut Direct, batch: &RecordBatch, key_cols: &[String]) -> bool {
+    let Direct::Keys(seen) = direct else {
+        return false;
+    };
+    if key_cols.is_empty() {
+        return true;
+    }
+    let ok = seen.len() + batch.num_rows() <= DIRECT_KEYS_MAX
+        && key_hashes(batch, key_cols)
+            .is_some_and(|hashes| hashes.into_iter().all(|h| seen.insert(h)));
+    if !ok {
+        tracing::debug!("A key repeats (or too many to track): the rest goes through staging and the merge.");
+        *direct = Direct::Off;
+    }
+    ok
+}
+
+/// A hash of each row's key values, or None for a key column of a type not hashed here.
+fn key_hashes(batch: &RecordBatch, key_cols: &[String]) -> Option<Vec<u64>> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::Int64Type;
+    use std::hash::BuildHasher;
+    let cols: Vec<&dyn Array> = key_cols
+        .iter()
+        .map(|k| batch.column_by_name(k).map(|c| c.as_ref()))
+        .collect::<Option<_>>()?;
+    if !cols
+        .iter()
+        .all(|c| matches!(c.data_type(), DataType::Int64 | DataType::Utf8))
+    {
+        return None;
+    }
+    // Fixed keys: the same values hash the same in every batch of the run.
+    let strings =
+        std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
+    Some(
+        (0..batch.num_rows())
+            .map(|row| {
+                cols.iter().fold(0x9e37_79b9_7f4a_7c15u64, |acc, c| {
+                    let v = if c.is_null(row) {
+                        0
+                    } else if let Some(a) = c.as_primitive_opt::<Int64Type>() {
+                        a.value(row) as u64
+                    } else {
+                        strings.hash_one(c.as_string::<i32>().value(row))
+                    };
+                    mix(acc ^ v)
+                })
+            })
+            .collect(),
+    )
+}
+
+/// splitmix64's finalizer: spreads an integer's bits over the whole hash.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The key hashes are hashes already: the set uses them as they are.
+#[derive(Default, Clone, Copy)]
+struct Prehashed(u64);
+
+impl std::hash::Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type KeySet = HashSet<u64, std::hash::BuildHasherDefault<Prehashed>>;
 
 /// The `duckdb` target.
 pub struct DuckDbTarget {
@@ -396,6 +500,7 @@ impl DuckDbTarget {
                     .map(|p| p.versions.clone())
                     .unwrap_or_default(),
                 bytes: prev.map_or(0, |p| p.bytes),
+                direct: Direct::Undecided,
             },
         );
         Ok(())
@@ -473,43 +578,74 @@ impl DuckDbTarget {
         };
         let qt = qualified(&self.schema, &s.table);
         if s.batch.rows() > 0 {
-            let stg = match &s.staging {
-                Some(n) => n.clone(),
-                None => {
-                    self.staging_seq += 1;
-                    let n = format!("_ferry_stg_{}", self.staging_seq);
-                    let defs: Vec<String> = s
-                        .batch
-                        .schema()
-                        .fields()
-                        .iter()
-                        .map(|f| format!("{} {}", quote_ident(f.name()), duck_type(f.data_type())))
-                        .collect();
-                    self.conn
-                        .execute_batch(&format!(
-                            "CREATE TEMP TABLE {} ({})",
-                            quote_ident(&n),
-                            defs.join(", ")
-                        ))
-                        .context("creating a staging table")?;
-                    s.staging = Some(n.clone());
-                    n
-                }
-            };
             s.bytes += s.batch.bytes() as u64;
-            s.staged += s.batch.rows() as u64;
-            s.staged_bytes += s.batch.bytes() as u64;
+            let rows = s.batch.rows() as u64;
+            let bytes = s.batch.bytes() as u64;
             let batch = s
                 .batch
                 .finish()
                 .with_context(|| format!("stream {stream:?}: building a batch for {qt}"))?;
-            let mut app = self
-                .conn
-                .appender(&stg)
-                .context("opening an appender on the staging table")?;
-            app.append_record_batch(batch)
-                .and_then(|()| app.flush())
-                .map_err(|e| anyhow!("stream {stream:?}: appending a batch for {qt} failed: {e}; nothing of this batch was committed"))?;
+            if matches!(s.direct, Direct::Undecided) {
+                // Only an empty table, before anything was staged for it in this run.
+                let empty: bool = s.staging.is_none()
+                    && self
+                        .conn
+                        .query_row(&format!("SELECT NOT EXISTS (FROM {qt})"), [], |r| r.get(0))
+                        .with_context(|| format!("looking into {qt}"))?;
+                s.direct = if empty {
+                    tracing::debug!(stream, table = %qt, "The table is empty: batches go straight in while no key repeats.");
+                    Direct::Keys(KeySet::default())
+                } else {
+                    Direct::Off
+                };
+            }
+            if direct_ok(&mut s.direct, &batch, &s.key_cols) {
+                let names: Vec<&str> = s.cols.iter().map(|c| c.planned.name.as_str()).collect();
+                let seq = batch.schema().index_of(SEQ)?;
+                let cols: Vec<usize> = (0..batch.num_columns()).filter(|i| *i != seq).collect();
+                let batch = batch.project(&cols)?;
+                let mut app = self
+                    .conn
+                    .appender_with_columns_to_db(&s.table, &self.schema, &names)
+                    .with_context(|| format!("opening an appender on {qt}"))?;
+                app.append_record_batch(batch)
+                    .and_then(|()| app.flush())
+                    .map_err(|e| anyhow!("stream {stream:?}: appending a batch to {qt} failed: {e}; nothing of this batch was committed"))?;
+            } else {
+                let stg = match &s.staging {
+                    Some(n) => n.clone(),
+                    None => {
+                        self.staging_seq += 1;
+                        let n = format!("_ferry_stg_{}", self.staging_seq);
+                        let defs: Vec<String> = batch
+                            .schema()
+                            .fields()
+                            .iter()
+                            .map(|f| {
+                                format!("{} {}", quote_ident(f.name()), duck_type(f.data_type()))
+                            })
+                            .collect();
+                        self.conn
+                            .execute_batch(&format!(
+                                "CREATE TEMP TABLE {} ({})",
+                                quote_ident(&n),
+                                defs.join(", ")
+                            ))
+                            .context("creating a staging table")?;
+                        s.staging = Some(n.clone());
+                        n
+                    }
+                };
+                s.staged += rows;
+                s.staged_bytes += bytes;
+                let mut app = self
+                    .conn
+                    .appender(&stg)
+                    .context("opening an appender on the staging table")?;
+                app.append_record_batch(batch)
+                    .and_then(|()| app.flush())
+                    .map_err(|e| anyhow!("stream {stream:?}: appending a batch for {qt} failed: {e}; nothing of this batch was committed"))?;
+            }
         }
         if merge {
             if let Some(stg) = s.staging.take() {
@@ -525,13 +661,18 @@ impl DuckDbTarget {
                         self.cfg.add_metadata_columns,
                     );
                     // Within a batch the last record of a key wins. Most batches repeat no key:
-                    // a distinct count (a hash aggregate) is cheaper than the window then.
-                    let repeats: bool = self
+                    // a distinct count (a hash aggregate) is cheaper than the window then. Into
+                    // an empty table (the first load) the deduplicated rows cannot conflict, and
+                    // a plain INSERT costs DuckDB a third less than one checking conflicts
+                    // (the key is still enforced).
+                    let (repeats, empty): (bool, bool) = self
                         .conn
                         .query_row(
-                            &format!("SELECT count(*) <> count(DISTINCT ({keys})) FROM {stg_q}"),
+                            &format!(
+                                "SELECT count(*) <> count(DISTINCT ({keys})), NOT EXISTS (FROM {qt}) FROM {stg_q}"
+                            ),
                             [],
-                            |r| r.get(0),
+                            |r| Ok((r.get(0)?, r.get(1)?)),
                         )
                         .context("counting keys in staging")?;
                     let dedupe = if repeats {
@@ -541,8 +682,13 @@ impl DuckDbTarget {
                     } else {
                         String::new()
                     };
+                    let conflict = if empty {
+                        String::new()
+                    } else {
+                        format!(" ON CONFLICT ({keys}) {action}")
+                    };
                     format!(
-                        "INSERT INTO {qt} ({list}) SELECT {list} FROM {stg_q}{dedupe} ON CONFLICT ({keys}) {action}"
+                        "INSERT INTO {qt} ({list}) SELECT {list} FROM {stg_q}{dedupe}{conflict}"
                     )
                 };
                 self.conn.execute_batch(&sql).map_err(|e| {
