@@ -80,7 +80,9 @@ fn direct_ok(direct: &mut Direct, batch: &RecordBatch, key_cols: &[String]) -> b
         && key_hashes(batch, key_cols)
             .is_some_and(|hashes| hashes.into_iter().all(|h| seen.insert(h)));
     if !ok {
-        tracing::debug!("A key repeats (or too many to track): the rest goes through staging and the merge.");
+        tracing::debug!(
+            "A key repeats (or too many to track): the rest goes through staging and the merge."
+        );
         *direct = Direct::Off;
     }
     ok
