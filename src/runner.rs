@@ -47,8 +47,8 @@ pub struct ConsumerGone;
 /// Checks RECORDs against their stream's schema on the source's side of the channel, so that
 /// validation runs on the source's thread while the sink's thread loads (two cores instead of
 /// one). The sink checks whatever arrives unchecked ([`Check::Pending`]) itself.
-#[derive(Clone, Default)]
-pub struct Checker {
+#[derive(Clone)]
+struct Checker {
     validate: bool,
     streams: HashMap<String, Arc<StreamCtx>>,
 }
