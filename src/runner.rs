@@ -971,3 +971,66 @@ async fn consume_command(
     progress.finish();
     Ok((stats, state_out))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(line: &str) -> Envelope {
+        Envelope {
+            line: 1,
+            msg: codec::decode(line.as_bytes()).unwrap(),
+            check: Check::Pending,
+        }
+    }
+
+    #[test]
+    fn checker_follows_schemas_and_leaves_unknown_streams_to_the_sink() {
+        let mut c = Checker::new(true);
+        let mut unknown = env(r#"{"type":"RECORD","stream":"s","record":{"id":1}}"#);
+        c.check(&mut unknown);
+        assert_eq!(
+            unknown.check,
+            Check::Pending,
+            "no SCHEMA seen: the sink decides"
+        );
+
+        c.check(&mut env(
+            r#"{"type":"SCHEMA","stream":"s","key_properties":["id"],"schema":{"properties":{"id":{"type":"integer"}}}}"#,
+        ));
+        let mut good = env(r#"{"type":"RECORD","stream":"s","record":{"id":1}}"#);
+        c.check(&mut good);
+        assert_eq!(good.check, Check::Valid);
+        let mut bad = env(r#"{"type":"RECORD","stream":"s","record":{"id":"x"}}"#);
+        c.check(&mut bad);
+        assert!(
+            matches!(&bad.check, Check::Invalid(p) if p.contains("id")),
+            "{:?}",
+            bad.check
+        );
+        let mut no_key = env(r#"{"type":"RECORD","stream":"s","record":{}}"#);
+        c.check(&mut no_key);
+        assert!(
+            matches!(&no_key.check, Check::Invalid(p) if p.contains("id")),
+            "{:?}",
+            no_key.check
+        );
+
+        // A later SCHEMA replaces the earlier one, as it does for the sink.
+        c.check(&mut env(
+            r#"{"type":"SCHEMA","stream":"s","key_properties":["id"],"schema":{"properties":{"id":{"type":"string"}}}}"#,
+        ));
+        let mut now_good = env(r#"{"type":"RECORD","stream":"s","record":{"id":"x"}}"#);
+        c.check(&mut now_good);
+        assert_eq!(now_good.check, Check::Valid);
+
+        // Without validation only the key properties are checked.
+        let mut keys_only = Checker::new(false);
+        keys_only.check(&mut env(
+            r#"{"type":"SCHEMA","stream":"s","key_properties":["id"],"schema":{"properties":{"id":{"type":"integer"}}}}"#,
+        ));
+        let mut wrong_type = env(r#"{"type":"RECORD","stream":"s","record":{"id":"x"}}"#);
+        keys_only.check(&mut wrong_type);
+        assert_eq!(wrong_type.check, Check::Valid);
+    }
+}
