@@ -128,4 +128,36 @@ mod tests {
         );
         fields("{}", |_, _| panic!("no fields"));
     }
+
+    #[test]
+    fn string_ends_are_found_at_every_length_and_escape_position() {
+        // Around the switch from the short loop to memchr: every length, escapes anywhere.
+        for len in 0usize..80 {
+            for esc in [None, Some(0), Some(len / 2), Some(len.saturating_sub(1))] {
+                let mut body = "é".repeat(len / 2) + &"x".repeat(len % 2);
+                if let (Some(at), true) = (esc, len > 0) {
+                    let at = body
+                        .char_indices()
+                        .nth(at.min(body.chars().count() - 1))
+                        .unwrap()
+                        .0;
+                    body.insert_str(at, "\\\"");
+                }
+                let text = format!(r#"["{body}",1]"#);
+                let want: String = serde_json::from_str::<Vec<serde_json::Value>>(&text).unwrap()
+                    [0]
+                .as_str()
+                .unwrap()
+                .to_owned();
+                let (end, escaped) = string_end(text.as_bytes(), 1);
+                assert_eq!(&text[end..], ",1]", "{text}");
+                assert_eq!(escaped, body.contains('\\'), "{text}");
+                let mut i = 1;
+                assert_eq!(string_at(&text, &mut i), want, "{text}");
+            }
+        }
+        // An unterminated string (or one ending in a backslash) ends at the end of the text.
+        assert_eq!(string_end(br#""abc"#, 0), (4, false));
+        assert_eq!(string_end(br#""abc\"#, 0), (5, true));
+    }
 }
