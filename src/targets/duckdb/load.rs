@@ -183,6 +183,20 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
+/// Appends a batch (to staging or straight to the table) and flushes it into the transaction.
+fn append(
+    app: &mut duckdb::Appender<'_>,
+    batch: RecordBatch,
+    stream: &str,
+    qt: &str,
+) -> anyhow::Result<()> {
+    app.append_record_batch(batch)
+        .and_then(|()| app.flush())
+        .map_err(|e| {
+            anyhow!("stream {stream:?}: appending a batch for {qt} failed: {e}; nothing of this batch was committed")
+        })
+}
+
 /// The DuckDB type of an Arrow type (as the appender maps it).
 fn duck_type(dt: &DataType) -> String {
     match dt {
@@ -610,9 +624,7 @@ impl DuckDbTarget {
                     .conn
                     .appender_with_columns_to_db(&s.table, &self.schema, &names)
                     .with_context(|| format!("opening an appender on {qt}"))?;
-                app.append_record_batch(batch)
-                    .and_then(|()| app.flush())
-                    .map_err(|e| anyhow!("stream {stream:?}: appending a batch to {qt} failed: {e}; nothing of this batch was committed"))?;
+                append(&mut app, batch, stream, &qt)?;
             } else {
                 let stg = match &s.staging {
                     Some(n) => n.clone(),
@@ -644,9 +656,7 @@ impl DuckDbTarget {
                     .conn
                     .appender(&stg)
                     .context("opening an appender on the staging table")?;
-                app.append_record_batch(batch)
-                    .and_then(|()| app.flush())
-                    .map_err(|e| anyhow!("stream {stream:?}: appending a batch for {qt} failed: {e}; nothing of this batch was committed"))?;
+                append(&mut app, batch, stream, &qt)?;
             }
         }
         if merge {
