@@ -430,7 +430,10 @@ impl Default for RunOptions {
         RunOptions {
             validate: true,
             on_invalid: OnInvalid::Fail,
-            commit_rows: 100_000,
+            // Each commit pauses the pipeline while the database finishes the batch in flight
+            // (measured: 100k-row commits made a 1M-row Postgres load 1.69x the floor instead
+            // of 1.46x), so rows only bound a very fast load; time is the usual trigger.
+            commit_rows: 1_000_000,
             commit_interval: Duration::from_secs(5),
             rejects_dir: PathBuf::from("rejects"),
         }
