@@ -25,8 +25,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::process::{singer_args, ChildConnector, ChildFiles};
 use crate::progress::Progress;
+use crate::schema::scan::FieldSpans;
 use crate::schema::Validator;
-use crate::singer::{codec, state, Catalog, Check, Envelope, Message, Record};
+use crate::singer::{codec, state, Catalog, Check, Envelope, Message, Record, StreamMap};
 use crate::state_store::StateStore;
 use crate::taps::Tap;
 use crate::targets::Target;
@@ -50,14 +51,21 @@ pub struct ConsumerGone;
 #[derive(Clone)]
 struct Checker {
     validate: bool,
-    streams: HashMap<String, Arc<StreamCtx>>,
+    /// Also note where each record's properties lie, for a target that reads them from the
+    /// raw text (so it need not scan the text again).
+    fields: bool,
+    /// How many properties the last record had: the capacity for the next one's spans.
+    fields_hint: usize,
+    streams: StreamMap<Arc<StreamCtx>>,
 }
 
 impl Checker {
-    fn new(validate: bool) -> Checker {
+    fn new(validate: bool, fields: bool) -> Checker {
         Checker {
             validate,
-            streams: HashMap::new(),
+            fields,
+            fields_hint: 16,
+            streams: StreamMap::default(),
         }
     }
 
@@ -88,9 +96,21 @@ impl Checker {
             }
             Message::Record(r) => {
                 if let Some(ctx) = self.streams.get(&r.stream) {
-                    env.check = match check_record(ctx, &r.record) {
-                        None => Check::Valid,
-                        Some(problem) => Check::Invalid(problem),
+                    env.check = match (&r.record, &ctx.validator, self.fields) {
+                        (Record::Raw(raw), Some(v), true) => {
+                            let mut spans = Vec::with_capacity(self.fields_hint);
+                            match v.validate_raw_fields(raw, &ctx.keys, &mut spans) {
+                                Ok(()) => {
+                                    self.fields_hint = spans.len();
+                                    Check::Valid(FieldSpans::found_in(raw.get(), spans))
+                                }
+                                Err(e) => Check::Invalid(e.to_string()),
+                            }
+                        }
+                        _ => match check_record(ctx, &r.record) {
+                            None => Check::Valid(FieldSpans::default()),
+                            Some(problem) => Check::Invalid(problem),
+                        },
                     };
                 }
             }
@@ -507,8 +527,8 @@ pub async fn run(
     // (a closed channel alone cannot tell a finished source from a failed one).
     let (verdict_tx, verdict_rx) = oneshot::channel::<bool>();
     let mut emitter = Emitter::new(tx);
-    if matches!(sink, Sink::Load(_)) {
-        emitter.checker = Some(Checker::new(opts.validate));
+    if let Sink::Load(target) = &sink {
+        emitter.checker = Some(Checker::new(opts.validate, target.reads_fields()));
     }
     let src = async move {
         let r = source.run(emitter).await;
@@ -698,7 +718,7 @@ async fn consume_load(
     mut state_out: StateOut,
     opts: RunOptions,
 ) -> anyhow::Result<(RunStats, StateOut)> {
-    let mut streams: HashMap<String, StreamCtx> = HashMap::new();
+    let mut streams: StreamMap<StreamCtx> = StreamMap::default();
     let mut stats = RunStats::default();
     let mut index = HashMap::new();
     let mut progress = Progress::new();
@@ -745,10 +765,10 @@ async fn consume_load(
                         );
                     };
                     let i = stats.stream(&mut index, &r.stream);
-                    let problem = match check {
-                        Check::Valid => None,
-                        Check::Invalid(problem) => Some(problem),
-                        Check::Pending => check_record(ctx, &r.record),
+                    let (problem, fields) = match check {
+                        Check::Valid(fields) => (None, fields),
+                        Check::Invalid(problem) => (Some(problem), FieldSpans::default()),
+                        Check::Pending => (check_record(ctx, &r.record), FieldSpans::default()),
                     };
                     if let Some(problem) = problem {
                         match opts.on_invalid {
@@ -770,7 +790,7 @@ async fn consume_load(
                     bump(&mut chunk_counts, i);
                     rows_since_commit += 1;
                     let stream = r.stream.clone();
-                    target.record(r).await.with_context(|| {
+                    target.record(r, &fields).await.with_context(|| {
                         format!("{}stream {stream:?}: loading a record", at(line))
                     })?;
                 }
@@ -989,7 +1009,7 @@ mod tests {
 
     #[test]
     fn checker_follows_schemas_and_leaves_unknown_streams_to_the_sink() {
-        let mut c = Checker::new(true);
+        let mut c = Checker::new(true, true);
         let mut unknown = env(r#"{"type":"RECORD","stream":"s","record":{"id":1}}"#);
         c.check(&mut unknown);
         assert_eq!(
@@ -1003,7 +1023,18 @@ mod tests {
         ));
         let mut good = env(r#"{"type":"RECORD","stream":"s","record":{"id":1}}"#);
         c.check(&mut good);
-        assert_eq!(good.check, Check::Valid);
+        let (Check::Valid(fields), Message::Record(r)) = (&good.check, &good.msg) else {
+            panic!("{:?}", good.check)
+        };
+        let Record::Raw(raw) = &r.record else {
+            panic!("a decoded record is raw text")
+        };
+        assert!(!fields.is_empty());
+        let mut seen = Vec::new();
+        crate::schema::scan::fields_with(raw.get(), Some(fields), |k, v| {
+            seen.push((k.into_owned(), v.text.to_owned()));
+        });
+        assert_eq!(seen, [("id".to_owned(), "1".to_owned())]);
         let mut bad = env(r#"{"type":"RECORD","stream":"s","record":{"id":"x"}}"#);
         c.check(&mut bad);
         assert!(
@@ -1025,15 +1056,15 @@ mod tests {
         ));
         let mut now_good = env(r#"{"type":"RECORD","stream":"s","record":{"id":"x"}}"#);
         c.check(&mut now_good);
-        assert_eq!(now_good.check, Check::Valid);
+        assert!(matches!(&now_good.check, Check::Valid(f) if !f.is_empty()));
 
         // Without validation only the key properties are checked.
-        let mut keys_only = Checker::new(false);
+        let mut keys_only = Checker::new(false, true);
         keys_only.check(&mut env(
             r#"{"type":"SCHEMA","stream":"s","key_properties":["id"],"schema":{"properties":{"id":{"type":"integer"}}}}"#,
         ));
         let mut wrong_type = env(r#"{"type":"RECORD","stream":"s","record":{"id":"x"}}"#);
         keys_only.check(&mut wrong_type);
-        assert_eq!(wrong_type.check, Check::Valid);
+        assert_eq!(wrong_type.check, Check::Valid(FieldSpans::default()));
     }
 }

@@ -106,6 +106,125 @@ pub fn fields<'a>(text: &'a str, mut f: impl FnMut(Cow<'a, str>, &'a str)) {
     }
 }
 
+/// Where one top-level property of a record lies in the record's text: found once, by the
+/// validator's pass on the source's thread, so that a columnar target reads the values without
+/// scanning the text again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FieldSpan {
+    /// The key's text between its quotes.
+    key: (u32, u32),
+    /// The value's JSON text.
+    value: (u32, u32),
+    /// Bit 0: the key has no escapes. Bit 1: the value is a string without escapes.
+    flags: u8,
+}
+
+const KEY_PLAIN: u8 = 1;
+const VALUE_PLAIN_STRING: u8 = 2;
+
+impl FieldSpan {
+    /// A field whose key text (between the quotes) is `key` and whose value text is `value`;
+    /// `None` past 4 GiB.
+    pub fn new(
+        key: std::ops::Range<usize>,
+        key_plain: bool,
+        value: std::ops::Range<usize>,
+        plain_string: bool,
+    ) -> Option<FieldSpan> {
+        let n = |x: usize| u32::try_from(x).ok();
+        Some(FieldSpan {
+            key: (n(key.start)?, n(key.end)?),
+            value: (n(value.start)?, n(value.end)?),
+            flags: u8::from(key_plain) * KEY_PLAIN + u8::from(plain_string) * VALUE_PLAIN_STRING,
+        })
+    }
+
+    fn range(r: (u32, u32)) -> std::ops::Range<usize> {
+        r.0 as usize..r.1 as usize
+    }
+}
+
+/// The [`FieldSpan`]s of one record's text, tied to that text by its address and length.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FieldSpans {
+    text: (usize, usize),
+    spans: Vec<FieldSpan>,
+}
+
+impl FieldSpans {
+    /// The spans found in `text` (by [`crate::schema::Validator::validate_raw_fields`]).
+    pub fn found_in(text: &str, spans: Vec<FieldSpan>) -> FieldSpans {
+        FieldSpans {
+            text: (text.as_ptr() as usize, text.len()),
+            spans,
+        }
+    }
+
+    /// No spans: the reader scans the text.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// The spans, when they were found in this very text (same address and length: the
+    /// record's text is immutable while the spans travel with it).
+    fn of(&self, text: &str) -> Option<&[FieldSpan]> {
+        (self.text == (text.as_ptr() as usize, text.len()) && !self.spans.is_empty())
+            .then_some(&self.spans)
+    }
+}
+
+/// One top-level property of a record: its value's JSON text, and whether that text is a
+/// string without escapes (whose content is then the text between the quotes).
+#[derive(Debug, Clone, Copy)]
+pub struct FieldValue<'a> {
+    /// The value's JSON text.
+    pub text: &'a str,
+    /// A string without escapes.
+    pub plain_string: bool,
+}
+
+/// Calls `f(key, value)` for each top-level property of a JSON object's text, in order: from
+/// the spans the validator found in this text when given (no scanning), else by [`fields`].
+pub fn fields_with<'a>(
+    text: &'a str,
+    found: Option<&FieldSpans>,
+    mut f: impl FnMut(Cow<'a, str>, FieldValue<'a>),
+) {
+    match found.and_then(|x| x.of(text)) {
+        Some(spans) => {
+            for s in spans {
+                // The spans were found in this text, so these always succeed; `get` keeps a
+                // mistake from ever panicking.
+                let key = if s.flags & KEY_PLAIN != 0 {
+                    text.get(FieldSpan::range(s.key)).map(Cow::Borrowed)
+                } else {
+                    let mut i = (s.key.0 as usize).saturating_sub(1);
+                    (text.as_bytes().get(i) == Some(&b'"')).then(|| string_at(text, &mut i))
+                };
+                let (Some(key), Some(value)) = (key, text.get(FieldSpan::range(s.value))) else {
+                    continue;
+                };
+                f(
+                    key,
+                    FieldValue {
+                        text: value,
+                        plain_string: s.flags & VALUE_PLAIN_STRING != 0,
+                    },
+                );
+            }
+        }
+        _ => fields(text, |k, v| {
+            f(
+                k,
+                FieldValue {
+                    text: v,
+                    plain_string: false,
+                },
+            )
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

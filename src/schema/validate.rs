@@ -729,6 +729,7 @@ fn is_decimal(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schema::scan::FieldSpans;
     use serde_json::json;
 
     fn v(schema: Value) -> Validator {
@@ -925,6 +926,48 @@ mod tests {
     }
 
     #[test]
+    fn fields_found_by_validation_are_the_fields_a_scan_finds() {
+        let val = v(json!({"type": "object", "properties": {
+            "id": {"type": "integer"}, "name": {"type": ["null", "string"]},
+            "e": {"enum": ["x", "y\"z"]}, "nested": {"type": "object"}
+        }}));
+        for text in [
+            r#"{"id": 1, "name": "plain", "e": "x"}"#,
+            r#" { "id" :1 ,"name":"esc\"aped\u00e9","e":"y\"z", "nested": {"a": [1, "}"]} } "#,
+            r#"{"k\"ey": "v", "name": null, "other": [true, false], "id": -1.5e3}"#,
+            r#"{"name": "été 日本", "name": "twice", "x": "", "y": "\\"}"#,
+            "{}",
+        ] {
+            let raw = serde_json::value::RawValue::from_string(text.to_string()).unwrap();
+            let mut spans = Vec::new();
+            val.validate_raw_fields(&raw, &[], &mut spans).unwrap();
+            let text = raw.get();
+            let found = FieldSpans::found_in(text, spans);
+            let (mut from_spans, mut scanned) = (Vec::new(), Vec::new());
+            crate::schema::scan::fields_with(text, Some(&found), |k, v| {
+                if v.plain_string {
+                    // A plain string's content is the text between its quotes, exactly.
+                    let parsed: String = serde_json::from_str(v.text).unwrap();
+                    assert_eq!(parsed, v.text[1..v.text.len() - 1], "{text}");
+                }
+                from_spans.push((k.into_owned(), v.text.to_owned()));
+            });
+            crate::schema::scan::fields(text, |k, v| scanned.push((k.into_owned(), v.to_owned())));
+            assert_eq!(from_spans, scanned, "{text}");
+        }
+        // Spans found in another text are not used: this text is scanned instead.
+        let raw = serde_json::value::RawValue::from_string(r#"{"id": 12345}"#.into()).unwrap();
+        let mut spans = Vec::new();
+        val.validate_raw_fields(&raw, &[], &mut spans).unwrap();
+        let found = FieldSpans::found_in(raw.get(), spans);
+        let mut got = Vec::new();
+        crate::schema::scan::fields_with(r#"{"id":1}"#, Some(&found), |k, v| {
+            got.push((k.into_owned(), v.text.to_owned()));
+        });
+        assert_eq!(got, [("id".to_owned(), "1".to_owned())]);
+    }
+
+    #[test]
     fn unusable_schemas_are_named() {
         for (s, want) in [
             (json!({"type": "float"}), "unknown type"),
@@ -953,7 +996,9 @@ mod raw {
 
     use serde_json::value::RawValue;
 
-    use crate::schema::scan::{skip, string_at, ws};
+    use std::borrow::Cow;
+
+    use crate::schema::scan::{skip, string_at, ws, FieldSpan};
     use serde_json::Value;
 
     use super::{
@@ -991,7 +1036,14 @@ mod raw {
         Ok(())
     }
 
-    fn value(n: &Node, text: &str, i: &mut usize, key: Option<&str>) -> R {
+    /// Checks the value at `text[*i..]` and moves `i` past it; `Ok(true)` when it is a string
+    /// without escapes.
+    fn value(
+        n: &Node,
+        text: &str,
+        i: &mut usize,
+        key: Option<&str>,
+    ) -> Result<bool, ValidationError> {
         let b = text.as_bytes();
         ws(b, i);
         let start = *i;
@@ -1007,10 +1059,10 @@ mod raw {
                     return Err(fail(format!("key property {k:?} is null")));
                 }
             }
-            return check(n, &v);
+            return check(n, &v).map(|()| false);
         }
         match b.get(start) {
-            Some(b'{') => object(n, text, i, &[]),
+            Some(b'{') => object(n, text, i, &[], None).map(|()| false),
             Some(b'[') => {
                 type_ok(n, ARRAY, || Value::Array(Vec::new()))?;
                 let item = n.items.as_deref().unwrap_or(&ANY_NODE);
@@ -1018,7 +1070,7 @@ mod raw {
                 ws(b, i);
                 if b.get(*i) == Some(&b']') {
                     *i += 1;
-                    return Ok(());
+                    return Ok(false);
                 }
                 let mut idx = 0usize;
                 loop {
@@ -1031,7 +1083,7 @@ mod raw {
                         }
                         _ => {
                             *i += 1;
-                            return Ok(());
+                            return Ok(false);
                         }
                     }
                 }
@@ -1039,22 +1091,23 @@ mod raw {
             Some(b'"') => {
                 let s = string_at(text, i);
                 type_ok(n, STRING, || Value::String(s.clone().into_owned()))?;
-                check_string(n, &s)
+                check_string(n, &s)?;
+                Ok(matches!(s, Cow::Borrowed(_)))
             }
             Some(b't') => {
                 *i += 4;
-                type_ok(n, BOOLEAN, || Value::Bool(true))
+                type_ok(n, BOOLEAN, || Value::Bool(true)).map(|()| false)
             }
             Some(b'f') => {
                 *i += 5;
-                type_ok(n, BOOLEAN, || Value::Bool(false))
+                type_ok(n, BOOLEAN, || Value::Bool(false)).map(|()| false)
             }
             Some(b'n') => {
                 *i += 4;
                 if let Some(k) = key {
                     return Err(fail(format!("key property {k:?} is null")));
                 }
-                type_ok(n, NULL, || Value::Null)
+                type_ok(n, NULL, || Value::Null).map(|()| false)
             }
             _ => {
                 skip(b, i);
@@ -1071,14 +1124,14 @@ mod raw {
                         || n.types & NUMBER != 0
                         || (n.types & INTEGER != 0 && !digits.contains(['.', 'e', 'E'])))
                 {
-                    return Ok(());
+                    return Ok(false);
                 }
                 let Ok(num) = digits.parse::<serde_json::Number>() else {
                     return Err(fail(format!("{digits:?} is not a JSON number")));
                 };
                 let bit = if is_integral(&num) { INTEGER } else { NUMBER };
                 type_ok(n, bit, || Value::Number(num.clone()))?;
-                check_number(n, &num)
+                check_number(n, &num).map(|()| false)
             }
         }
     }
@@ -1111,7 +1164,14 @@ mod raw {
         }
     }
 
-    fn object(n: &Node, text: &str, i: &mut usize, keys: &[String]) -> R {
+    /// Checks the object at `text[*i..]`; `fields`, when given, gets where each property lies.
+    fn object(
+        n: &Node,
+        text: &str,
+        i: &mut usize,
+        keys: &[String],
+        mut fields: Option<&mut Vec<FieldSpan>>,
+    ) -> R {
         let b = text.as_bytes();
         type_ok(n, OBJECT, || Value::Object(serde_json::Map::new()))?;
         let mut seen_required = Seen::new(n.required.len());
@@ -1124,7 +1184,9 @@ mod raw {
         } else {
             loop {
                 ws(b, i);
+                let key_start = *i;
                 let k = string_at(text, i);
+                let key_end = *i;
                 ws(b, i);
                 *i += 1; // ':'
                 if let Some(r) = n.required.iter().position(|r| *r == k) {
@@ -1152,12 +1214,23 @@ mod raw {
                         Additional::Schema(s) => Some(&**s),
                     },
                 };
-                match child {
+                ws(b, i);
+                let value_start = *i;
+                let plain_string = match child {
                     Some(c) => value(c, text, i, key_name).map_err(|e| prefixed(e, &k))?,
                     None => {
-                        ws(b, i);
                         skip(b, i);
+                        false
                     }
+                };
+                if let Some(out) = fields.as_deref_mut() {
+                    // An unterminated key cannot reach here: the text is valid JSON.
+                    out.extend(FieldSpan::new(
+                        key_start + 1..key_end.saturating_sub(1).max(key_start + 1),
+                        matches!(k, Cow::Borrowed(_)),
+                        value_start..*i,
+                        plain_string,
+                    ));
                 }
                 ws(b, i);
                 match b.get(*i) {
@@ -1182,8 +1255,15 @@ mod raw {
         Ok(())
     }
 
-    /// Validates raw JSON object text; `keys` must be present and not null.
-    pub(super) fn validate(root: &Node, raw: &RawValue, keys: &[String]) -> R {
+    /// Validates raw JSON object text; `keys` must be present and not null. `fields`, when
+    /// given, gets where each top-level property lies (left empty when the record is not
+    /// walked property by property).
+    pub(super) fn validate(
+        root: &Node,
+        raw: &RawValue,
+        keys: &[String],
+        fields: Option<&mut Vec<FieldSpan>>,
+    ) -> R {
         let text = raw.get();
         let mut i = 0;
         ws(text.as_bytes(), &mut i);
@@ -1204,7 +1284,7 @@ mod raw {
             }
             return check(root, &v);
         }
-        object(root, text, &mut i, keys)
+        object(root, text, &mut i, keys, fields)
     }
 }
 
@@ -1219,6 +1299,26 @@ impl Validator {
         raw: &serde_json::value::RawValue,
         keys: &[String],
     ) -> Result<(), ValidationError> {
-        raw::validate(&self.root, raw, keys)
+        raw::validate(&self.root, raw, keys, None)
+    }
+
+    /// [`Validator::validate_raw`], also giving where each top-level property lies in the text
+    /// (`fields` is cleared first; it stays empty when the record could not be walked property
+    /// by property, or on error).
+    ///
+    /// # Errors
+    /// The first mismatch found, with its path.
+    pub fn validate_raw_fields(
+        &self,
+        raw: &serde_json::value::RawValue,
+        keys: &[String],
+        fields: &mut Vec<crate::schema::scan::FieldSpan>,
+    ) -> Result<(), ValidationError> {
+        fields.clear();
+        let r = raw::validate(&self.root, raw, keys, Some(fields));
+        if r.is_err() {
+            fields.clear();
+        }
+        r
     }
 }

@@ -33,8 +33,9 @@ pub enum Check {
     /// Not checked yet: the sink checks it.
     #[default]
     Pending,
-    /// It matches its schema and has its key properties.
-    Valid,
+    /// It matches its schema and has its key properties; where its top-level properties lie
+    /// in its raw text, for a columnar target (empty when not asked for or not found).
+    Valid(crate::schema::scan::FieldSpans),
     /// What is wrong with it.
     Invalid(String),
 }

@@ -7,9 +7,11 @@ pub mod catalog;
 pub mod codec;
 pub mod message;
 pub mod state;
+pub mod stream_map;
 
 pub use catalog::{Catalog, CatalogStream};
 pub use codec::{Check, DecodeError, Envelope};
 pub use message::{
     ActivateVersionMessage, Message, Record, RecordMessage, SchemaMessage, StateMessage,
 };
+pub use stream_map::StreamMap;

@@ -19,6 +19,7 @@ use arrow::record_batch::RecordBatch;
 use serde_json::{Map, Value};
 
 use super::table::{PlannedCol, Source};
+use crate::schema::scan::FieldSpans;
 use crate::schema::ColumnType;
 use crate::singer::{Record, RecordMessage};
 
@@ -396,8 +397,9 @@ pub struct BatchBuilder {
     rows: usize,
     bytes: usize,
     received_at: i64,
-    /// Per column, the byte range of its value in the raw record being pushed (reused).
-    spans: Vec<Option<(usize, usize)>>,
+    /// Per column, the byte range of its value in the raw record being pushed, and whether it
+    /// is a string without escapes (reused).
+    spans: Vec<Option<(usize, usize, bool)>>,
 }
 
 impl std::fmt::Debug for BatchBuilder {
@@ -462,8 +464,9 @@ impl BatchBuilder {
         self.bytes
     }
 
-    /// Adds one record; `seq` numbers it when the builder has `_ferry_seq`. On error nothing of
-    /// the record stays.
+    /// Adds one record; `seq` numbers it when the builder has `_ferry_seq`. `fields`: where a
+    /// raw record's properties lie, when validation found it (saves scanning the text). On
+    /// error nothing of the record stays.
     ///
     /// # Errors
     /// The first value that does not fit its column.
@@ -471,6 +474,7 @@ impl BatchBuilder {
         &mut self,
         msg: &RecordMessage,
         flat: Option<&Map<String, Value>>,
+        fields: Option<&FieldSpans>,
         seq: i64,
     ) -> Result<(), CellError> {
         let n = self.builders.len();
@@ -495,13 +499,13 @@ impl BatchBuilder {
             (None, Record::Raw(_)) => None,
         };
         if let Some(text) = raw_text {
-            // Byte ranges of the values, found in one pass over the record's text.
+            // Byte ranges of the values: as validation found them, or in one pass over the text.
             self.bytes += text.len();
             self.spans.iter_mut().for_each(|s| *s = None);
             let (sources, spans) = (&self.sources, &mut self.spans);
             let base = text.as_ptr() as usize;
             let mut cursor = 0usize;
-            crate::schema::scan::fields(text, |k, v| {
+            crate::schema::scan::fields_with(text, fields, |k, v| {
                 // Properties usually come in schema order: try the next column first.
                 let hit = match sources.get(cursor) {
                     Some(Source::Prop(p)) if *p == k => Some(cursor),
@@ -510,8 +514,8 @@ impl BatchBuilder {
                         .position(|s| matches!(s, Source::Prop(p) if *p == k)),
                 };
                 if let Some(i) = hit {
-                    let start = v.as_ptr() as usize - base;
-                    spans[i] = Some((start, start + v.len()));
+                    let start = v.text.as_ptr() as usize - base;
+                    spans[i] = Some((start, start + v.text.len(), v.plain_string));
                     cursor = i + 1;
                 }
             });
@@ -526,9 +530,13 @@ impl BatchBuilder {
                 }
                 Source::Prop(p) => {
                     let cell = match (raw_text, map) {
-                        (Some(text), _) => {
-                            self.spans[i].map_or(Cell::Null, |(a, b)| Cell::from_raw(&text[a..b]))
-                        }
+                        (Some(text), _) => self.spans[i].map_or(Cell::Null, |(a, b, plain)| {
+                            if plain {
+                                Cell::Str(Cow::Borrowed(&text[a + 1..b - 1]))
+                            } else {
+                                Cell::from_raw(&text[a..b])
+                            }
+                        }),
                         (None, Some(m)) => Cell::value(m.get(p)),
                         (None, None) => Cell::Null,
                     };
@@ -663,11 +671,28 @@ fn ymd(b: &[u8]) -> Option<i64> {
     if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
         return None;
     }
-    let y = std::str::from_utf8(&b[..4]).ok()?.parse::<i32>().ok()?;
-    let d = chrono::NaiveDate::from_ymd_opt(y, two(b, 5)?, two(b, 8)?)?;
-    Some(i64::from(
-        (d - chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?).num_days() as i32,
-    ))
+    let y = i64::from(two(b, 0)? * 100 + two(b, 2)?);
+    let (m, d) = (i64::from(two(b, 5)?), i64::from(two(b, 8)?));
+    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+    let month_days = match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return None,
+    };
+    if !(1..=month_days).contains(&d) {
+        return None;
+    }
+    // Days from the civil date (H. Hinnant's algorithm): years start in March, so the leap
+    // day is the last of its year.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some(era * 146_097 + doe - 719_468)
 }
 
 /// `HH:MM[:SS[.ffffff]]` at the start of `b`: µs since midnight and the bytes read. Digits
@@ -812,6 +837,31 @@ mod tests {
             parse_decimal("99999999999999999999999999999.999999999", 38, 9),
             Ok(99_999_999_999_999_999_999_999_999_999_999_999_999)
         );
+    }
+
+    #[test]
+    fn dates_count_days_like_chrono() {
+        let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap();
+        let mut d = chrono::NaiveDate::from_ymd_opt(1, 1, 1).unwrap();
+        let end = chrono::NaiveDate::from_ymd_opt(9999, 12, 31).unwrap();
+        while d <= end {
+            let text = d.format("%Y-%m-%d").to_string();
+            assert_eq!(ymd(text.as_bytes()), Some((d - epoch).num_days()), "{text}");
+            d = d + chrono::Days::new(13);
+        }
+        for bad in [
+            "2026-02-29",
+            "2100-02-29",
+            "2026-13-01",
+            "2026-00-10",
+            "2026-04-31",
+            "2026-01-00",
+            "+026-01-01",
+            "20x6-01-01",
+        ] {
+            assert_eq!(ymd(bad.as_bytes()), None, "{bad}");
+        }
+        assert_eq!(ymd(b"2000-02-29"), Some(11_016));
     }
 
     #[test]

@@ -20,6 +20,7 @@ use serde_json::Value;
 
 use crate::about::About;
 use crate::error::config_error;
+use crate::schema::scan::FieldSpans;
 use crate::singer::{ActivateVersionMessage, RecordMessage, SchemaMessage};
 
 /// Names of the built-in targets.
@@ -107,16 +108,24 @@ impl Target {
         }
     }
 
-    /// Takes one record (validated by the runner).
+    /// Whether this target reads values straight from raw records' text, and so takes where
+    /// their properties lie ([`Target::record`]'s `fields`) when the runner's validation found it.
+    pub fn reads_fields(&self) -> bool {
+        matches!(self, Target::DuckDb(_) | Target::Parquet(_))
+    }
+
+    /// Takes one record (validated by the runner). `fields`: where the raw record's top-level
+    /// properties lie in its text, as validation found them (empty when unknown).
     ///
     /// # Errors
     /// When it cannot be written.
-    pub async fn record(&mut self, msg: RecordMessage) -> anyhow::Result<()> {
+    pub async fn record(&mut self, msg: RecordMessage, fields: &FieldSpans) -> anyhow::Result<()> {
+        let fields = (!fields.is_empty()).then_some(fields);
         match self {
             Target::File(t) => t.record(&msg),
             Target::Postgres(t) => t.record(&msg).await,
-            Target::DuckDb(t) => t.record(&msg).await,
-            Target::Parquet(t) => t.record(&msg),
+            Target::DuckDb(t) => t.record(&msg, fields).await,
+            Target::Parquet(t) => t.record(&msg, fields),
         }
     }
 

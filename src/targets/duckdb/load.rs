@@ -2,7 +2,7 @@
 //! merge (dedupe + upsert, or append), ACTIVATE_VERSION and the state table, one transaction
 //! per commit.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use anyhow::{anyhow, bail, Context};
 use arrow::datatypes::DataType;
@@ -11,8 +11,9 @@ use duckdb::Connection;
 use serde_json::Value;
 
 use super::{DuckDbTargetConfig, Nested};
+use crate::schema::scan::FieldSpans;
 use crate::schema::ColumnType;
-use crate::singer::{ActivateVersionMessage, RecordMessage, SchemaMessage};
+use crate::singer::{ActivateVersionMessage, RecordMessage, SchemaMessage, StreamMap};
 use crate::sql::{qualified, quote_ident};
 use crate::targets::arrow::{self as farrow, BatchBuilder, SEQ};
 use crate::targets::names::{fold, table_name};
@@ -156,7 +157,7 @@ pub struct DuckDbTarget {
     cfg: DuckDbTargetConfig,
     conn: Connection,
     schema: String,
-    streams: HashMap<String, DuckStream>,
+    streams: StreamMap<DuckStream>,
     in_txn: bool,
     staging_seq: u64,
     scope: String,
@@ -289,7 +290,7 @@ impl DuckDbTarget {
             cfg,
             conn,
             schema,
-            streams: HashMap::new(),
+            streams: StreamMap::default(),
             in_txn: false,
             staging_seq: 0,
             scope: scope.unwrap_or("pipe").to_owned(),
@@ -526,7 +527,11 @@ impl DuckDbTarget {
     ///
     /// # Errors
     /// A value that does not fit its column, with stream, key, column and value.
-    pub async fn record(&mut self, msg: &RecordMessage) -> anyhow::Result<()> {
+    pub async fn record(
+        &mut self,
+        msg: &RecordMessage,
+        fields: Option<&FieldSpans>,
+    ) -> anyhow::Result<()> {
         let s = self
             .streams
             .get_mut(&msg.stream)
@@ -534,7 +539,7 @@ impl DuckDbTarget {
         s.versions.record(msg);
         let flat = table::flat_record(msg, self.cfg.data_flattening_max_level)?;
         s.seq += 1;
-        if let Err(e) = s.batch.push(msg, flat.as_ref(), s.seq) {
+        if let Err(e) = s.batch.push(msg, flat.as_ref(), fields, s.seq) {
             let key = record_key_text(&s.keys, msg);
             if self.quarantine {
                 let reason = format!("column {:?}: value {} has {}", e.column, e.value, e.why);

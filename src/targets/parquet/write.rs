@@ -1,7 +1,7 @@
 //! The Parquet writer: Arrow batches per stream (and day partition) into files under hidden
 //! temporary names, rolled by size; the manifest and the renames at commit.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
 
@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use super::{Compression, Nested, ParquetTargetConfig};
-use crate::singer::{ActivateVersionMessage, Record, RecordMessage, SchemaMessage};
+use crate::schema::scan::FieldSpans;
+use crate::singer::{ActivateVersionMessage, Record, RecordMessage, SchemaMessage, StreamMap};
 use crate::targets::arrow::{parse_date, parse_timestamp, BatchBuilder, Cell};
 use crate::targets::names::table_name;
 use crate::targets::table::{self, record_key_text, PlanOptions, Source, Versions};
@@ -170,7 +171,7 @@ pub struct ParquetTarget {
     base: PathBuf,
     _lock: File,
     manifest: Manifest,
-    streams: HashMap<String, PqStream>,
+    streams: StreamMap<PqStream>,
     pending: Vec<Pending>,
     run: String,
     seq: u64,
@@ -326,7 +327,7 @@ impl ParquetTarget {
             base,
             _lock: lock,
             manifest,
-            streams: HashMap::new(),
+            streams: StreamMap::default(),
             pending: Vec::new(),
             // Unique per run even for runs in the same second in containers (pid 1).
             run: format!(
@@ -512,7 +513,11 @@ impl ParquetTarget {
     ///
     /// # Errors
     /// A value that does not fit its column, an unwritable file.
-    pub fn record(&mut self, msg: &RecordMessage) -> anyhow::Result<()> {
+    pub fn record(
+        &mut self,
+        msg: &RecordMessage,
+        fields: Option<&FieldSpans>,
+    ) -> anyhow::Result<()> {
         let Some(s) = self.streams.get_mut(&msg.stream) else {
             bail!("no SCHEMA seen for stream {:?}", msg.stream);
         };
@@ -552,7 +557,7 @@ impl ParquetTarget {
             s.parts.insert(part_key.clone(), Part { batch, file: None });
         }
         let part = s.parts.get_mut(&part_key).expect("part exists");
-        if let Err(e) = part.batch.push(msg, flat.as_ref(), 0) {
+        if let Err(e) = part.batch.push(msg, flat.as_ref(), fields, 0) {
             bail!(
                 "stream {:?}{}, column {:?}: value {} has {}; clean it at the source",
                 msg.stream,
