@@ -158,10 +158,14 @@ pub fn decode(bytes: &[u8]) -> Result<Message, DecodeErrorKind> {
     // The hot path: a RECORD is split into its top-level fields without building a tree, and
     // the record object is kept as raw text (validated and parsed later, only as needed).
     if bytes.first() == Some(&b'{') {
-        // from_slice checks UTF-8 only inside strings, where it must look anyway.
-        let fields: Fields<'_> = serde_json::from_slice(bytes).map_err(|e| not_json(&e))?;
-        if let Some(msg) = fields.into_record()? {
-            return Ok(msg);
+        // One UTF-8 check of the whole line (fast on ASCII) lets serde read it as text: no
+        // second check of each borrowed field. Invalid UTF-8 goes down the general path,
+        // which reports where.
+        if let Ok(text) = std::str::from_utf8(bytes) {
+            let fields: Fields<'_> = serde_json::from_str(text).map_err(|e| not_json(&e))?;
+            if let Some(msg) = fields.into_record()? {
+                return Ok(msg);
+            }
         }
     }
     let value: Value = serde_json::from_slice(bytes).map_err(|e| not_json(&e))?;
@@ -239,11 +243,16 @@ impl Fields<'_> {
     fn into_record(self) -> Result<Option<Message>, DecodeErrorKind> {
         let is_record = self
             .ty
-            .is_some_and(|v| matches!(serde_json::from_str::<Cow<'_, str>>(v.get()), Ok(t) if t.eq_ignore_ascii_case("RECORD")));
+            .is_some_and(|v| v.get().eq_ignore_ascii_case("\"RECORD\"") || matches!(serde_json::from_str::<Cow<'_, str>>(v.get()), Ok(t) if t.eq_ignore_ascii_case("RECORD")));
         if !is_record {
             return Ok(None);
         }
-        let Some(Ok(stream)) = self.stream.map(|v| serde_json::from_str::<String>(v.get())) else {
+        // A borrowed field is valid JSON, so a string's text can be read without a parser.
+        let Some(stream) = self
+            .stream
+            .filter(|v| v.get().starts_with('"'))
+            .map(|v| crate::schema::scan::string_at(v.get(), &mut 0).into_owned())
+        else {
             return Ok(None);
         };
         let Some(record) = self.record.filter(|r| r.get().starts_with('{')) else {
@@ -571,6 +580,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("\"stream\" must be a string"), "{err}");
+        // Escapes in the type and stream are read like any JSON string.
+        let Message::Record(r) =
+            decode(br#"{"type":"\u0052ecord","stream":"a\"b\u00e9","record":{}}"#).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(r.stream, "a\"b\u{e9}");
+        // Invalid UTF-8, inside the record or out of it, is an error naming the line's JSON.
+        for line in [
+            &b"{\"type\":\"RECORD\",\"stream\":\"s\",\"record\":{\"n\":\"\xff\"}}"[..],
+            &b"{\"type\":\"RECORD\",\"stream\":\"s\xc3\",\"record\":{}}"[..],
+        ] {
+            let err = decode(line).unwrap_err().to_string();
+            assert!(err.contains("not JSON") || err.contains("unicode"), "{err}");
+        }
     }
 
     #[test]
