@@ -487,24 +487,18 @@ pub fn read_lines<R: std::io::Read>(
     chunk: usize,
     mut sink: impl FnMut(Vec<Envelope>) -> anyhow::Result<()>,
 ) -> anyhow::Result<u64> {
-    let mut buf = Vec::with_capacity(4096);
+    // A line that spans the reader's buffer is gathered here; others are decoded in place.
+    let mut partial = Vec::new();
     let mut line = 0u64;
     let mut out = Vec::with_capacity(chunk);
-    loop {
-        buf.clear();
-        // About to wait on the input: hand over what is queued, so a slow producer's
-        // messages are not held back until a chunk fills.
-        if reader.buffer().is_empty() && !out.is_empty() {
-            sink(std::mem::replace(&mut out, Vec::with_capacity(chunk)))?;
-        }
-        let n = reader.read_until(b'\n', &mut buf)?;
-        if n == 0 {
-            break;
-        }
+    let mut take = |bytes: &[u8],
+                    out: &mut Vec<Envelope>,
+                    sink: &mut dyn FnMut(Vec<Envelope>) -> anyhow::Result<()>|
+     -> anyhow::Result<()> {
         line += 1;
-        let trimmed = trim_ascii(&buf);
+        let trimmed = trim_ascii(bytes);
         if trimmed.is_empty() {
-            continue;
+            return Ok(());
         }
         let msg = decode(trimmed).map_err(|kind| DecodeError { line, kind })?;
         // A STATE goes out at once, so the consumer can commit without waiting for a full chunk.
@@ -515,8 +509,40 @@ pub fn read_lines<R: std::io::Read>(
             check: Check::Pending,
         });
         if out.len() >= chunk || is_state {
+            sink(std::mem::replace(out, Vec::with_capacity(chunk)))?;
+        }
+        Ok(())
+    };
+    loop {
+        // About to wait on the input: hand over what is queued, so a slow producer's
+        // messages are not held back until a chunk fills.
+        if reader.buffer().is_empty() && !out.is_empty() {
             sink(std::mem::replace(&mut out, Vec::with_capacity(chunk)))?;
         }
+        let avail = reader.fill_buf()?;
+        if avail.is_empty() {
+            if !partial.is_empty() {
+                take(&partial, &mut out, &mut sink)?;
+            }
+            break;
+        }
+        let used = match memchr::memchr(b'\n', avail) {
+            Some(end) if partial.is_empty() => {
+                take(&avail[..end], &mut out, &mut sink)?;
+                end + 1
+            }
+            Some(end) => {
+                partial.extend_from_slice(&avail[..end]);
+                take(&partial, &mut out, &mut sink)?;
+                partial.clear();
+                end + 1
+            }
+            None => {
+                partial.extend_from_slice(avail);
+                avail.len()
+            }
+        };
+        reader.consume(used);
     }
     if !out.is_empty() {
         sink(out)?;
@@ -645,6 +671,40 @@ mod tests {
         for (line, want) in cases {
             let err = decode(line.as_bytes()).unwrap_err().to_string();
             assert!(err.contains(want), "{line}: {err}");
+        }
+    }
+
+    #[test]
+    fn lines_across_the_read_buffer_decode_the_same() {
+        let mut input = String::new();
+        for i in 0..50 {
+            input += &format!(
+                "{{\"type\":\"RECORD\",\"stream\":\"s\",\"record\":{{\"id\":{i},\"n\":\"{}\"}}}}\r\n",
+                "é".repeat(i % 7)
+            );
+            if i % 9 == 0 {
+                input += "\n  \n";
+            }
+        }
+        input += r#"{"type":"STATE","value":{"last":true}}"#; // no final newline
+        let read = |cap: usize| {
+            let mut got = Vec::new();
+            let lines = read_lines(
+                std::io::BufReader::with_capacity(cap, input.as_bytes()),
+                8,
+                |c| {
+                    got.extend(c);
+                    Ok(())
+                },
+            )
+            .unwrap();
+            (lines, got)
+        };
+        let (lines, whole) = read(1 << 16);
+        assert_eq!(whole.len(), 51);
+        assert_eq!(lines, 50 + 6 * 2 + 1);
+        for cap in [1, 7, 64, 100] {
+            assert_eq!(read(cap), (lines, whole.clone()), "buffer of {cap} bytes");
         }
     }
 
