@@ -56,6 +56,8 @@ struct Checker {
     fields: bool,
     /// How many properties the last record had: the capacity for the next one's spans.
     fields_hint: usize,
+    /// Whether records are checked here now, or left to the sink (see [`Checker::share`]).
+    active: bool,
     streams: StreamMap<Arc<StreamCtx>>,
 }
 
@@ -65,8 +67,18 @@ impl Checker {
             validate,
             fields,
             fields_hint: 16,
+            active: true,
             streams: StreamMap::default(),
         }
+    }
+
+    /// Decides, before a chunk, which side checks its records, from how many chunks wait in
+    /// the channel: a backlog means the sink is the slower side, so the source checks; an
+    /// empty channel means the source is, so it leaves the checks to the sink. The split
+    /// settles where both sides are equally busy (a reader that decodes and checks every
+    /// record was the bottleneck of `ferry target parquet`, the loader thread waiting on it).
+    fn share(&mut self, tx: &mpsc::Sender<Chunk>) {
+        self.active = tx.max_capacity() - tx.capacity() >= CHANNEL_CAPACITY / 2;
     }
 
     /// Follows SCHEMA messages and checks RECORDs, in message order, as the sink would.
@@ -94,24 +106,10 @@ impl Checker {
                     }),
                 );
             }
-            Message::Record(r) => {
+            Message::Record(r) if self.active => {
                 if let Some(ctx) = self.streams.get(&r.stream) {
-                    env.check = match (&r.record, &ctx.validator, self.fields) {
-                        (Record::Raw(raw), Some(v), true) => {
-                            let mut spans = Vec::with_capacity(self.fields_hint);
-                            match v.validate_raw_fields(raw, &ctx.keys, &mut spans) {
-                                Ok(()) => {
-                                    self.fields_hint = spans.len();
-                                    Check::Valid(FieldSpans::found_in(raw.get(), spans))
-                                }
-                                Err(e) => Check::Invalid(e.to_string()),
-                            }
-                        }
-                        _ => match check_record(ctx, &r.record) {
-                            None => Check::Valid(FieldSpans::default()),
-                            Some(problem) => Check::Invalid(problem),
-                        },
-                    };
+                    let hint = self.fields.then_some(&mut self.fields_hint);
+                    env.check = check_with(ctx, &r.record, hint);
                 }
             }
             _ => {}
@@ -157,6 +155,9 @@ impl Emitter {
             check: Check::Pending,
         };
         if let Some(c) = &mut self.checker {
+            if self.buf.is_empty() {
+                c.share(&self.tx);
+            }
             c.check(&mut env);
         }
         self.buf.push(env);
@@ -276,6 +277,7 @@ impl Source {
                 tokio::task::spawn_blocking(move || {
                     codec::read_lines(reader, CHUNK_ROWS, |mut c| {
                         if let Some(checker) = &mut checker {
+                            checker.share(&tx);
                             c.iter_mut().for_each(|env| checker.check(env));
                         }
                         tx.blocking_send(c)
@@ -629,6 +631,27 @@ fn check_keys(keys: &[String], record: &Map<String, Value>) -> Option<String> {
     None
 }
 
+/// A record's check against its stream's schema and keys. With `fields` (a capacity hint,
+/// updated), a valid raw record also gets where its properties lie.
+fn check_with(ctx: &StreamCtx, record: &Record, fields: Option<&mut usize>) -> Check {
+    match (record, &ctx.validator, fields) {
+        (Record::Raw(raw), Some(v), Some(hint)) => {
+            let mut spans = Vec::with_capacity(*hint);
+            match v.validate_raw_fields(raw, &ctx.keys, &mut spans) {
+                Ok(()) => {
+                    *hint = spans.len();
+                    Check::Valid(FieldSpans::found_in(raw.get(), spans))
+                }
+                Err(e) => Check::Invalid(e.to_string()),
+            }
+        }
+        _ => match check_record(ctx, record) {
+            None => Check::Valid(FieldSpans::default()),
+            Some(problem) => Check::Invalid(problem),
+        },
+    }
+}
+
 fn check_record(ctx: &StreamCtx, record: &Record) -> Option<String> {
     match (record, &ctx.validator) {
         (Record::Raw(raw), Some(v)) => v.validate_raw(raw, &ctx.keys).err().map(|e| e.to_string()),
@@ -727,6 +750,8 @@ async fn consume_load(
         files: HashMap::new(),
     };
     target.set_quarantine(opts.on_invalid == OnInvalid::Quarantine);
+    let reads_fields = target.reads_fields();
+    let mut fields_hint = 16;
     let mut pending: Option<Value> = None;
     let mut rows_since_commit = 0u64;
     let mut last_commit = Instant::now();
@@ -765,10 +790,16 @@ async fn consume_load(
                         );
                     };
                     let i = stats.stream(&mut index, &r.stream);
+                    let check = match check {
+                        Check::Pending => {
+                            check_with(ctx, &r.record, reads_fields.then_some(&mut fields_hint))
+                        }
+                        done => done,
+                    };
                     let (problem, fields) = match check {
                         Check::Valid(fields) => (None, fields),
                         Check::Invalid(problem) => (Some(problem), FieldSpans::default()),
-                        Check::Pending => (check_record(ctx, &r.record), FieldSpans::default()),
+                        Check::Pending => (None, FieldSpans::default()),
                     };
                     if let Some(problem) = problem {
                         match opts.on_invalid {
@@ -1005,6 +1036,28 @@ mod tests {
             msg: codec::decode(line.as_bytes()).unwrap(),
             check: Check::Pending,
         }
+    }
+
+    #[test]
+    fn checks_move_to_the_source_only_when_the_sink_falls_behind() {
+        let (tx, mut rx) = mpsc::channel::<Chunk>(CHANNEL_CAPACITY);
+        let mut c = Checker::new(true, true);
+        c.check(&mut env(
+            r#"{"type":"SCHEMA","stream":"s","schema":{"properties":{"id":{"type":"integer"}}}}"#,
+        ));
+        let checked = |c: &mut Checker| {
+            c.share(&tx);
+            let mut e = env(r#"{"type":"RECORD","stream":"s","record":{"id":1}}"#);
+            c.check(&mut e);
+            e.check != Check::Pending
+        };
+        assert!(!checked(&mut c), "an idle sink checks the records itself");
+        for _ in 0..CHANNEL_CAPACITY / 2 {
+            tx.try_send(Vec::new()).unwrap();
+        }
+        assert!(checked(&mut c), "a backlog: the source checks");
+        while rx.try_recv().is_ok() {}
+        assert!(!checked(&mut c));
     }
 
     #[test]
