@@ -111,7 +111,10 @@ impl Target {
     /// Whether this target reads values straight from raw records' text, and so takes where
     /// their properties lie ([`Target::record`]'s `fields`) when the runner's validation found it.
     pub fn reads_fields(&self) -> bool {
-        matches!(self, Target::DuckDb(_) | Target::Parquet(_))
+        matches!(
+            self,
+            Target::Postgres(_) | Target::DuckDb(_) | Target::Parquet(_)
+        )
     }
 
     /// Takes one record (validated by the runner). `fields`: where the raw record's top-level
@@ -123,7 +126,7 @@ impl Target {
         let fields = (!fields.is_empty()).then_some(fields);
         match self {
             Target::File(t) => t.record(&msg),
-            Target::Postgres(t) => t.record(&msg).await,
+            Target::Postgres(t) => t.record(&msg, fields).await,
             Target::DuckDb(t) => t.record(&msg, fields).await,
             Target::Parquet(t) => t.record(&msg, fields),
         }

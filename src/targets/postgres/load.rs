@@ -1,7 +1,5 @@
 //! The loader: connection, DDL from schemas, COPY text encoding, staging, merge, commit.
 
-use std::collections::HashMap;
-
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use futures_util::SinkExt;
@@ -10,8 +8,9 @@ use tokio_postgres::Client;
 
 use super::PostgresTargetConfig;
 use crate::error::config_error;
+use crate::schema::scan::{FieldSpans, FieldValue};
 use crate::schema::ColumnType;
-use crate::singer::{ActivateVersionMessage, Record, RecordMessage, SchemaMessage};
+use crate::singer::{ActivateVersionMessage, Record, RecordMessage, SchemaMessage, StreamMap};
 use crate::sql::{qualified, quote_ident};
 use crate::targets::names::{fold, source_schema, table_name};
 use crate::targets::table::{
@@ -182,7 +181,7 @@ pub struct PostgresTarget {
     /// Keyed streams get connections of their own, up to the configured parallelism.
     conns: Vec<Conn>,
     parallel: usize,
-    streams: HashMap<String, PgStream>,
+    streams: StreamMap<PgStream>,
     /// Schemas known to exist (made outside transactions when loading in parallel).
     made_schemas: std::collections::HashSet<String>,
     scope: String,
@@ -371,7 +370,7 @@ impl PostgresTarget {
             cfg,
             conns: vec![main],
             parallel,
-            streams: HashMap::new(),
+            streams: StreamMap::default(),
             made_schemas: std::collections::HashSet::new(),
             scope: scope.unwrap_or("pipe").to_owned(),
             received_at: chrono::Utc::now().to_rfc3339(),
@@ -624,7 +623,11 @@ impl PostgresTarget {
     ///
     /// # Errors
     /// A value Postgres cannot hold (a NUL byte), with stream, key and column.
-    pub async fn record(&mut self, msg: &RecordMessage) -> anyhow::Result<()> {
+    pub async fn record(
+        &mut self,
+        msg: &RecordMessage,
+        fields: Option<&FieldSpans>,
+    ) -> anyhow::Result<()> {
         let received_at = &self.received_at;
         let s = self
             .streams
@@ -641,7 +644,7 @@ impl PostgresTarget {
                 }
                 Err(_) => Err(("(record)".to_owned(), String::new(), "not a JSON object")),
             },
-            Record::Raw(raw) => encode_raw(s, raw.get(), msg, received_at),
+            Record::Raw(raw) => encode_raw(s, raw.get(), fields, msg, received_at),
             Record::Map(m) => encode_map(s, m, msg, received_at),
         };
         if let Err((column, value, why)) = encoded {
@@ -1104,15 +1107,17 @@ fn encode_map(
 }
 
 /// Encodes a raw record as one COPY text row straight from its JSON text: no tree is built.
+/// `fields`: where its properties lie, when validation found it (no scan of the text then).
 fn encode_raw(
     s: &mut PgStream,
     text: &str,
+    fields: Option<&FieldSpans>,
     msg: &RecordMessage,
     received_at: &str,
 ) -> Result<(), EncodeError> {
-    let mut cells: Vec<Option<&str>> = vec![None; s.cols.len()];
+    let mut cells: Vec<Option<FieldValue<'_>>> = vec![None; s.cols.len()];
     let mut cursor = 0usize;
-    crate::schema::scan::fields(text, |k, v| {
+    crate::schema::scan::fields_with(text, fields, |k, v| {
         // Properties usually come in schema order: try the next column first.
         let hit = match s.cols.get(cursor) {
             Some(Col {
@@ -1137,7 +1142,7 @@ fn encode_raw(
             (
                 c.name.clone(),
                 cells[i]
-                    .unwrap_or_default()
+                    .map_or("", |v| v.text)
                     .chars()
                     .take(60)
                     .collect::<String>(),
@@ -1146,13 +1151,19 @@ fn encode_raw(
         };
         match (&c.source, cells[i]) {
             (Source::Prop(_), None) => s.buf.extend_from_slice(b"\\N"),
-            (Source::Prop(_), Some(v)) => match v.as_bytes().first() {
+            (
+                Source::Prop(_),
+                Some(FieldValue {
+                    text: v,
+                    plain_string,
+                }),
+            ) => match v.as_bytes().first() {
                 Some(b'n') => s.buf.extend_from_slice(b"\\N"),
                 Some(b't') => s.buf.extend_from_slice(b"true"),
                 Some(b'f') => s.buf.extend_from_slice(b"false"),
                 // JSON text holds no raw control characters, so a string without escapes (and a
                 // number) needs no COPY escaping at all.
-                Some(b'"') if !v.contains('\\') => {
+                Some(b'"') if plain_string || !v.contains('\\') => {
                     s.buf.extend_from_slice(&v.as_bytes()[1..v.len() - 1])
                 }
                 Some(b'-' | b'0'..=b'9') => s.buf.extend_from_slice(v.as_bytes()),
