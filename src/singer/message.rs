@@ -41,6 +41,35 @@ impl Record {
     }
 }
 
+impl Record {
+    /// A raw record from JSON object text that ferry itself wrote (valid by construction, as
+    /// the CSV tap's rows are), wrapped without the full parse `RawValue::from_string` makes:
+    /// serde_json's serializer copies a raw value's text verbatim. Should that ever change, the
+    /// text would come out altered; the length check notices and the text is parsed instead.
+    ///
+    /// # Errors
+    /// The text is not JSON (only on the fallback path).
+    pub fn from_own_json(text: String) -> serde_json::Result<Record> {
+        /// What serde_json's own `RawValue` serializes as (serde_json's `raw::TOKEN`).
+        const TOKEN: &str = "$serde_json::private::RawValue";
+        struct Verbatim<'a>(&'a str);
+        impl Serialize for Verbatim<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeStruct;
+                let mut st = s.serialize_struct(TOKEN, 1)?;
+                st.serialize_field(TOKEN, self.0)?;
+                st.end()
+            }
+        }
+        match serde_json::value::to_raw_value(&Verbatim(&text)) {
+            Ok(raw) if raw.get().len() == text.len() && text.starts_with('{') => {
+                Ok(Record::Raw(raw))
+            }
+            _ => RawValue::from_string(text).map(Record::Raw),
+        }
+    }
+}
+
 impl From<Map<String, Value>> for Record {
     fn from(m: Map<String, Value>) -> Self {
         Record::Map(m)
@@ -209,5 +238,21 @@ impl Serialize for Message {
             map.serialize_entry(k, v)?;
         }
         map.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_json_is_wrapped_verbatim() {
+        let text = r#"{"id":1,"n":"é \" \\ \u0001","d":1.50,"x":[{"y":null}]}"#;
+        let Record::Raw(raw) = Record::from_own_json(text.to_owned()).unwrap() else {
+            panic!("raw")
+        };
+        assert_eq!(raw.get(), text);
+        let want: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(serde_json::from_str::<Value>(raw.get()).unwrap(), want);
     }
 }
