@@ -8,7 +8,7 @@
 #      vs `ferry target parquet` and `ferry sync` (tap csv → target parquet);
 #   3. rows/s and peak memory (max RSS) of each ferry command at N and 3N rows (flat).
 #
-#   bench/warehouse.sh         # N=1000000 rows of 10 columns; needs hyperfine and ./test.sh's
+#   bench/warehouse.sh         # N=1000000 rows of 10 columns, RUNS=5 timed runs each; needs hyperfine and ./test.sh's
 #                              # readers venv (or PY=/path/to/python with duckdb installed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -80,11 +80,11 @@ echo '{"path": "'"$W"'/target-lake"}' > "$W/lake.json"
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; $(date -u +%F); N=$N rows x 10 columns; DuckDB $("$PY" -c 'import duckdb; print(duckdb.__version__)')"
 
 cd "$W"
-hyperfine --warmup 1 --runs 3 --export-markdown "$W/duck.md" \
+hyperfine --warmup 1 --runs "${RUNS:-5}" --export-markdown "$W/duck.md" \
   -n "duckdb COPY t FROM rows.csv (floor)" --prepare "rm -f ref.duckdb ref.duckdb.wal" "$PY ref_duck.py ref.duckdb" \
   -n "ferry target duckdb < rows.singer" --prepare "rm -f target.duckdb target.duckdb.wal" "$FERRY -q target duckdb --config duck.json < rows.singer > /dev/null" \
   -n "ferry sync (tap csv → target duckdb)" --prepare "rm -rf sync.duckdb sync.duckdb.wal state" "$FERRY -q --project ferry.yml sync duck"
-hyperfine --warmup 1 --runs 3 --export-markdown "$W/parquet.md" \
+hyperfine --warmup 1 --runs "${RUNS:-5}" --export-markdown "$W/parquet.md" \
   -n "duckdb COPY (read_csv) TO x.parquet (floor)" --prepare "rm -f ref.parquet" "$PY ref_parquet.py" \
   -n "ferry target parquet < rows.singer" --prepare "rm -rf target-lake" "$FERRY -q target parquet --config lake.json < rows.singer > /dev/null" \
   -n "ferry sync (tap csv → target parquet)" --prepare "rm -rf sync-lake state" "$FERRY -q --project ferry.yml sync lake"
