@@ -629,18 +629,23 @@ fn parse_date(b: &[u8]) -> Option<&[u8]> {
     let (month, b) = digits(b, 2)?;
     let b = b.strip_prefix(b"-")?;
     let (day, b) = digits(b, 2)?;
+    let max_day = days_in_month(i64::from(year), i64::from(month))?;
+    if day == 0 || i64::from(day) > max_day {
+        return None;
+    }
+    Some(b)
+}
+
+/// The number of days in a month of the proleptic Gregorian calendar; `None` for no month.
+pub(crate) fn days_in_month(year: i64, month: i64) -> Option<i64> {
     let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
-    let max_day = match month {
+    Some(match month {
         1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
         4 | 6 | 9 | 11 => 30,
         2 if leap => 29,
         2 => 28,
         _ => return None,
-    };
-    if day == 0 || day > max_day {
-        return None;
-    }
-    Some(b)
+    })
 }
 
 /// Parses `HH:MM[:SS[.fraction]]` and returns the rest.

@@ -673,15 +673,7 @@ fn ymd(b: &[u8]) -> Option<i64> {
     }
     let y = i64::from(two(b, 0)? * 100 + two(b, 2)?);
     let (m, d) = (i64::from(two(b, 5)?), i64::from(two(b, 8)?));
-    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
-    let month_days = match m {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        2 if leap => 29,
-        2 => 28,
-        _ => return None,
-    };
-    if !(1..=month_days).contains(&d) {
+    if !(1..=crate::schema::validate::days_in_month(y, m)?).contains(&d) {
         return None;
     }
     // Days from the civil date (H. Hinnant's algorithm): years start in March, so the leap
