@@ -46,8 +46,9 @@ pub type Chunk = Vec<Envelope>;
 pub struct ConsumerGone;
 
 /// Checks RECORDs against their stream's schema on the source's side of the channel, so that
-/// validation runs on the source's thread while the sink's thread loads (two cores instead of
-/// one). The sink checks whatever arrives unchecked ([`Check::Pending`]) itself.
+/// validation can run on the source's thread while the sink's thread loads (two cores instead
+/// of one): for the chunks [`Checker::share`] gives it. The sink checks whatever arrives
+/// unchecked ([`Check::Pending`]) itself.
 #[derive(Clone)]
 struct Checker {
     validate: bool,

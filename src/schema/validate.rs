@@ -972,6 +972,58 @@ mod tests {
         assert_eq!(got, [("id".to_owned(), "1".to_owned())]);
     }
 
+    fn arb_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            (-1e6f64..1e6).prop_map(Value::from),
+            "\\PC{0,6}|[\"\\\\\n\u{1}é]{0,4}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::vec(("[a-c\"\\\\é]{0,3}", inner), 0..4)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// Whatever the record holds, the spans a valid record gets give exactly the fields a
+        /// scan of its text finds, and a "plain" string's content is its exact value.
+        #[test]
+        fn spans_match_a_scan_for_any_record(
+            fields in proptest::collection::vec(("[a-c\"\\\\é ]{0,3}", arb_json()), 0..6),
+            pretty in proptest::bool::ANY,
+        ) {
+            let record = Value::Object(fields.into_iter().collect());
+            let text = if pretty {
+                serde_json::to_string_pretty(&record).unwrap()
+            } else {
+                record.to_string()
+            };
+            let val = v(json!({"type": "object", "properties": {
+                "a": {}, "b": {"type": ["string", "null", "number", "integer", "boolean", "array", "object"]}
+            }}));
+            let raw = serde_json::value::RawValue::from_string(text).unwrap();
+            let mut spans = Vec::new();
+            val.validate_raw_fields(&raw, &[], &mut spans).unwrap();
+            let found = FieldSpans::found_in(raw.get(), spans);
+            let (mut from_spans, mut scanned) = (Vec::new(), Vec::new());
+            crate::schema::scan::fields_with(raw.get(), Some(&found), |k, fv| {
+                if fv.plain_string {
+                    let parsed: String = serde_json::from_str(fv.text).unwrap();
+                    assert_eq!(parsed, fv.text[1..fv.text.len() - 1]);
+                }
+                from_spans.push((k.into_owned(), fv.text.to_owned()));
+            });
+            crate::schema::scan::fields(raw.get(), |k, t| scanned.push((k.into_owned(), t.to_owned())));
+            proptest::prop_assert_eq!(from_spans, scanned);
+        }
+    }
+
     #[test]
     fn unusable_schemas_are_named() {
         for (s, want) in [

@@ -531,10 +531,10 @@ impl BatchBuilder {
                 Source::Prop(p) => {
                     let cell = match (raw_text, map) {
                         (Some(text), _) => self.spans[i].map_or(Cell::Null, |(a, b, plain)| {
-                            if plain {
-                                Cell::Str(Cow::Borrowed(&text[a + 1..b - 1]))
-                            } else {
-                                Cell::from_raw(&text[a..b])
+                            // A plain string's content is the text between its quotes.
+                            match text.get(a + 1..b.saturating_sub(1)) {
+                                Some(content) if plain => Cell::Str(Cow::Borrowed(content)),
+                                _ => Cell::from_raw(&text[a..b]),
                             }
                         }),
                         (None, Some(m)) => Cell::value(m.get(p)),
