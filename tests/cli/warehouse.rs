@@ -1158,3 +1158,58 @@ fn duckdb_first_load_appends_straight_then_upserts_once_a_key_repeats() {
         ]
     );
 }
+
+#[test]
+fn duckdb_schema_named_like_the_database_file_is_not_ambiguous() {
+    let Some(py) = python() else { return };
+    let d = Dir::new();
+    // `shop.duckdb` is the catalog `shop`: a schema `shop` in it must still work (every table
+    // is qualified with the catalog), first load, merge, rejects and the state table alike.
+    d.write(
+        "t.json",
+        &json!({"path": "shop.duckdb", "schema": "shop"}).to_string(),
+    );
+    let f = d.join("shop.duckdb");
+    let f = f.to_str().unwrap();
+    let orders = schema_msg(
+        "orders",
+        &["id"],
+        json!({"id": {"type": "integer"}, "n": {"type": "string"}}),
+    );
+    let r = |id: i64, n: &str| rec("orders", json!({"id": id, "n": n}));
+    for (batch, st) in [
+        (vec![r(1, "a"), r(2, "b")], 1),
+        (vec![r(2, "b2"), r(3, "c")], 2),
+    ] {
+        let mut msgs = vec![orders.clone()];
+        msgs.extend(batch);
+        msgs.push(state(st));
+        d.run(
+            &["target", "duckdb", "--config", "t.json"],
+            Some(&lines(&msgs)),
+        )
+        .ok();
+    }
+    assert_eq!(
+        read(
+            &py,
+            &[
+                "duckdb",
+                f,
+                "SELECT id, n FROM shop.shop.orders ORDER BY id"
+            ]
+        ),
+        [r#"[1, "a"]"#, r#"[2, "b2"]"#, r#"[3, "c"]"#]
+    );
+    assert_eq!(
+        read(
+            &py,
+            &[
+                "duckdb",
+                f,
+                "SELECT state::VARCHAR FROM shop.shop._ferry_state"
+            ]
+        ),
+        [r#"["{\"n\":2}"]"#]
+    );
+}

@@ -157,6 +157,9 @@ pub struct DuckDbTarget {
     cfg: DuckDbTargetConfig,
     conn: Connection,
     schema: String,
+    /// The database file's catalog name (its file stem), to qualify every table with: a
+    /// schema named like the file (`shop` in `shop.duckdb`) is otherwise ambiguous to DuckDB.
+    catalog: String,
     streams: StreamMap<DuckStream>,
     in_txn: bool,
     staging_seq: u64,
@@ -182,6 +185,12 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
         }
         _ => f(),
     }
+}
+
+/// `"catalog"."schema"."name"`: fully qualified, so a schema named like the database file's
+/// catalog is not ambiguous.
+fn full_name(catalog: &str, schema: &str, name: &str) -> String {
+    format!("{}.{}", quote_ident(catalog), qualified(schema, name))
 }
 
 /// Appends a batch (to staging or straight to the table) and flushes it into the transaction.
@@ -286,10 +295,14 @@ impl DuckDbTarget {
             .clone()
             .or_else(|| scope.map(fold))
             .unwrap_or_else(|| "main".into());
+        let catalog: String = conn
+            .query_row("SELECT current_database()", [], |r| r.get(0))
+            .context("reading the database's catalog name")?;
         Ok(DuckDbTarget {
             cfg,
             conn,
             schema,
+            catalog,
             streams: StreamMap::default(),
             in_txn: false,
             staging_seq: 0,
@@ -297,6 +310,16 @@ impl DuckDbTarget {
             received_at: chrono::Utc::now().timestamp_micros(),
             quarantine: false,
         })
+    }
+
+    /// `"catalog"."schema"."name"`.
+    fn qualified(&self, name: &str) -> String {
+        full_name(&self.catalog, &self.schema, name)
+    }
+
+    /// `"catalog"."schema"`.
+    fn schema_ref(&self) -> String {
+        qualified(&self.catalog, &self.schema)
     }
 
     fn begin(&mut self) -> anyhow::Result<()> {
@@ -361,12 +384,12 @@ impl DuckDbTarget {
             .collect();
         let key_cols = plan.key_cols;
         let table = table_name(&msg.stream);
-        let qt = qualified(&self.schema, &table);
+        let qt = self.qualified(&table);
         self.begin()?;
         self.conn
             .execute_batch(&format!(
                 "CREATE SCHEMA IF NOT EXISTS {}",
-                quote_ident(&self.schema)
+                self.schema_ref()
             ))
             .with_context(|| format!("creating schema {:?}", self.schema))?;
         match self.existing_columns(&table)? {
@@ -576,11 +599,11 @@ impl DuckDbTarget {
     /// `--on-invalid quarantine`: keeps a record that does not fit in `_ferry_rejects`.
     fn reject(&mut self, stream: &str, reason: &str, row: &str) -> anyhow::Result<()> {
         self.begin()?;
-        let rejects = qualified(&self.schema, "_ferry_rejects");
+        let rejects = self.qualified("_ferry_rejects");
         self.conn.execute_batch(&format!(
             "CREATE SCHEMA IF NOT EXISTS {}; CREATE TABLE IF NOT EXISTS {rejects} (stream VARCHAR NOT NULL, reason VARCHAR NOT NULL, \
              row_text VARCHAR NOT NULL, rejected_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp)",
-            quote_ident(&self.schema)
+            self.schema_ref()
         ))?;
         self.conn.execute(
             &format!("INSERT INTO {rejects} (stream, reason, row_text) VALUES (?, ?, ?)"),
@@ -597,7 +620,7 @@ impl DuckDbTarget {
         let Some(s) = self.streams.get_mut(stream) else {
             return Ok(());
         };
-        let qt = qualified(&self.schema, &s.table);
+        let qt = full_name(&self.catalog, &self.schema, &s.table);
         if s.batch.rows() > 0 {
             s.bytes += s.batch.bytes() as u64;
             let rows = s.batch.rows() as u64;
@@ -627,7 +650,12 @@ impl DuckDbTarget {
                 let batch = batch.project(&cols)?;
                 let mut app = self
                     .conn
-                    .appender_with_columns_to_db(&s.table, &self.schema, &names)
+                    .appender_with_columns_to_catalog_and_db(
+                        &s.table,
+                        &self.catalog,
+                        &self.schema,
+                        &names,
+                    )
                     .with_context(|| format!("opening an appender on {qt}"))?;
                 append(&mut app, batch, stream, &qt)?;
             } else {
@@ -744,7 +772,7 @@ impl DuckDbTarget {
         let Some((v, seen)) = s.versions.take() else {
             return Ok(());
         };
-        let qt = qualified(&self.schema, &s.table);
+        let qt = full_name(&self.catalog, &self.schema, &s.table);
         if !s.cols.iter().any(|c| c.planned.name == TABLE_VERSION) {
             tracing::info!(stream, "ACTIVATE_VERSION needs add_metadata_columns (the _sdc_table_version column); rows of older versions are kept.");
             return Ok(());
@@ -788,7 +816,7 @@ impl DuckDbTarget {
         self.cfg
             .state_table
             .as_ref()
-            .map(|t| qualified(&self.schema, &fold(t)))
+            .map(|t| self.qualified(&fold(t)))
     }
 
     /// Commits: appends what is buffered, merges, applies ACTIVATE_VERSION and the state table,
@@ -826,7 +854,7 @@ impl DuckDbTarget {
             self.conn.execute_batch(&format!(
                 "CREATE SCHEMA IF NOT EXISTS {}; CREATE TABLE IF NOT EXISTS {qt} (pipeline VARCHAR PRIMARY KEY, state JSON NOT NULL, \
                  prev_state JSON, committed_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp)",
-                quote_ident(&self.schema)
+                self.schema_ref()
             ))?;
             let prev: Option<String> = self
                 .conn
