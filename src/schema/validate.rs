@@ -943,21 +943,7 @@ mod tests {
             r#"{"name": "été 日本", "name": "twice", "x": "", "y": "\\"}"#,
             "{}",
         ] {
-            let raw = serde_json::value::RawValue::from_string(text.to_string()).unwrap();
-            let mut spans = Vec::new();
-            val.validate_raw_fields(&raw, &[], &mut spans).unwrap();
-            let text = raw.get();
-            let found = FieldSpans::found_in(text, spans);
-            let (mut from_spans, mut scanned) = (Vec::new(), Vec::new());
-            crate::schema::scan::fields_with(text, Some(&found), |k, v| {
-                if v.plain_string {
-                    // A plain string's content is the text between its quotes, exactly.
-                    let parsed: String = serde_json::from_str(v.text).unwrap();
-                    assert_eq!(parsed, v.text[1..v.text.len() - 1], "{text}");
-                }
-                from_spans.push((k.into_owned(), v.text.to_owned()));
-            });
-            crate::schema::scan::fields(text, |k, v| scanned.push((k.into_owned(), v.to_owned())));
+            let (from_spans, scanned) = spans_and_scan(&val, text.to_string());
             assert_eq!(from_spans, scanned, "{text}");
         }
         // Spans found in another text are not used: this text is scanned instead.
@@ -970,6 +956,29 @@ mod tests {
             got.push((k.into_owned(), v.text.to_owned()));
         });
         assert_eq!(got, [("id".to_owned(), "1".to_owned())]);
+    }
+
+    type Pairs = Vec<(String, String)>;
+
+    /// A valid record's (key, value text) pairs from the spans validation found, and from a
+    /// scan of its text; a plain string's content is checked to be its exact value.
+    fn spans_and_scan(val: &Validator, text: String) -> (Pairs, Pairs) {
+        let raw = serde_json::value::RawValue::from_string(text).unwrap();
+        let mut spans = Vec::new();
+        val.validate_raw_fields(&raw, &[], &mut spans).unwrap();
+        // Spans are offsets into the RawValue's own text (leading whitespace trimmed).
+        let text = raw.get();
+        let found = FieldSpans::found_in(text, spans);
+        let (mut from_spans, mut scanned) = (Vec::new(), Vec::new());
+        crate::schema::scan::fields_with(text, Some(&found), |k, v| {
+            if v.plain_string {
+                let parsed: String = serde_json::from_str(v.text).unwrap();
+                assert_eq!(parsed, v.text[1..v.text.len() - 1], "{text}");
+            }
+            from_spans.push((k.into_owned(), v.text.to_owned()));
+        });
+        crate::schema::scan::fields(text, |k, v| scanned.push((k.into_owned(), v.to_owned())));
+        (from_spans, scanned)
     }
 
     fn arb_json() -> impl proptest::strategy::Strategy<Value = Value> {
@@ -1007,19 +1016,7 @@ mod tests {
             let val = v(json!({"type": "object", "properties": {
                 "a": {}, "b": {"type": ["string", "null", "number", "integer", "boolean", "array", "object"]}
             }}));
-            let raw = serde_json::value::RawValue::from_string(text).unwrap();
-            let mut spans = Vec::new();
-            val.validate_raw_fields(&raw, &[], &mut spans).unwrap();
-            let found = FieldSpans::found_in(raw.get(), spans);
-            let (mut from_spans, mut scanned) = (Vec::new(), Vec::new());
-            crate::schema::scan::fields_with(raw.get(), Some(&found), |k, fv| {
-                if fv.plain_string {
-                    let parsed: String = serde_json::from_str(fv.text).unwrap();
-                    assert_eq!(parsed, fv.text[1..fv.text.len() - 1]);
-                }
-                from_spans.push((k.into_owned(), fv.text.to_owned()));
-            });
-            crate::schema::scan::fields(raw.get(), |k, t| scanned.push((k.into_owned(), t.to_owned())));
+            let (from_spans, scanned) = spans_and_scan(&val, text);
             proptest::prop_assert_eq!(from_spans, scanned);
         }
     }

@@ -34,7 +34,8 @@ pub enum Check {
     #[default]
     Pending,
     /// It matches its schema and has its key properties; where its top-level properties lie
-    /// in its raw text, for a columnar target (empty when not asked for or not found).
+    /// in its raw text, for a target that reads values from it (empty when not asked for or
+    /// not found).
     Valid(crate::schema::scan::FieldSpans),
     /// What is wrong with it.
     Invalid(String),
