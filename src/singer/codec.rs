@@ -67,15 +67,23 @@ pub enum DecodeErrorKind {
     #[error("unknown message type {0:?} (expected SCHEMA, RECORD, STATE or ACTIVATE_VERSION)")]
     UnknownType(String),
     /// A required field is missing or has the wrong JSON type.
-    #[error("{msg_type} message: field {field:?} {problem}")]
+    #[error("{msg_type} message{}: field {field:?} {problem}", in_stream(stream.as_deref()))]
     Field {
         /// The message type.
         msg_type: &'static str,
+        /// The stream the message names, when it names one.
+        stream: Option<String>,
         /// The field.
         field: &'static str,
         /// What is wrong.
         problem: String,
     },
+}
+
+fn in_stream(stream: Option<&str>) -> String {
+    stream
+        .map(|s| format!(" of stream {s:?}"))
+        .unwrap_or_default()
 }
 
 fn json_kind(v: &Value) -> &'static str {
@@ -110,8 +118,21 @@ fn field_err(
 ) -> DecodeErrorKind {
     DecodeErrorKind::Field {
         msg_type,
+        stream: None,
         field,
         problem: problem.into(),
+    }
+}
+
+impl DecodeErrorKind {
+    /// Names the stream of the message in a field error.
+    fn in_stream(mut self, name: Option<&str>) -> Self {
+        if let DecodeErrorKind::Field { stream, .. } = &mut self {
+            if stream.is_none() {
+                *stream = name.map(str::to_owned);
+            }
+        }
+        self
     }
 }
 
@@ -261,7 +282,7 @@ impl Fields<'_> {
         };
         let version = match self.version.map(|v| serde_json::from_str::<Value>(v.get())) {
             None | Some(Ok(Value::Null)) => None,
-            Some(Ok(n)) => Some(as_version(&n, "RECORD")?),
+            Some(Ok(n)) => Some(as_version(&n, "RECORD").map_err(|e| e.in_stream(Some(&stream)))?),
             Some(Err(_)) => return Ok(None),
         };
         let time_extracted = match self
@@ -294,6 +315,15 @@ impl Fields<'_> {
 /// # Errors
 /// A [`DecodeErrorKind`] saying what is wrong.
 pub fn decode_value(value: Value) -> Result<Message, DecodeErrorKind> {
+    // A field error names the message's stream, when it has one, so the user knows where to look.
+    let stream = value
+        .get("stream")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    decode_fields(value).map_err(|e| e.in_stream(stream.as_deref()))
+}
+
+fn decode_fields(value: Value) -> Result<Message, DecodeErrorKind> {
     let Value::Object(map) = value else {
         return Err(DecodeErrorKind::NotObject(json_kind(&value)));
     };
@@ -656,12 +686,16 @@ mod tests {
                 "field \"stream\" is missing",
             ),
             (
-                r#"{"type":"RECORD","stream":"s","record":[1]}"#,
-                "must be an object",
+                r#"{"type":"RECORD","stream":"orders","record":[1]}"#,
+                "RECORD message of stream \"orders\": field \"record\" must be an object",
             ),
             (
-                r#"{"type":"SCHEMA","stream":"s","schema":3}"#,
-                "JSON Schema",
+                r#"{"type":"SCHEMA","stream":"orders","schema":3}"#,
+                "SCHEMA message of stream \"orders\": field \"schema\" must be a JSON Schema",
+            ),
+            (
+                r#"{"type":"RECORD","stream":"orders","record":{},"version":"x"}"#,
+                "of stream \"orders\": field \"version\"",
             ),
             (r#"{"type":"STATE"}"#, "\"value\" is missing"),
             (

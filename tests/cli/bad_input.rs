@@ -31,7 +31,8 @@ fn each_bad_line_is_named() {
         (json!({"type": "RECORD", "stream": "s", "record": {"id": "seven"}}).to_string(), "line 4: stream \"s\" (key id=\"seven\"): record does not match its schema: /id: expected integer, got string \"seven\""),
         (json!({"type": "RECORD", "stream": "s", "record": {"amount": 1}}).to_string(), "key property \"id\" is missing"),
         (json!({"type": "RECORD", "stream": "s", "record": {"id": 2, "at": "last tuesday"}}).to_string(), "/at: \"last tuesday\" is not a date-time"),
-        (json!({"type": "RECORD", "stream": "s", "record": [1]}).to_string(), "line 4: RECORD message: field \"record\" must be an object"),
+        (json!({"type": "RECORD", "stream": "s", "record": [1]}).to_string(), "line 4: RECORD message of stream \"s\": field \"record\" must be an object"),
+        (json!({"type": "SCHEMA", "stream": "orders", "schema": "id integer"}).to_string(), "line 4: SCHEMA message of stream \"orders\": field \"schema\" must be a JSON Schema object, got a string"),
     ];
     for (bad, want) in cases {
         let d = Dir::new();

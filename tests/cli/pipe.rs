@@ -249,7 +249,7 @@ fn target_reads_input_file_and_keeps_state_order() {
             None,
         )
         .ok();
-    // The empty state is never emitted; the last good one is.
+    // Only the last state is committed: none was due before the end of the input.
     assert_eq!(
         out.json_lines(),
         vec![json!({"bookmarks": {"s": {"v": 2}}})]
@@ -342,4 +342,37 @@ fn json_logs_on_stderr() {
     assert_eq!(read["stream"], "customers");
     assert_eq!(read["rows"], 3);
     assert_eq!(read["level"], "INFO");
+}
+
+#[test]
+fn an_empty_state_is_a_state() {
+    let d = Dir::new();
+    let msgs = [
+        json!({"type": "SCHEMA", "stream": "s", "schema": {"properties": {"id": {"type": "integer"}}}, "key_properties": ["id"]}),
+        json!({"type": "RECORD", "stream": "s", "record": {"id": 1}}),
+        json!({"type": "STATE", "value": {}}),
+    ];
+    d.write("in.jsonl", &lines(&msgs));
+    d.write("t.json", r#"{"destination_path": "out"}"#);
+    // `ferry target` echoes it once the record before it is written.
+    let out = d
+        .run(
+            &[
+                "target", "jsonl", "--config", "t.json", "--input", "in.jsonl",
+            ],
+            None,
+        )
+        .ok();
+    assert_eq!(out.json_lines(), vec![json!({})]);
+    assert!(!out.stderr.contains("Ignoring"), "{}", out.stderr);
+    assert_eq!(d.jsonl("out/s.jsonl"), vec![json!({"id": 1})]);
+    // `ferry sync` writes it: a tap that has nothing to remember leaves `{}` as its state.
+    d.write(
+        "ferry.yml",
+        "pipelines:\n  p:\n    tap: { command: sh, args: [-c, 'cat in.jsonl', sh] }\n    target: { name: jsonl, config: { destination_path: out2 } }\n",
+    );
+    let out = d.run(&["sync", "p"], None).ok();
+    assert!(!out.stderr.contains("Ignoring"), "{}", out.stderr);
+    assert_eq!(d.json("state/p.json"), json!({}));
+    assert_eq!(d.jsonl("out2/s.jsonl"), vec![json!({"id": 1})]);
 }
