@@ -133,17 +133,40 @@ fn numeric_dims(hint: &str) -> Option<(u32, u32)> {
     (parts.next().is_none() && s <= p && p > 0).then_some((p, s))
 }
 
+/// The strings that stand for the floats JSON cannot write (as Python's `float()` and the
+/// databases read them).
+pub const NON_FINITE: [&str; 3] = ["NaN", "Infinity", "-Infinity"];
+
+/// The `pattern` of a float property that may hold [`NON_FINITE`] names: its schema is
+/// `{"type": ["number", "string"], "pattern": NON_FINITE_PATTERN}` (plus `"null"`), so the
+/// only strings allowed are those names (a pattern constrains strings alone). Targets that read
+/// `type` see a number first; ferry's own make it a float column.
+pub const NON_FINITE_PATTERN: &str = "^(NaN|Infinity|-Infinity)$";
+
+/// The type name [`type_names`] gives `string` under [`NON_FINITE_PATTERN`]: beside a number
+/// it is part of that number, alone it is a string.
+const NON_FINITE_STRING: &str = "x-non-finite";
+
 /// JSON types named by a schema (`type`, through `anyOf`/`oneOf`), and whether null is one.
 fn type_names(schema: &Value, out: &mut Vec<(String, Option<String>)>) {
     let format = schema
         .get("format")
         .and_then(Value::as_str)
         .map(str::to_owned);
+    // A string that can only be a non-finite float's name is part of a number beside it.
+    let non_finite = schema.get("pattern").and_then(Value::as_str) == Some(NON_FINITE_PATTERN);
+    let name = |t: &str| {
+        if non_finite && t == "string" {
+            NON_FINITE_STRING.to_owned()
+        } else {
+            t.to_owned()
+        }
+    };
     match schema.get("type") {
-        Some(Value::String(t)) => out.push((t.clone(), format)),
+        Some(Value::String(t)) => out.push((name(t), format)),
         Some(Value::Array(ts)) => {
             for t in ts.iter().filter_map(Value::as_str) {
-                out.push((t.to_owned(), format.clone()));
+                out.push((name(t), format.clone()));
             }
         }
         _ => {}
@@ -179,9 +202,14 @@ pub fn column_type(schema: &Value) -> (ColumnType, bool) {
     let mut names = Vec::new();
     type_names(schema, &mut names);
     let nullable = names.is_empty() || names.iter().any(|(t, _)| t == "null");
-    let non_null: Vec<_> = names.iter().filter(|(t, _)| t != "null").collect();
+    let has_number = names.iter().any(|(t, _)| t == "number");
+    let non_null: Vec<_> = names
+        .iter()
+        .filter(|(t, _)| t != "null" && !(has_number && t == NON_FINITE_STRING))
+        .collect();
     let mut ty: Option<ColumnType> = None;
     for (t, format) in non_null {
+        let t = if t == NON_FINITE_STRING { "string" } else { t };
         let this = single_type(t, format.as_deref(), schema);
         ty = Some(match ty {
             None => this,
@@ -288,7 +316,9 @@ mod tests {
             "mixed": {"type": ["integer", "string"]},
             "num_or_int": {"type": ["integer", "number"]},
             "anything": {},
-            "sql": {"type": "string", "x-sql-datatype": "uuid"}
+            "sql": {"type": "string", "x-sql-datatype": "uuid"},
+            "float": {"type": ["null", "number", "string"], "pattern": NON_FINITE_PATTERN},
+            "only_nan": {"type": "string", "pattern": NON_FINITE_PATTERN}
         }});
         let cols = columns(&schema).unwrap();
         let got: Vec<_> = cols
@@ -317,6 +347,8 @@ mod tests {
                 ("num_or_int", T::Number, false),
                 ("anything", T::Json, true),
                 ("sql", T::String { max_length: None }, false),
+                ("float", T::Number, true),
+                ("only_nan", T::String { max_length: None }, false),
             ]
         );
         assert_eq!(cols[10].sql_hint.as_deref(), Some("uuid"));

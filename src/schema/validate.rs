@@ -1,8 +1,9 @@
 //! A compiled JSON Schema validator for the subset Singer streams use.
 //!
 //! Compiled once per SCHEMA message into a tree, then run on every record without allocating
-//! unless a record fails. Keywords outside the subset (`pattern`, `multipleOf`, …) are ignored,
-//! as JSON Schema requires of unknown keywords; `format` is checked for `date-time`, `date`,
+//! unless a record fails. Keywords outside the subset (`multipleOf`, …) are ignored, as JSON
+//! Schema requires of unknown keywords; `pattern` is checked where the regex crate reads it
+//! (an ECMA-only pattern is ignored); `format` is checked for `date-time`, `date`,
 //! `time` and `x-singer.decimal`, because typed targets rely on it.
 
 use std::collections::HashMap;
@@ -60,6 +61,7 @@ struct Node {
     exclusive_maximum: Option<f64>,
     min_length: Option<usize>,
     max_length: Option<usize>,
+    pattern: Option<regex::Regex>,
 }
 
 impl Node {
@@ -96,6 +98,7 @@ impl Node {
             exclusive_maximum: None,
             min_length: None,
             max_length: None,
+            pattern: None,
         }
     }
 }
@@ -303,6 +306,10 @@ impl Compiler<'_> {
         }
         node.min_length = usize_of(obj.get("minLength"));
         node.max_length = usize_of(obj.get("maxLength"));
+        node.pattern = obj
+            .get("pattern")
+            .and_then(Value::as_str)
+            .and_then(|p| regex::Regex::new(p).ok());
         Ok(node)
     }
 }
@@ -568,6 +575,13 @@ fn check_number(n: &Node, num: &serde_json::Number) -> Result<(), ValidationErro
 }
 
 fn check_string(n: &Node, s: &str) -> Result<(), ValidationError> {
+    if n.pattern.as_ref().is_some_and(|p| !p.is_match(s)) {
+        return Err(fail(format!(
+            "{:?} does not match the schema's pattern {:?}",
+            excerpt(s),
+            n.pattern.as_ref().map_or("", regex::Regex::as_str)
+        )));
+    }
     if n.min_length.is_some() || n.max_length.is_some() {
         let len = s.chars().count();
         if n.min_length.is_some_and(|m| len < m) || n.max_length.is_some_and(|m| len > m) {

@@ -232,7 +232,13 @@ impl Builder {
             (Builder::Str(..), Cell::Json(t)) => Val::Text(Cow::Borrowed(t.as_ref())),
             (Builder::Int(_), Cell::Lit(t)) => Val::I(parse_int(t)?),
             (Builder::Float(_), Cell::Lit(t)) => Val::F(parse_float(t)?),
-            (Builder::Float(_), Cell::Str(t)) => Val::F(parse_float(t)?),
+            // A float JSON cannot write arrives as its name (the schema allowed exactly these).
+            (Builder::Float(_), Cell::Str(t)) => Val::F(match t.as_ref() {
+                "NaN" => f64::NAN,
+                "Infinity" => f64::INFINITY,
+                "-Infinity" => f64::NEG_INFINITY,
+                t => parse_float(t)?,
+            }),
             (Builder::Dec(_, p, s), Cell::Lit(t)) => Val::D(parse_decimal(t, *p, *s)?),
             (Builder::Dec(_, p, s), Cell::Str(t)) => Val::D(parse_decimal(t, *p, *s)?),
             (Builder::Bool(_), Cell::Lit("true")) => Val::B(true),

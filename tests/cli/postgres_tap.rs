@@ -123,7 +123,12 @@ fn discovery_types_and_pg_to_pg() {
         json!(["null", "integer"]),
         "a domain takes its base type"
     );
-    assert_eq!(props["arr"]["items"], json!({"type": "integer"}));
+    assert_eq!(props["arr"]["items"], json!({"type": ["null", "integer"]}));
+    assert_eq!(
+        props["jb"]["type"],
+        json!(["null", "object", "array", "string", "number", "boolean"]),
+        "json columns have a type list, as Singer targets expect"
+    );
     // Nothing is selected until chosen.
     d.run(&["sync", "p"], None).ok();
     assert!(!d.exists(&format!("out/{}-Mixed_Case.jsonl", pg.schema)));
@@ -136,9 +141,15 @@ fn discovery_types_and_pg_to_pg() {
                "tz": "2024-01-01T08:00:00.5+00:00", "tm": "23:59:59", "iv": "P1DT2H", "u": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "jb": serde_json::from_str::<Value>(r#"{"b": [1, 2.50]}"#).unwrap(),
                "arr": [1, 2, 3], "tarr": ["a", "b c"], "m": "happy", "p": 5, "by": "\\x0102", "ip": "192.168.0.1/24", "mo": "$12.34", "si": 7})
     );
-    // Non-finite floats and infinite or BC dates become null; years past 9999 stay.
+    // Non-finite floats travel as their names, as the schema says; infinite or BC dates
+    // become null; years past 9999 stay.
     assert_eq!(rows[1]["n"], "NaN");
-    assert_eq!(rows[1]["f"], Value::Null);
+    assert_eq!(rows[1]["f"], "NaN");
+    assert_eq!(rows[2]["f"], "-Infinity");
+    assert_eq!(
+        props["f"],
+        json!({"type": ["null", "number", "string"], "pattern": "^(NaN|Infinity|-Infinity)$", "x-sql-datatype": "double precision"})
+    );
     assert_eq!(
         (&rows[1]["d"], &rows[1]["ts"], &rows[1]["tz"]),
         (&Value::Null, &Value::Null, &Value::Null)
@@ -170,7 +181,8 @@ fn discovery_types_and_pg_to_pg() {
     d2.run(&["sync", "p", "--select", "*-Mixed Case"], None)
         .ok();
     // A jsonb `null` travels as JSON null and lands as SQL NULL: compare them as equal.
-    let cols = "id, n::text, t, b, d, ts, tz, tm, u, coalesce(jb, 'null'::jsonb), m::text, p, si";
+    let cols =
+        "id, n::text, f, t, b, d, ts, tz, tm, u, coalesce(jb, 'null'::jsonb), m::text, p, si";
     let diff = pg.sql(&format!(
         "SELECT count(*) FROM ((SELECT {cols} FROM \"{0}\".\"Mixed Case\" WHERE id <> 2 EXCEPT SELECT {cols} FROM \"{1}\".\"mixed case\") UNION ALL \
          (SELECT {cols} FROM \"{1}\".\"mixed case\" WHERE id <> 2 EXCEPT SELECT {cols} FROM \"{0}\".\"Mixed Case\")) x",
@@ -191,10 +203,17 @@ fn discovery_types_and_pg_to_pg() {
     );
     assert_eq!(
         pg.sql(&format!(
-            "SELECT n::text, t FROM \"{}\".\"mixed case\" WHERE id = 2",
+            "SELECT n::text, f::text, pg_typeof(f), t FROM \"{}\".\"mixed case\" WHERE id = 2",
             out_pg.schema
         )),
-        ["NaN|tab\there", "newline ünï"]
+        ["NaN|NaN|double precision|tab\there", "newline ünï"]
+    );
+    assert_eq!(
+        pg.sql(&format!(
+            "SELECT f::text FROM \"{}\".\"mixed case\" WHERE id = 3",
+            out_pg.schema
+        )),
+        ["-Infinity"]
     );
 }
 
@@ -662,4 +681,220 @@ fn key_ranges_cover_the_whole_of_bigint() {
         .collect();
     ids.sort_unstable();
     assert_eq!(ids, [i64::MIN, -1, 0, 42, i64::MAX]);
+}
+
+/// The target's copy of a key-less table equals the source's, row for row (duplicates counted).
+fn assert_same_rows(src: &Pg, dst: &Pg, what: &str) {
+    let rows = |pg: &Pg, t: &str| {
+        pg.sql(&format!(
+            "SELECT seq, kind, count(*) FROM \"{}\".{t} GROUP BY 1, 2 ORDER BY 1, 2",
+            pg.schema
+        ))
+    };
+    let (want, got) = (rows(src, "events"), rows(dst, "events"));
+    assert!(
+        want == got,
+        "{what}: target differs from source\nwant {} groups, got {}\nfirst difference: {:?}",
+        want.len(),
+        got.len(),
+        want.iter().zip(&got).find(|(a, b)| a != b)
+    );
+}
+
+fn keyless_project(d: &Dir, src: &Pg, dst: &Pg) {
+    project(
+        d,
+        src,
+        json!({"state_every_rows": 500}),
+        &format!(
+            "{{ name: postgres, config: {} }}",
+            dst.config(json!({"state_table": "_ferry_state", "primary_key_required": false, "batch_size_rows": 1000}))
+        ),
+    );
+    d.run(&["discover", "p"], None).ok();
+    d.run(
+        &[
+            "select",
+            "p",
+            "*",
+            "--method",
+            "INCREMENTAL",
+            "--key",
+            "seq",
+        ],
+        None,
+    )
+    .ok();
+}
+
+#[test]
+fn keyless_incremental_sends_each_row_once_ties_and_duplicates_included() {
+    let src = Pg::new("tap_keyless");
+    let dst = Pg::new("tap_keyless_out");
+    // An event log: no key, three rows per `seq`, and one row that appears twice.
+    src.sql(&format!(
+        "CREATE SCHEMA \"{0}\"; CREATE TABLE \"{0}\".events (seq bigint, kind text);
+         INSERT INTO \"{0}\".events SELECT i / 3, 'k' || (i % 3) FROM generate_series(0, 29) i;
+         INSERT INTO \"{0}\".events VALUES (9, 'k0');",
+        src.schema
+    ));
+    let d = Dir::new();
+    keyless_project(&d, &src, &dst);
+    d.run(&["sync", "p"], None).ok();
+    assert_same_rows(&src, &dst, "first run");
+    let mark = &d.json("state/p.json")["bookmarks"][format!("{}-events", src.schema)];
+    assert_eq!(mark["replication_key_value"], 9);
+    assert_eq!(
+        mark["rows_at_value"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|n| n.as_u64().unwrap())
+            .sum::<u64>(),
+        4,
+        "the bookmark remembers the four rows at seq 9: {mark}"
+    );
+    // Nothing new: nothing is appended (the rows at the bookmark are skipped, not sent again).
+    let out = d.run(&["sync", "p"], None).ok();
+    assert_same_rows(&src, &dst, "second run, nothing new");
+    assert!(out.stderr.contains("Skipped rows"), "{}", out.stderr);
+    // New rows tied with the bookmark (one identical to a row already sent), and later rows.
+    src.sql(&format!(
+        "INSERT INTO \"{0}\".events VALUES (9, 'k1'), (9, 'k9'), (10, 'k0'), (10, 'k0'), (11, 'k5');",
+        src.schema
+    ));
+    d.run(&["sync", "p"], None).ok();
+    assert_same_rows(&src, &dst, "third run, ties and duplicates");
+    assert_eq!(
+        dst.sql(&format!("SELECT count(*) FROM \"{}\".events", dst.schema)),
+        ["36"]
+    );
+}
+
+#[test]
+fn keyless_incremental_killed_at_any_moment_resumes_exactly() {
+    let src = Pg::new("tap_keyless_kill");
+    src.sql(&format!(
+        "CREATE SCHEMA \"{0}\"; CREATE TABLE \"{0}\".events (seq bigint, kind text, payload text);
+         INSERT INTO \"{0}\".events SELECT i / 7, 'k' || (i % 4), repeat('x', 40) FROM generate_series(0, 39999) i;",
+        src.schema
+    ));
+    for kill_after in [Some(300), Some(2_500), Some(5_000), None] {
+        let dst = Pg::new("tap_keyless_kill_out");
+        let d = Dir::new();
+        keyless_project(&d, &src, &dst);
+        let stream = format!("{}-events", src.schema);
+        let mut child = d
+            .cmd(&["-q", "sync", "p"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        if let Some(n) = kill_after {
+            crate::util::wait_until(&mut child, "a commit", || {
+                std::fs::read_to_string(d.join("state/p.json"))
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                    .and_then(|v| v["bookmarks"][&stream]["replication_key_value"].as_i64())
+                    .is_some_and(|v| v >= n)
+            });
+        }
+        let _ = child.kill();
+        child.wait().unwrap();
+        d.run(&["sync", "p"], None).ok();
+        assert_same_rows(&src, &dst, &format!("kill after seq {kill_after:?}"));
+        // And once more: nothing changes.
+        d.run(&["sync", "p"], None).ok();
+        assert_same_rows(&src, &dst, &format!("rerun after kill at {kill_after:?}"));
+    }
+}
+
+/// Every supported type, read by `ferry tap postgres` and loaded by pipelinewise-target-postgres
+/// (from PyPI): the target accepts every schema, and its table holds the source's values.
+#[test]
+fn every_type_into_pipelinewise_target_postgres() {
+    let Some(pw) = crate::interop::require("target-postgres") else {
+        return;
+    };
+    let src = Pg::new("tap_pw_src");
+    let dst = Pg::new("tap_pw_dst");
+    src.sql(&format!(
+        "CREATE SCHEMA \"{0}\"; CREATE TYPE \"{0}\".mood AS ENUM ('sad', 'happy');
+         CREATE TABLE \"{0}\".every_type (id bigint PRIMARY KEY, si smallint, i int, n numeric(12,3), f float8, r real,
+           t text, vc varchar(20), b boolean, d date, ts timestamp, tz timestamptz, tm time, u uuid, jb jsonb, j json,
+           arr int[], arr2 int[][], tarr text[], farr float8[], m \"{0}\".mood, by bytea, ip inet);
+         INSERT INTO \"{0}\".every_type VALUES
+          (1, 7, -8, 123456789.123, 1.5, 2.25, 'hello \"world\" ü', 'short', true, '2024-02-29', '2024-01-01 10:00:00.123456',
+           '2024-01-01 10:00:00.5+02', '23:59:59', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{{\"b\": [1, 2.5]}}', '[1, \"x\"]',
+           '{{1,2,3}}', '{{{{1,2}},{{3,NULL}}}}', '{{\"a\",\"b c\"}}', '{{1.5,NaN}}', 'happy', '\\x0102', '192.168.0.1/24'),
+          (2, NULL, NULL, 'NaN', 'NaN', 'Infinity', '', NULL, false, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+           '{{}}', NULL, NULL, NULL, NULL, NULL, NULL),
+          (3, NULL, NULL, -0.001, '-Infinity', '-Infinity', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, '[]', '{{}}',
+           NULL, '{{{{5}}}}', '{{}}', NULL, 'sad', NULL, NULL);",
+        src.schema
+    ));
+    let d = Dir::new();
+    tap_files(&d, &src);
+    let msgs = d
+        .run(
+            &[
+                "tap",
+                "postgres",
+                "--config",
+                "tap.json",
+                "--catalog",
+                "cat.json",
+            ],
+            None,
+        )
+        .ok()
+        .stdout;
+    d.write("pw.json", &dst.config(json!({})));
+    let mut c = std::process::Command::new(&pw);
+    c.current_dir(d.path()).args(["--config", "pw.json"]);
+    crate::util::run(c, Some(&msgs)).ok();
+    // Each column compared as text in the type pipelinewise chose for it.
+    let cols = |pg: &Pg, ours: bool| {
+        let (tz, arr, arr2, tarr, farr) = if ours {
+            (
+                "(tz AT TIME ZONE 'UTC')::text",
+                "to_jsonb(arr)::text",
+                "to_jsonb(arr2)::text",
+                "to_jsonb(tarr)::text",
+                "to_jsonb(farr)::text",
+            )
+        } else {
+            (
+                "tz::text",
+                "arr::text",
+                "arr2::text",
+                "tarr::text",
+                "farr::text",
+            )
+        };
+        pg.sql(&format!(
+            "SELECT id, si, i, n::text, f::text, r::text, t, vc, b, d::text, ts::text, {tz}, tm::text, u::text,
+                    jb::jsonb::text, j::jsonb::text, {arr}, {arr2}, {tarr}, {farr}, m::text, by::text, ip::text
+             FROM \"{}\".every_type ORDER BY id",
+            pg.schema
+        ))
+    };
+    let (want, got) = (cols(&src, true), cols(&dst, false));
+    assert_eq!(want.len(), 3);
+    assert_eq!(
+        want, got,
+        "source (left) and pipelinewise-target-postgres (right)"
+    );
+    // Floats stayed floats there, NaN and ±Infinity included.
+    assert_eq!(
+        dst.sql(&format!(
+            "SELECT pg_typeof(f)::text, f::text FROM \"{}\".every_type ORDER BY id",
+            dst.schema
+        )),
+        [
+            "double precision|1.5",
+            "double precision|NaN",
+            "double precision|-Infinity"
+        ]
+    );
 }

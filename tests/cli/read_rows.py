@@ -10,11 +10,15 @@ Python packages (installed by ./test.sh), printed as JSON lines with exact value
 import datetime
 import decimal
 import json
+import math
 import os
 import sys
 
 
 def plain(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        # JSON has no literal for these: their names, as ferry sends them.
+        return "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
     if isinstance(v, decimal.Decimal):
         return str(v)
     if isinstance(v, datetime.datetime):

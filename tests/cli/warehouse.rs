@@ -1213,3 +1213,44 @@ fn duckdb_schema_named_like_the_database_file_is_not_ambiguous() {
         [r#"["{\"n\":2}"]"#]
     );
 }
+
+#[test]
+fn non_finite_floats_arrive_in_every_warehouse() {
+    let float = json!({"type": ["null", "number", "string"], "pattern": "^(NaN|Infinity|-Infinity)$",
+                       "x-sql-datatype": "double precision"});
+    let input = lines(&[
+        schema_msg("m", &["id"], json!({"id": {"type": "integer"}, "f": float})),
+        rec("m", json!({"id": 1, "f": 1.5})),
+        rec("m", json!({"id": 2, "f": "NaN"})),
+        rec("m", json!({"id": 3, "f": "Infinity"})),
+        rec("m", json!({"id": 4, "f": "-Infinity"})),
+        rec("m", json!({"id": 5, "f": null})),
+        state(1),
+    ]);
+    for wh in warehouses("nonfinite") {
+        let d = Dir::new();
+        d.write("t.json", &wh.config(&d, json!({})));
+        d.run(&["target", wh.name(), "--config", "t.json"], Some(&input))
+            .ok();
+        assert_eq!(
+            wh.rows(&d, "m", &["id", "f"]),
+            vec![
+                json!([1, 1.5]),
+                json!([2, "NaN"]),
+                json!([3, "Infinity"]),
+                json!([4, "-Infinity"]),
+                json!([5, null])
+            ],
+            "{}",
+            wh.name()
+        );
+        // Any other string is refused, naming the stream.
+        let bad = lines(&[
+            schema_msg("m", &["id"], json!({"id": {"type": "integer"}, "f": float})),
+            rec("m", json!({"id": 6, "f": "nan"})),
+        ]);
+        d.run(&["target", wh.name(), "--config", "t.json"], Some(&bad))
+            .code(1)
+            .stderr_has("stream \"m\"");
+    }
+}

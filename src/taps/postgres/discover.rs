@@ -5,7 +5,8 @@ use anyhow::Context;
 use serde_json::{json, Map, Value};
 use tokio_postgres::Client;
 
-use super::PostgresTap;
+use super::{NonFiniteFloats, PostgresTap};
+use crate::schema::NON_FINITE_PATTERN;
 use crate::singer::catalog::keys;
 use crate::singer::{Catalog, CatalogStream};
 
@@ -26,6 +27,8 @@ pub struct ColumnInfo {
     pub element: Option<String>,
     /// Labels of an enum.
     pub labels: Option<Vec<String>>,
+    /// Declared array dimensions (`int[][]` is 2; 0 when not declared, as in views).
+    pub dims: i32,
 }
 
 /// A relation to read.
@@ -56,7 +59,8 @@ const COLUMNS_SQL: &str = "
 SELECT n.nspname::text, c.relname::text, c.relkind::text, greatest(c.reltuples, 0)::bigint,
        a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull,
        bt.typname::text, bt.typcategory::text, et.typname::text,
-       (SELECT array_agg(e.enumlabel::text ORDER BY e.enumsortorder) FROM pg_enum e WHERE e.enumtypid = bt.oid)
+       (SELECT array_agg(e.enumlabel::text ORDER BY e.enumsortorder) FROM pg_enum e WHERE e.enumtypid = bt.oid),
+       a.attndims
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
@@ -123,6 +127,7 @@ pub async fn tables(
             category: r.get(8),
             element: r.get(9),
             labels: r.get(10),
+            dims: r.get(11),
         });
     }
     for r in client
@@ -144,11 +149,18 @@ pub async fn tables(
     Ok(out)
 }
 
+/// A number that may also be NaN or ±Infinity, written as their names. A type list (not
+/// `anyOf`), which every Singer target reads: pipelinewise-target-postgres makes it a double.
+fn number_or_non_finite() -> Value {
+    json!({"type": ["number", "string"], "pattern": NON_FINITE_PATTERN})
+}
+
 fn scalar_schema(
     base: &str,
     category: &str,
     labels: Option<&Vec<String>>,
     in_array: bool,
+    floats: NonFiniteFloats,
 ) -> Value {
     if let Some(l) = labels {
         return json!({"type": "string", "enum": l});
@@ -156,29 +168,43 @@ fn scalar_schema(
     match base {
         "int2" | "int4" | "int8" | "oid" | "xid" => json!({"type": "integer"}),
         // Exact decimals travel as strings (the Meltano SDK's x-singer.decimal); inside arrays
-        // Postgres renders them as exact JSON numbers.
-        "numeric" if in_array => json!({"type": "number"}),
+        // Postgres renders them as exact JSON numbers, and NaN or ±Infinity as their names.
+        "numeric" | "float4" | "float8" if in_array => number_or_non_finite(),
         "numeric" => json!({"type": "string", "format": "x-singer.decimal"}),
+        "float4" | "float8" if floats == NonFiniteFloats::String => number_or_non_finite(),
         "float4" | "float8" => json!({"type": "number"}),
         "bool" => json!({"type": "boolean"}),
         "date" => json!({"type": "string", "format": "date"}),
         "timestamp" | "timestamptz" => json!({"type": "string", "format": "date-time"}),
         "time" | "timetz" => json!({"type": "string", "format": "time"}),
-        "json" | "jsonb" => json!({}),
+        // Any JSON value. A type list rather than no `type` at all: Singer targets read `type`
+        // (pipelinewise-target-postgres makes `object`/`array` a jsonb column).
+        "json" | "jsonb" => json!({"type": ["object", "array", "string", "number", "boolean"]}),
         _ if category == "A" => json!({"type": "array"}),
         _ => json!({"type": "string"}),
     }
 }
 
 /// The JSON Schema of a column.
-pub fn column_schema(c: &ColumnInfo) -> Value {
+pub fn column_schema(c: &ColumnInfo, floats: NonFiniteFloats) -> Value {
     let mut s = if c.category == "A" {
+        // `to_json` writes an array of N dimensions as N nested JSON arrays; any element may be
+        // NULL. Postgres does not enforce the declared dimensions, so the declared count is the
+        // best knowledge there is (none declared, as in views, reads as one).
         let elem = c.element.as_deref().unwrap_or("text");
-        json!({"type": "array", "items": scalar_schema(elem, "", None, true)})
+        let mut items = nullable(scalar_schema(elem, "", None, true, floats));
+        for _ in 1..c.dims.max(1) {
+            items = json!({"type": ["null", "array"], "items": items});
+        }
+        json!({"type": "array", "items": items})
     } else {
-        scalar_schema(&c.base, &c.category, c.labels.as_ref(), false)
+        scalar_schema(&c.base, &c.category, c.labels.as_ref(), false, floats)
     };
-    if let Some(p) = c.sql_type.strip_prefix("numeric(") {
+    if let Some(p) = c
+        .sql_type
+        .strip_prefix("numeric(")
+        .filter(|_| c.category != "A")
+    {
         let mut parts = p.trim_end_matches(')').split(',');
         if let (Some(p), Some(sc)) = (parts.next(), parts.next()) {
             s["precision"] = json!(p.trim().parse::<u32>().unwrap_or(0));
@@ -186,16 +212,27 @@ pub fn column_schema(c: &ColumnInfo) -> Value {
         }
     }
     if !c.not_null {
-        match s.get("type").cloned() {
-            Some(Value::String(t)) => s["type"] = json!(["null", t]),
-            None => {}
-            Some(_) => {}
+        s = nullable(s);
+    }
+    s["x-sql-datatype"] = json!(c.sql_type);
+    s
+}
+
+/// `schema` with null allowed: `"null"` added to its type (and to its enum).
+fn nullable(mut s: Value) -> Value {
+    match s.get_mut("type") {
+        Some(Value::String(t)) => {
+            let t = std::mem::take(t);
+            s["type"] = json!(["null", t]);
         }
-        if let Some(Value::Array(l)) = s.get_mut("enum") {
+        Some(Value::Array(l)) if !l.iter().any(|t| t == "null") => l.insert(0, json!("null")),
+        _ => {}
+    }
+    if let Some(Value::Array(l)) = s.get_mut("enum") {
+        if !l.contains(&Value::Null) {
             l.push(Value::Null);
         }
     }
-    s["x-sql-datatype"] = json!(c.sql_type);
     s
 }
 
@@ -224,7 +261,7 @@ impl PostgresTap {
             let props: Map<String, Value> = t
                 .columns
                 .iter()
-                .map(|c| (c.name.clone(), column_schema(c)))
+                .map(|c| (c.name.clone(), column_schema(c, self.cfg.non_finite_floats)))
                 .collect();
             let mut meta = Map::new();
             meta.insert(keys::SELECTED_BY_DEFAULT.into(), json!(false));
@@ -261,5 +298,86 @@ impl PostgresTap {
             catalog.streams.push(s);
         }
         Ok(catalog)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn col(
+        sql_type: &str,
+        base: &str,
+        category: &str,
+        element: Option<&str>,
+        dims: i32,
+    ) -> ColumnInfo {
+        ColumnInfo {
+            name: "c".into(),
+            sql_type: sql_type.into(),
+            not_null: false,
+            base: base.into(),
+            category: category.into(),
+            element: element.map(str::to_owned),
+            labels: None,
+            dims,
+        }
+    }
+
+    #[test]
+    fn floats_say_how_non_finite_values_travel() {
+        let f = col("double precision", "float8", "N", None, 0);
+        assert_eq!(
+            column_schema(&f, NonFiniteFloats::String),
+            json!({"type": ["null", "number", "string"], "pattern": "^(NaN|Infinity|-Infinity)$",
+                   "x-sql-datatype": "double precision"})
+        );
+        assert_eq!(
+            column_schema(&f, NonFiniteFloats::Null)["type"],
+            json!(["null", "number"])
+        );
+        let (ty, nullable) =
+            crate::schema::column_type(&column_schema(&f, NonFiniteFloats::String));
+        assert_eq!((ty, nullable), (crate::schema::ColumnType::Number, true));
+    }
+
+    #[test]
+    fn json_columns_have_a_type_list() {
+        let s = column_schema(
+            &col("jsonb", "jsonb", "U", None, 0),
+            NonFiniteFloats::String,
+        );
+        assert_eq!(
+            s["type"],
+            json!(["null", "object", "array", "string", "number", "boolean"])
+        );
+    }
+
+    #[test]
+    fn arrays_nest_by_their_declared_dimensions_with_null_elements() {
+        let s = column_schema(
+            &col("integer[]", "_int4", "A", Some("int4"), 2),
+            NonFiniteFloats::String,
+        );
+        assert_eq!(
+            s,
+            json!({"type": ["null", "array"], "items": {"type": ["null", "array"],
+                   "items": {"type": ["null", "integer"]}}, "x-sql-datatype": "integer[]"})
+        );
+        let s = column_schema(
+            &col("numeric(10,2)[]", "_numeric", "A", Some("numeric"), 1),
+            NonFiniteFloats::String,
+        );
+        assert_eq!(
+            s["items"],
+            json!({"type": ["null", "number", "string"], "pattern": "^(NaN|Infinity|-Infinity)$"})
+        );
+        assert!(s.get("scale").is_none());
+        // A view declares no dimensions: one.
+        let s = column_schema(
+            &col("text[]", "_text", "A", Some("text"), 0),
+            NonFiniteFloats::String,
+        );
+        assert_eq!(s["items"], json!({"type": ["null", "string"]}));
     }
 }

@@ -26,6 +26,17 @@ const fn default_chunk_rows() -> u64 {
     100_000
 }
 
+/// How NaN and ±Infinity in float columns travel (JSON has no literal for them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NonFiniteFloats {
+    /// As the strings `"NaN"`, `"Infinity"`, `"-Infinity"`.
+    #[default]
+    String,
+    /// As null.
+    Null,
+}
+
 /// The tap's config: pipelinewise-tap-postgres' keys plus `url`, `schemas`, `sslmode`,
 /// `application_name`, `statement_timeout_secs`, `state_every_rows`, `chunk_rows`.
 #[derive(Debug, Clone, Deserialize)]
@@ -79,6 +90,12 @@ pub struct PostgresTapConfig {
     /// committed after a run with a key value below that run's bookmark.
     #[serde(default)]
     pub lookback: Option<String>,
+    /// How discovery describes `real`/`double precision` columns, whose NaN and ±Infinity JSON
+    /// cannot write: `string` (default) sends them as `"NaN"`, `"Infinity"`, `"-Infinity"` (the
+    /// schema says so, with `anyOf`); `null` sends null instead (lossy; for targets that
+    /// accept only numbers). A sync follows what its catalog says.
+    #[serde(default)]
+    pub non_finite_floats: NonFiniteFloats,
     /// PipelineWise key, accepted (ssl is decided by `sslmode`).
     #[serde(default)]
     pub ssl: Option<Value>,
@@ -133,6 +150,7 @@ pub fn about() -> About {
             ConfigKey { name: "skip_unreadable", ty: "boolean", required: false, description: "Skip a selected table the user may not read, with a warning, instead of failing that stream (default false)." },
             ConfigKey { name: "max_parallel_streams", ty: "integer", required: false, description: "Streams read at once, each on its own connection and snapshot (default 1)." },
             ConfigKey { name: "chunk_rows", ty: "integer", required: false, description: "Rows per key-range chunk of a FULL_TABLE read (default 100000)." },
+            ConfigKey { name: "non_finite_floats", ty: "string", required: false, description: "NaN and ±Infinity of real/double columns: `string` (default: \"NaN\", \"Infinity\", \"-Infinity\", described by the schema) or `null` (lossy, for targets that take only numbers). Read at discovery." },
             ConfigKey { name: "lookback", ty: "string", required: false, description: "INCREMENTAL: re-read this much before the bookmark (`\"10 minutes\"` for timestamp keys, a number for numeric keys)." },
         ],
     }

@@ -26,7 +26,10 @@ use crate::taps::PlanStep;
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Render {
     Number,
+    /// NaN and ±Infinity as null.
     Float,
+    /// NaN and ±Infinity as `"NaN"`, `"Infinity"`, `"-Infinity"`.
+    NamedFloat,
     Decimal,
     Bool,
     Date,
@@ -51,6 +54,11 @@ fn render_of(c: &ColumnInfo) -> Render {
         "json" | "jsonb" => Render::Json,
         _ => Render::Text,
     }
+}
+
+/// Whether a property's schema admits the names of non-finite floats (see discovery).
+fn allows_non_finite(schema: &Value) -> bool {
+    schema.get("pattern").and_then(Value::as_str) == Some(crate::schema::NON_FINITE_PATTERN)
 }
 
 fn expr(c: &ColumnInfo) -> String {
@@ -105,6 +113,34 @@ fn push_with_offset(out: &mut String, t: &str) {
         out.push_str(":00");
     }
     out.push('"');
+}
+
+/// One COPY text field as JSON, the way its column's [`Render`] says.
+fn push_field(out: &mut String, kind: Render, f: &[u8]) -> anyhow::Result<()> {
+    if f == b"\\N" {
+        out.push_str("null");
+        return Ok(());
+    }
+    let t = unescape(f)?;
+    let finite = || !(t.contains("infinity") || t.ends_with(" BC"));
+    match kind {
+        Render::Number | Render::Json => out.push_str(&t),
+        Render::Float if matches!(t.as_ref(), "NaN" | "Infinity" | "-Infinity") => {
+            out.push_str("null");
+        }
+        Render::Float => out.push_str(&t),
+        Render::NamedFloat if matches!(t.as_ref(), "NaN" | "Infinity" | "-Infinity") => {
+            push_json_str(out, &t);
+        }
+        Render::NamedFloat => out.push_str(&t),
+        Render::Bool => out.push_str(if t == "t" { "true" } else { "false" }),
+        Render::Date | Render::Timestamp if !finite() => out.push_str("null"),
+        Render::Date => push_json_str(out, &t),
+        Render::Timestamp => push_with_offset(out, &t.replacen(' ', "T", 1)),
+        Render::Time => push_with_offset(out, &t),
+        Render::Decimal | Render::Text => push_json_str(out, &t),
+    }
+    Ok(())
 }
 
 fn literal(v: &Value, sql_type: &str) -> String {
@@ -167,11 +203,11 @@ struct Lines {
 }
 
 impl Lines {
-    fn push(
+    fn push<T>(
         &mut self,
         chunk: &[u8],
-        out: &mut Vec<String>,
-        render: impl Fn(&[u8]) -> anyhow::Result<String>,
+        out: &mut Vec<T>,
+        render: impl Fn(&[u8]) -> anyhow::Result<T>,
     ) -> anyhow::Result<()> {
         self.pending.extend_from_slice(chunk);
         let mut start = 0;
@@ -182,6 +218,89 @@ impl Lines {
         self.pending.drain(..start);
         Ok(())
     }
+}
+
+/// Above this many rows at one key value a key-less stream's bookmark is large; a warning says so.
+const TIES_WARN: usize = 10_000;
+
+/// Exactly-once for an INCREMENTAL stream without key properties. Rows are read from the
+/// bookmark's value on (`>=`, so rows that share it and committed later are not missed), and a
+/// target can only append them; so the bookmark also lists a digest of every row already sent
+/// at its value, and the next run skips exactly those. Identical rows are counted, so a
+/// duplicate in the source stays a duplicate.
+struct Ties {
+    /// Digests (and counts) of rows sent at the bookmark's value by earlier runs, still to skip.
+    skip: std::collections::BTreeMap<String, u64>,
+    /// The key value (COPY text) of the rows being read.
+    value: Vec<u8>,
+    /// Digests (and counts) of the rows read at `value` in this run, skipped ones included:
+    /// together they are every row at that value the target holds once these are committed.
+    at_value: std::collections::BTreeMap<String, u64>,
+}
+
+impl Ties {
+    fn resume(saved: Option<&Value>) -> Ties {
+        let skip = saved
+            .and_then(|b| b.get(state::ROWS_AT_VALUE))
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(d, n)| Some((d.clone(), n.as_u64()?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ties {
+            skip,
+            value: Vec::new(),
+            at_value: std::collections::BTreeMap::new(),
+        }
+    }
+
+    /// Notes a row read with key value `key` (COPY text) and record text `text`; false when an
+    /// earlier run sent it already.
+    fn read(&mut self, key: &[u8], text: &str) -> bool {
+        if key != self.value.as_slice() {
+            self.value.clear();
+            self.value.extend_from_slice(key);
+            self.at_value.clear();
+        }
+        let digest = row_digest(text);
+        let fresh = match self.skip.get_mut(&digest) {
+            Some(left) if *left > 0 => {
+                *left -= 1;
+                false
+            }
+            _ => true,
+        };
+        *self.at_value.entry(digest).or_insert(0) += 1;
+        fresh
+    }
+
+    fn rows_at_value(&self) -> usize {
+        self.at_value.len()
+    }
+
+    /// The bookmark after the rows read so far: the current key value (as JSON) and its rows.
+    fn bookmark(&self, rk: &str, value: Value) -> Value {
+        let mut m = Map::new();
+        m.insert("replication_key".into(), json!(rk));
+        m.insert(state::REPLICATION_KEY_VALUE.into(), value);
+        m.insert(state::ROWS_AT_VALUE.into(), json!(self.at_value));
+        Value::Object(m)
+    }
+}
+
+/// A row's digest: SHA-256 of its record text, first 16 bytes in hex (stable across versions,
+/// since it is kept in state).
+fn row_digest(text: &str) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(text.as_bytes());
+    let mut out = String::with_capacity(32);
+    for b in &d[..16] {
+        use std::fmt::Write;
+        let _ = write!(out, "{b:02x}");
+    }
+    out
 }
 
 struct Ctx<'a> {
@@ -222,28 +341,24 @@ impl Ctx<'_> {
                 out.push(',');
             }
             out.push_str(&self.keys_json[i]);
-            if f == b"\\N" {
-                out.push_str("null");
-                continue;
-            }
-            let t = unescape(f)?;
-            let finite = || !(t.contains("infinity") || t.ends_with(" BC"));
-            match kind {
-                Render::Number | Render::Json => out.push_str(&t),
-                Render::Float if matches!(t.as_ref(), "NaN" | "Infinity" | "-Infinity") => {
-                    out.push_str("null")
-                }
-                Render::Float => out.push_str(&t),
-                Render::Bool => out.push_str(if t == "t" { "true" } else { "false" }),
-                Render::Date | Render::Timestamp if !finite() => out.push_str("null"),
-                Render::Date => push_json_str(&mut out, &t),
-                Render::Timestamp => push_with_offset(&mut out, &t.replacen(' ', "T", 1)),
-                Render::Time => push_with_offset(&mut out, &t),
-                Render::Decimal | Render::Text => push_json_str(&mut out, &t),
-            }
+            push_field(&mut out, *kind, f)?;
         }
         out.push('}');
         Ok(out)
+    }
+
+    /// The COPY text of column `i` of a row (still escaped).
+    fn raw_field<'l>(&self, line: &'l [u8], i: usize) -> anyhow::Result<&'l [u8]> {
+        line.split(|b| *b == b'\t')
+            .nth(i)
+            .ok_or_else(|| anyhow!("stream {:?}: a row has fewer fields than columns", self.id))
+    }
+
+    /// Column `i`'s COPY text as the JSON value its record holds.
+    fn field_value(&self, i: usize, raw: &[u8]) -> anyhow::Result<Value> {
+        let mut out = String::new();
+        push_field(&mut out, self.renders[i], raw)?;
+        serde_json::from_str(&out).context("Postgres rendered a value that is not JSON")
     }
 
     fn column(&self, name: &str) -> anyhow::Result<&ColumnInfo> {
@@ -406,7 +521,16 @@ impl PostgresTap {
         };
         for w in &wanted {
             let c = ctx.column(w)?.clone();
-            ctx.renders.push(render_of(&c));
+            // Non-finite floats as their names only where the catalog's schema allows it.
+            let named = s
+                .schema()
+                .get("properties")
+                .and_then(|p| p.get(w))
+                .is_some_and(allows_non_finite);
+            ctx.renders.push(match render_of(&c) {
+                Render::Float if named => Render::NamedFloat,
+                r => r,
+            });
             let mut k = String::new();
             push_json_str(&mut k, &c.name);
             k.push(':');
@@ -436,7 +560,8 @@ impl PostgresTap {
         let rows = match method.as_str() {
             "INCREMENTAL" => {
                 let rk = rk.ok_or_else(|| anyhow!("stream {id:?}: INCREMENTAL needs a replication-key; set one with `ferry select … --key COLUMN`"))?;
-                self.incremental(client, &ctx, &rk, st, emitter).await?
+                self.incremental(client, &ctx, &rk, keys.is_empty(), st, emitter)
+                    .await?
             }
             "XMIN" => self.xmin(client, &ctx, st, emitter).await?,
             "FULL_TABLE" => self.full_table(client, &ctx, &keys, st, emitter).await?,
@@ -710,12 +835,16 @@ impl PostgresTap {
         client: &Client,
         ctx: &Ctx<'_>,
         rk: &str,
+        keyless: bool,
         st: &Shared,
         emitter: &mut Emitter,
     ) -> anyhow::Result<u64> {
         let id = ctx.id;
         let col = ctx.column(rk)?.clone();
         let q = quote_ident(rk);
+        if keyless && self.cfg.lookback.is_some() {
+            bail!("stream {id:?}: `lookback` re-reads rows before the bookmark, and a stream without key properties would append them a second time; set key properties (`ferry select … --keys`) or remove `lookback`");
+        }
         // The signpost: the key's maximum when reading starts. Rows written later wait for the
         // next run instead of being half-read now.
         let signpost: Option<String> = client
@@ -733,13 +862,14 @@ impl PostgresTap {
             tracing::info!(stream = %id, "The replication key has no values yet; nothing to read.");
             return Ok(0);
         }
-        let bm = st
-            .bookmark(id)
-            .await
-            .and_then(|b| b.get("replication_key_value").cloned());
+        let saved = st.bookmark(id).await;
+        let bm = saved
+            .as_ref()
+            .and_then(|b| b.get(state::REPLICATION_KEY_VALUE).cloned());
         let upper = format!("{q} <= {}", literal(&signpost, &col.sql_type));
         let where_ = match &bm {
-            // `>=`: rows sharing the bookmark's value are read again rather than skipped.
+            // `>=`: rows sharing the bookmark's value are read again rather than skipped (a
+            // stream without keys skips exactly the ones it has already sent, below).
             Some(v) => {
                 let mut from = literal(v, &col.sql_type);
                 if let Some(lb) = &self.cfg.lookback {
@@ -767,39 +897,69 @@ impl PostgresTap {
             .await
             .with_context(|| format!("stream {id:?}: reading {}", ctx.qualified()))?;
         futures_util::pin_mut!(stream);
+        let rk_at = ctx
+            .cols
+            .iter()
+            .position(|c| c.name == rk)
+            .context("the replication key is read")?;
+        let mut ties = keyless.then(|| Ties::resume(saved.as_ref()));
         let mut lines = Lines::default();
         let mut held = Vec::new();
         let mut n = 0u64;
+        let mut skipped = 0u64;
         let every = self.cfg.state_every_rows.max(1);
         while let Some(chunk) = stream.next().await {
             lines.push(&chunk.context("reading rows")?, &mut held, |l| {
-                ctx.render(l)
-            })?;
-            for l in held.drain(..) {
-                n += 1;
-                let mark = if n.is_multiple_of(every) {
-                    Some(field(&l, rk)?)
+                let text = ctx.render(l)?;
+                // A key-less stream needs each row's key value (COPY text) to follow its ties.
+                let key = if keyless {
+                    ctx.raw_field(l, rk_at)?.to_vec()
                 } else {
+                    Vec::new()
+                };
+                Ok((text, key))
+            })?;
+            for (l, key) in held.drain(..) {
+                if let Some(t) = &mut ties {
+                    if !t.read(&key, &l) {
+                        skipped += 1;
+                        continue;
+                    }
+                }
+                n += 1;
+                let mark = if !n.is_multiple_of(every) {
                     None
+                } else if let Some(t) = &ties {
+                    Some(t.bookmark(rk, ctx.field_value(rk_at, &t.value)?))
+                } else {
+                    Some(json!({"replication_key": rk, "replication_key_value": field(&l, rk)?}))
                 };
                 emitter.emit(ctx.record(l, None)?).await?;
-                if let Some(v) = mark.filter(|v| !v.is_null()) {
-                    st.commit(
-                        id,
-                        json!({"replication_key": rk, "replication_key_value": v}),
-                        emitter,
-                    )
-                    .await?;
+                if let Some(m) = mark.filter(|m| !m[state::REPLICATION_KEY_VALUE].is_null()) {
+                    st.commit(id, m, emitter).await?;
                 }
             }
         }
-        // Every row up to the signpost was read: it is the bookmark now.
-        st.commit(
-            id,
-            json!({"replication_key": rk, "replication_key_value": signpost}),
-            emitter,
-        )
-        .await?;
+        if skipped > 0 {
+            tracing::info!(stream = %id, rows = skipped, "Skipped rows at the bookmark's key value that an earlier run sent (the stream has no key properties).");
+        }
+        // Every row up to the signpost was read: it is the bookmark now. A key-less stream's
+        // bookmark is its last row's key value (the signpost) with the rows read at it.
+        let mark = match &ties {
+            Some(t) if t.rows_at_value() > 0 => t.bookmark(rk, ctx.field_value(rk_at, &t.value)?),
+            // Nothing read (the rows at the bookmark were deleted): the bookmark stays.
+            Some(_) => match saved {
+                Some(m) => m,
+                None => return Ok(n),
+            },
+            None => json!({"replication_key": rk, "replication_key_value": signpost}),
+        };
+        if let Some(t) = &ties {
+            if t.rows_at_value() > TIES_WARN {
+                tracing::warn!(stream = %id, rows = t.rows_at_value(), "Many rows share the last replication-key value; the bookmark lists a digest of each. A key with fewer ties keeps the state small.");
+            }
+        }
+        st.commit(id, mark, emitter).await?;
         Ok(n)
     }
 
