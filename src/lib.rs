@@ -10,6 +10,7 @@
 //!   after the data before it is durable.
 //! - [`taps`] and [`targets`]: built-in connectors (enum dispatch), plus external Singer
 //!   executables run as child processes.
+//! - [`definitions`]: the REST definitions (and their catalogs) that ship inside the binary.
 //! - [`project`]: `ferry.yml`, `${ENV}` interpolation and pipeline resolution.
 //! - [`sql`]: quoting of identifiers and literals built from source names.
 //! - [`pg`]: connecting to PostgreSQL, shared by its tap and target.
@@ -23,6 +24,7 @@
 pub mod about;
 pub mod cli;
 pub mod commands;
+pub mod definitions;
 pub mod error;
 pub mod http;
 pub mod pg;

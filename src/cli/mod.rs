@@ -71,6 +71,25 @@ pub enum Command {
     Transform(TransformArgs),
     /// Reverse ETL: send what changed in warehouse query results to APIs, databases, Redis.
     Reverse(ReverseArgs),
+    /// Write a starter project: a commented ferry.yml, catalogs/, state/ and a .gitignore
+    /// (never overwriting a file).
+    Init(InitArgs),
+}
+
+/// `ferry init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The project folder (default: the working directory); created if missing.
+    pub dir: Option<PathBuf>,
+    /// The source: a built-in tap (`ferry tap --list`).
+    #[arg(long, default_value = "postgres")]
+    pub tap: String,
+    /// The destination: a built-in target (`ferry target --list`).
+    #[arg(long, default_value = "duckdb")]
+    pub target: String,
+    /// The pipeline's name.
+    #[arg(long, default_value = "main")]
+    pub pipeline: String,
 }
 
 /// `ferry reverse`.
@@ -148,8 +167,12 @@ pub struct TransformArgs {
 /// `ferry tap`.
 #[derive(Debug, Args)]
 pub struct TapArgs {
-    /// The tap (`ferry tap --about` style help lists config keys).
-    pub name: String,
+    /// The tap: a built-in name (`ferry tap --list`) or a REST definition file (`my_api.yml`).
+    #[arg(required_unless_present = "list")]
+    pub name: Option<String>,
+    /// List the built-in taps, a line on each.
+    #[arg(long, conflicts_with_all = ["name", "discover", "about"])]
+    pub list: bool,
     /// Config file (JSON, or YAML by extension); `${ENV}` is substituted.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -173,8 +196,12 @@ pub struct TapArgs {
 /// `ferry target`.
 #[derive(Debug, Args)]
 pub struct TargetArgs {
-    /// The target.
-    pub name: String,
+    /// The target: a built-in name (`ferry target --list`).
+    #[arg(required_unless_present = "list")]
+    pub name: Option<String>,
+    /// List the built-in targets and reverse-ETL destinations, a line on each.
+    #[arg(long, conflicts_with_all = ["name", "about"])]
+    pub list: bool,
     /// Config file (JSON, or YAML by extension); `${ENV}` is substituted.
     #[arg(long)]
     pub config: Option<PathBuf>,

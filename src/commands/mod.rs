@@ -1,6 +1,7 @@
 //! One module per subcommand. Each takes its parsed arguments and returns the exit code.
 
 pub mod discover;
+pub mod init;
 pub mod state;
 pub mod sync;
 pub mod tap;
@@ -45,6 +46,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::State(a) => state::run(a, &g).await,
         Command::Transform(a) => crate::transform::run(a, &g).await,
         Command::Reverse(a) => crate::reverse::run(a, &g).await,
+        Command::Init(a) => init::run(a, &g),
     }
 }
 
@@ -57,6 +59,20 @@ pub fn load_config(path: Option<&Path>) -> anyhow::Result<Value> {
         Some(p) => read_config_file(p),
         None => Ok(Value::Object(Map::new())),
     }
+}
+
+/// Prints `--list`: a name and a line on it per connector, aligned.
+///
+/// # Errors
+/// A broken stdout.
+pub fn print_list(items: &[(&str, String)]) -> anyhow::Result<i32> {
+    let width = items.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
+    let text: String = items
+        .iter()
+        .map(|(n, d)| format!("{n:width$}  {d}\n"))
+        .collect();
+    print_stdout(&text)?;
+    Ok(0)
 }
 
 /// Writes data (a catalog, an about page, a plan) to stdout.

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use super::{load_config, print_about, print_stdout, summary, Globals};
+use super::{load_config, print_about, print_list, print_stdout, summary, Globals};
 use crate::cli::TapArgs;
 use crate::error::{config_error, Failure};
 use crate::runner::{self, RunOptions, Sink, Source, StateOut};
@@ -16,11 +16,15 @@ use crate::taps::Tap;
 /// # Errors
 /// Config errors, source errors, a broken stdout.
 pub async fn run(a: TapArgs, g: &Globals) -> anyhow::Result<i32> {
+    if a.list {
+        return print_list(&crate::taps::list());
+    }
+    let name = a.name.clone().unwrap_or_default();
     if a.about {
-        return print_about(&Tap::about(&a.name)?, a.format);
+        return print_about(&Tap::about(&name)?, a.format);
     }
     let config = load_config(a.config.as_deref())?;
-    let tap = Tap::new(&a.name, &config)?;
+    let tap = Tap::new(&name, &config)?;
     if a.discover {
         let catalog = tap.discover().await?;
         print_stdout(&serde_json::to_string_pretty(&catalog.to_value())?)?;
@@ -60,7 +64,7 @@ pub async fn run(a: TapArgs, g: &Globals) -> anyhow::Result<i32> {
         RunOptions::default(),
     )
     .await?;
-    summary(&format!("tap {}", a.name), &stats, g.quiet);
+    summary(&format!("tap {}", name), &stats, g.quiet);
     if !stats.failed_streams.is_empty() {
         let names: Vec<&str> = stats
             .failed_streams

@@ -5,7 +5,7 @@ use std::io::BufReader;
 
 use anyhow::Context;
 
-use super::{load_config, print_about, summary, Globals};
+use super::{load_config, print_about, print_list, summary, Globals};
 use crate::cli::TargetArgs;
 use crate::runner::{self, RunOptions, Sink, Source, StateOut};
 use crate::targets::Target;
@@ -15,11 +15,15 @@ use crate::targets::Target;
 /// # Errors
 /// Config errors, bad input (with its line), load errors.
 pub async fn run(a: TargetArgs, g: &Globals) -> anyhow::Result<i32> {
+    if a.list {
+        return print_list(&crate::targets::list());
+    }
+    let name = a.name.clone().unwrap_or_default();
     if a.about {
-        return print_about(&Target::about(&a.name)?, a.format);
+        return print_about(&Target::about(&name)?, a.format);
     }
     let config = load_config(a.config.as_deref())?;
-    let target = Target::new(&a.name, &config, None).await?;
+    let target = Target::new(&name, &config, None).await?;
     let source = match &a.input {
         Some(p) => {
             let f = std::fs::File::open(p)
@@ -37,6 +41,6 @@ pub async fn run(a: TargetArgs, g: &Globals) -> anyhow::Result<i32> {
         ..RunOptions::default()
     };
     let (stats, _) = runner::run(source, Sink::Load(target), StateOut::Stdout, opts).await?;
-    summary(&format!("target {}", a.name), &stats, g.quiet);
+    summary(&format!("target {}", name), &stats, g.quiet);
     Ok(0)
 }

@@ -6,7 +6,6 @@
 //! rows are found.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -143,16 +142,17 @@ impl HttpDest {
     /// # Errors
     /// A config error for an unreadable definition, missing settings or endpoints.
     pub fn new(
-        file: &Path,
+        file: &crate::definitions::Source,
         config: &Value,
         mode: Mode,
         fields: &[String],
         at: &str,
     ) -> anyhow::Result<HttpDest> {
-        let text = std::fs::read_to_string(file)
-            .map_err(|e| config_error(format!("{at}: cannot read {}: {e}", file.display())))?;
-        let def: DestDef = serde_yaml_ng::from_str(&text)
-            .map_err(|e| config_error(format!("{}: {e}", file.display())))?;
+        let text = file
+            .text()
+            .map_err(|e| config_error(format!("{at}: {e:#}")))?;
+        let def: DestDef =
+            serde_yaml_ng::from_str(&text).map_err(|e| config_error(format!("{file}: {e}")))?;
         let cfg = config.as_object().cloned().unwrap_or_default();
         for s in &def.settings {
             if s.secret {
@@ -163,9 +163,7 @@ impl HttpDest {
             if s.required && !cfg.contains_key(&s.name) {
                 return Err(config_error(format!(
                     "{at}: {} needs config key {:?} ({})",
-                    file.display(),
-                    s.name,
-                    s.description
+                    file, s.name, s.description
                 )));
             }
         }

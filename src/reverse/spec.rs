@@ -59,8 +59,8 @@ pub enum FieldSource {
 pub enum DestSpec {
     /// An HTTP API described by a definition file.
     Http {
-        /// The definition file, resolved.
-        file: PathBuf,
+        /// The definition: shipped (`name: hubspot`) or a file (resolved).
+        file: crate::definitions::Source,
         /// Its config (base_url, tokens).
         config: Value,
     },
@@ -319,13 +319,18 @@ pub fn read_syncs(
             match d.get("name").and_then(Value::as_str) {
             Some("postgres") => DestSpec::Postgres(config),
             Some("redis") => DestSpec::Redis(config),
-            Some(f) if f.ends_with(".yml") || f.ends_with(".yaml") => DestSpec::Http {
-                file: dir.join(f),
+            Some(f) if crate::definitions::is_path(f) => DestSpec::Http {
+                file: crate::definitions::Source::File(dir.join(f)),
+                config,
+            },
+            Some(n) if crate::definitions::Source::destination(n).is_some() => DestSpec::Http {
+                file: crate::definitions::Source::destination(n)
+                    .ok_or_else(|| config_error(format!("{at}: destination {n:?}")))?,
                 config,
             },
             other => {
                 return Err(config_error(format!(
-                    "{at}: destination {other:?}: use a definition file (name: targets/<api>.yml), name: postgres, name: redis, target: <a built-in ferry target> or command: <a Singer target>"
+                    "{at}: destination {other:?}: use a shipped definition (name: hubspot, customerio or webhook), a definition file (name: my_api.yml), name: postgres, name: redis, target: <a built-in ferry target> or command: <a Singer target>"
                 )))
             }
             }

@@ -25,7 +25,7 @@ pub enum Tap {
     File(file::FileTap),
     /// `postgres`: tables and views.
     Postgres(Box<postgres::PostgresTap>),
-    /// A REST API described by a definition file (`taps/<api>.yml`).
+    /// A REST API described by a definition: a shipped one by name (`github`), or a file.
     Rest(Box<rest::RestTap>),
 }
 
@@ -52,11 +52,10 @@ impl Tap {
             "csv" => Ok(Tap::File(file::FileTap::new(file::Format::Csv, config)?)),
             "jsonl" => Ok(Tap::File(file::FileTap::new(file::Format::Jsonl, config)?)),
             "postgres" => Ok(Tap::Postgres(Box::new(postgres::PostgresTap::new(config)?))),
-            def if rest::is_definition(def) => Ok(Tap::Rest(Box::new(rest::RestTap::new(
-                std::path::Path::new(def),
-                config,
-            )?))),
-            other => Err(unknown(other)),
+            other => match crate::definitions::Source::tap(other) {
+                Some(def) => Ok(Tap::Rest(Box::new(rest::RestTap::new(&def, config)?))),
+                None => Err(unknown(other)),
+            },
         }
     }
 
@@ -69,8 +68,10 @@ impl Tap {
             "csv" => Ok(file::about(file::Format::Csv)),
             "jsonl" => Ok(file::about(file::Format::Jsonl)),
             "postgres" => Ok(postgres::about()),
-            def if rest::is_definition(def) => rest::about(std::path::Path::new(def)),
-            other => Err(unknown(other)),
+            other => match crate::definitions::Source::tap(other) {
+                Some(def) => rest::about(&def),
+                None => Err(unknown(other)),
+            },
         }
     }
 
@@ -118,8 +119,25 @@ impl Tap {
 }
 
 fn unknown(name: &str) -> anyhow::Error {
+    let apis: Vec<&str> = crate::definitions::TAPS.iter().map(|s| s.name).collect();
     config_error(format!(
-        "unknown tap {name:?}; built-in taps: {}; a REST API definition is a path ending in .yml (taps/github.yml); for any other Singer tap use `command: {name}` in ferry.yml",
-        BUILTIN.join(", ")
+        "unknown tap {name:?}; built-in taps: {}, and the REST APIs {} (`ferry tap --list`); a REST API definition of your own is a path ending in .yml (my_api.yml); for any other Singer tap use `command: {name}` in ferry.yml",
+        BUILTIN.join(", "),
+        apis.join(", ")
     ))
+}
+
+/// The built-in taps with a line on each, for `ferry tap --list`.
+pub fn list() -> Vec<(&'static str, String)> {
+    let mut out: Vec<(&'static str, String)> = BUILTIN
+        .iter()
+        .map(|n| {
+            let about = Tap::about(n).map(|a| a.description.to_owned());
+            (*n, about.unwrap_or_default())
+        })
+        .collect();
+    for s in crate::definitions::TAPS {
+        out.push((s.name, crate::definitions::description(s)));
+    }
+    out
 }

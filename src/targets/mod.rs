@@ -223,3 +223,25 @@ fn unknown(name: &str) -> anyhow::Error {
         BUILTIN.join(", ")
     ))
 }
+
+/// The built-in targets, then the shipped reverse-ETL destinations (`ferry reverse`), each with
+/// a line on it, for `ferry target --list`.
+pub fn list() -> Vec<(&'static str, String)> {
+    let mut out: Vec<(&'static str, String)> = BUILTIN
+        .iter()
+        .map(|n| {
+            let about = Target::about(n).map(|a| a.description.to_owned());
+            (*n, about.unwrap_or_default())
+        })
+        .collect();
+    for s in crate::definitions::DESTINATIONS {
+        out.push((
+            s.name,
+            format!(
+                "reverse-ETL destination (ferry reverse): {}",
+                crate::definitions::description(s)
+            ),
+        ));
+    }
+    out
+}

@@ -842,3 +842,185 @@ fn definitions_are_checked_before_any_request() {
     }
     assert!(Path::new(&def("taps/github.yml")).exists());
 }
+
+/// The shipped definitions are inside the binary: by name, from a folder that has none of
+/// `taps/`, and a definition file of the same name still wins when named by its path.
+#[test]
+fn shipped_definitions_work_by_name_from_an_empty_directory() {
+    let d = Dir::new();
+    let list = d.run(&["tap", "--list"], None).ok().stdout;
+    for name in [
+        "csv", "jsonl", "postgres", "github", "harvest", "hubspot", "stripe",
+    ] {
+        assert!(
+            list.lines()
+                .any(|l| l.starts_with(&format!("{name} ")) && l.len() > name.len() + 10),
+            "{name} listed with a description:\n{list}"
+        );
+    }
+    let list = d.run(&["target", "--list"], None).ok().stdout;
+    for name in [
+        "jsonl",
+        "postgres",
+        "duckdb",
+        "parquet",
+        "hubspot",
+        "customerio",
+        "webhook",
+    ] {
+        assert!(
+            list.lines().any(|l| l.starts_with(&format!("{name} "))),
+            "{name}:\n{list}"
+        );
+    }
+    let about: Value =
+        serde_json::from_str(&d.run(&["tap", "github", "--about"], None).ok().stdout).unwrap();
+    assert_eq!(about["name"], "github");
+    assert!(
+        about["settings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "token"),
+        "{about}"
+    );
+    // Discovery reads the shipped catalog: no request is made (nothing listens on port 9).
+    d.write(
+        "gh.json",
+        &json!({"token": "ghp_test_token", "owner": "acme", "repo": "shop", "base_url": "http://127.0.0.1:9"}).to_string(),
+    );
+    let cat: Value = serde_json::from_str(
+        &d.run(
+            &["tap", "github", "--config", "gh.json", "--discover"],
+            None,
+        )
+        .ok()
+        .stdout,
+    )
+    .unwrap();
+    let issues = cat["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["tap_stream_id"] == "issues")
+        .unwrap();
+    let number = &issues["schema"]["properties"]["number"]["type"];
+    assert!(
+        number == "integer" || *number == json!(["null", "integer"]),
+        "{number}"
+    );
+    // A sync naming `github` in ferry.yml.
+    let api = Api::start();
+    let cfg = fast(
+        json!({"token": "ghp_test_token", "owner": "acme", "repo": "shop"}),
+        &api,
+    );
+    pipeline(
+        &d,
+        "gh",
+        "github",
+        &cfg,
+        "{ name: jsonl, config: { destination_path: out } }",
+    );
+    d.run(&["sync", "gh"], None).ok();
+    assert_eq!(
+        ids(&d.jsonl("out/issues.jsonl"), "id"),
+        ids(&api.data("github", "issues"), "id")
+    );
+    // A file named by its path is read, even with a shipped definition's name.
+    let text: String = std::fs::read_to_string(root().join("taps/github.yml"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            if l.starts_with("description:") {
+                "description: \"My own GitHub.\"\n".to_owned()
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    d.write("github.yml", &text);
+    let about: Value =
+        serde_json::from_str(&d.run(&["tap", "github.yml", "--about"], None).ok().stdout).unwrap();
+    assert_eq!(about["description"], "My own GitHub.");
+    // An unknown name lists what there is.
+    d.run(&["tap", "gitlab", "--about"], None)
+        .code(2)
+        .stderr_has("the REST APIs github, harvest, hubspot, stripe");
+}
+
+/// Every shipped catalog describes what its API serves: each stream of each shipped definition,
+/// read by name (so with its catalog) from the fake server into a validating target, before and
+/// after the server's data changes; every record arrives.
+#[test]
+fn shipped_catalogs_validate_every_record_the_fake_apis_serve() {
+    let api = Api::start();
+    let cases: [(&str, Value, &[(&str, &str, &str)]); 4] = [
+        (
+            "github",
+            json!({"token": "ghp_test_token", "owner": "acme", "repo": "shop", "per_page": 30}),
+            &[
+                ("issues", "issues", "id"),
+                ("pull_requests", "pulls", "id"),
+                ("commits", "commits", "sha"),
+            ],
+        ),
+        (
+            "stripe",
+            json!({"api_key": "sk_test_fake"}),
+            &[
+                ("customers", "customers", "id"),
+                ("charges", "charges", "id"),
+                ("invoices", "invoices", "id"),
+            ],
+        ),
+        (
+            "hubspot",
+            json!({"access_token": "pat-test-token"}),
+            &[
+                ("contacts", "contacts", "id"),
+                ("companies", "companies", "id"),
+                ("deals", "deals", "id"),
+            ],
+        ),
+        (
+            "harvest",
+            json!({"access_token": "harvest-token", "account_id": "123456"}),
+            &[
+                ("clients", "clients", "id"),
+                ("projects", "projects", "id"),
+                ("time_entries", "time_entries", "id"),
+            ],
+        ),
+    ];
+    for (name, cfg, streams) in cases {
+        let d = Dir::new();
+        // A full read each time (a new folder), so every record the server has is checked.
+        for round in 0..2 {
+            if round == 1 {
+                for (_, coll, _) in streams {
+                    api.mutate(name, coll, 3, 2);
+                }
+            }
+            let out = format!("out{round}");
+            pipeline(
+                &d,
+                name,
+                name,
+                &fast(cfg.clone(), &api),
+                &format!("{{ name: jsonl, config: {{ destination_path: {out} }} }}"),
+            );
+            let _ = std::fs::remove_file(d.join(&format!("state/{name}.json")));
+            d.run(&["sync", name], None).ok();
+            for (stream, coll, key) in streams {
+                let got = d.jsonl(&format!("{out}/{stream}.jsonl"));
+                let want = api.data(name, coll);
+                assert_eq!(
+                    ids(&got, key),
+                    ids(&want, key),
+                    "{name} {stream}, round {round}"
+                );
+            }
+        }
+    }
+}

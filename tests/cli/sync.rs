@@ -337,3 +337,65 @@ fn two_pipelines_sharing_a_folder_keep_each_others_rows() {
         "b's committed row survives a's next run"
     );
 }
+
+#[test]
+fn init_writes_a_starter_project_that_runs_and_never_overwrites() {
+    let d = Dir::new();
+    let out = d
+        .run(
+            &[
+                "init",
+                "proj",
+                "--tap",
+                "csv",
+                "--target",
+                "jsonl",
+                "--pipeline",
+                "shop",
+            ],
+            None,
+        )
+        .ok();
+    assert!(
+        out.stdout.is_empty(),
+        "stdout stays for data: {}",
+        out.stdout
+    );
+    for f in [
+        "proj/ferry.yml",
+        "proj/.gitignore",
+        "proj/catalogs/.gitkeep",
+        "proj/state/.gitkeep",
+    ] {
+        assert!(d.exists(f), "{f}");
+    }
+    let ignore = d.read("proj/.gitignore");
+    assert!(ignore.lines().any(|l| l == ".env"), "{ignore}");
+    // The starter runs as written once its example data exists.
+    d.write("proj/data/orders.csv", "id,total\n1,9.50\n2,3.25\n");
+    let mut c = d.cmd(&["sync", "shop"]);
+    c.current_dir(d.join("proj"));
+    crate::util::run(c, None).ok();
+    assert_eq!(
+        d.read("proj/out/orders.jsonl"),
+        "{\"id\":1,\"total\":9.50}\n{\"id\":2,\"total\":3.25}\n"
+    );
+    // A second init keeps every file that is there.
+    d.write("proj/ferry.yml", "# mine\n");
+    d.run(
+        &["init", "proj", "--tap", "postgres", "--target", "duckdb"],
+        None,
+    )
+    .ok();
+    assert_eq!(d.read("proj/ferry.yml"), "# mine\n");
+    // A postgres → duckdb starter names its secret from the environment, never a value.
+    let d2 = Dir::new();
+    d2.run(&["init", "--tap", "postgres", "--target", "postgres"], None)
+        .ok();
+    let yml = d2.read("ferry.yml");
+    assert!(yml.contains("password: ${MAIN_DB_PASSWORD}"), "{yml}");
+    assert!(yml.contains("url: ${WAREHOUSE_URL}"), "{yml}");
+    d2.run(&["init", "--target", "snowflake"], None)
+        .code(2)
+        .stderr_has("no starter for target \"snowflake\"");
+}

@@ -3,7 +3,6 @@
 //! checked once, so a mistake in a definition is reported before any request is sent.
 
 use std::collections::BTreeMap;
-use std::path::Path as FsPath;
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -261,21 +260,16 @@ fn default_method() -> String {
 }
 
 impl Definition {
-    /// Reads and checks a definition file.
+    /// Reads and checks a definition (a file, or one compiled in).
     ///
     /// # Errors
     /// A config error naming the file and what is wrong.
-    pub fn load(path: &FsPath) -> anyhow::Result<Definition> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            config_error(format!(
-                "cannot read the REST definition {}: {e}",
-                path.display()
-            ))
-        })?;
+    pub fn load(source: &crate::definitions::Source) -> anyhow::Result<Definition> {
+        let text = source.text()?;
         let def: Definition = serde_yaml_ng::from_str(&text)
-            .map_err(|e| config_error(format!("REST definition {}: {e}", path.display())))?;
+            .map_err(|e| config_error(format!("REST definition {source}: {e}")))?;
         def.check()
-            .map_err(|e| config_error(format!("REST definition {}: {e}", path.display())))?;
+            .map_err(|e| config_error(format!("REST definition {source}: {e}")))?;
         Ok(def)
     }
 

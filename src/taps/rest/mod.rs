@@ -1,5 +1,5 @@
-//! REST API taps described by a YAML definition (`taps/<api>.yml`): `ferry tap taps/github.yml
-//! --config c.json`. The definition says where the records are and how the API pages and
+//! REST API taps described by a YAML definition: a shipped one by name (`ferry tap github
+//! --config c.json`, see [`crate::definitions`]) or a file (`ferry tap my_api.yml`). The definition says where the records are and how the API pages and
 //! filters; this engine sends the requests (through the shared [`crate::http::Client`]), walks
 //! parent and child streams, and keeps a bookmark per stream (per parent for child streams)
 //! that moves only as pages are emitted.
@@ -9,13 +9,14 @@ mod page;
 mod sync;
 
 use std::collections::HashMap;
-use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use serde_json::{json, Map, Value};
 
 use crate::about::{About, ConfigKey};
+use crate::definitions::Source as DefSource;
 use crate::error::config_error;
 use crate::http::template::{render_value, Template, TemplateError};
 use crate::http::{render_pairs, Body, Client, Method, Policy, Request, Url};
@@ -30,7 +31,7 @@ use page::{Mark, Next};
 
 /// Whether a tap name refers to a definition file rather than a built-in tap.
 pub fn is_definition(name: &str) -> bool {
-    name.ends_with(".yml") || name.ends_with(".yaml")
+    crate::definitions::is_path(name)
 }
 
 /// Engine settings every definition accepts in its config, beside the API's own keys.
@@ -86,7 +87,7 @@ const ENGINE_KEYS: &[(&str, &str, &str)] = &[
 #[derive(Debug)]
 pub struct RestTap {
     def: Definition,
-    file: PathBuf,
+    file: DefSource,
     base: String,
     ctx: Value,
     client: Arc<Client>,
@@ -109,7 +110,7 @@ fn num(config: &Value, key: &str) -> anyhow::Result<Option<f64>> {
 ///
 /// # Errors
 /// An unreadable definition.
-pub fn about(file: &FsPath) -> anyhow::Result<About> {
+pub fn about(file: &DefSource) -> anyhow::Result<About> {
     let def = Definition::load(file)?;
     // About holds static text (the built-in taps' is compiled in); a definition's text lives
     // for the rest of this short-lived command.
@@ -145,7 +146,7 @@ impl RestTap {
     ///
     /// # Errors
     /// A config error: unreadable definition, missing required keys, no credentials.
-    pub fn new(file: &FsPath, config: &Value) -> anyhow::Result<RestTap> {
+    pub fn new(file: &DefSource, config: &Value) -> anyhow::Result<RestTap> {
         let def = Definition::load(file)?;
         if !config.is_object() {
             return Err(config_error("the tap config must be a JSON object"));
@@ -161,7 +162,10 @@ impl RestTap {
                 "tap {}: the config lacks {} (see `ferry tap {} --about`)",
                 def.name,
                 missing.join(", "),
-                file.display()
+                match file {
+                    DefSource::File(p) => p.display().to_string(),
+                    DefSource::Shipped(s) => s.name.to_owned(),
+                }
             )));
         }
         for s in def.settings.iter().filter(|s| s.secret) {
@@ -211,7 +215,7 @@ impl RestTap {
         let sample_records = num(config, "sample_records")?.map_or(200, |n| n as usize);
         Ok(RestTap {
             def,
-            file: file.to_owned(),
+            file: file.clone(),
             base: base.trim_end_matches('/').to_owned(),
             ctx,
             client: Arc::new(client),
@@ -360,12 +364,20 @@ impl RestTap {
         })
     }
 
-    /// The catalog: every stream with its schema (from the definition, or inferred from
-    /// sampled records), keys and replication metadata.
+    /// The catalog: the one shipped with a built-in definition, else every stream with its
+    /// schema (from the definition, or inferred from sampled records), keys and replication
+    /// metadata.
     ///
     /// # Errors
     /// When sampling a stream without a schema fails.
     pub async fn discover(&self) -> anyhow::Result<Catalog> {
+        // A shipped definition has its catalog written out (typed as the API documents it):
+        // no requests, and no types guessed from a few records.
+        if let Some(text) = self.file.catalog() {
+            let value: Value = serde_json::from_str(text)
+                .with_context(|| format!("the catalog shipped with {}", self.file))?;
+            return Catalog::from_value(value);
+        }
         let mut samples: HashMap<String, Vec<Map<String, Value>>> = HashMap::new();
         let mut catalog = Catalog::default();
         for s in &self.def.streams {
@@ -476,7 +488,7 @@ impl RestTap {
         self.def.stream(name).ok_or_else(|| {
             config_error(format!(
                 "the catalog has stream {name:?} but {} does not define it (streams: {})",
-                self.file.display(),
+                self.file,
                 self.def
                     .streams
                     .iter()
