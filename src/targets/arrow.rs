@@ -240,6 +240,10 @@ impl Builder {
                 t => parse_float(t)?,
             }),
             (Builder::Dec(_, p, s), Cell::Lit(t)) => Val::D(parse_decimal(t, *p, *s)?),
+            // Postgres' numeric has NaN and ±Infinity; a DECIMAL column has no way to hold them.
+            (Builder::Dec(..), Cell::Str(t)) if matches!(t.as_ref(), "NaN" | "Infinity" | "-Infinity") => {
+                return Err("a NaN or infinite value, which a DECIMAL column cannot hold (declare the property a float, or set such records aside)")
+            }
             (Builder::Dec(_, p, s), Cell::Str(t)) => Val::D(parse_decimal(t, *p, *s)?),
             (Builder::Bool(_), Cell::Lit("true")) => Val::B(true),
             (Builder::Bool(_), Cell::Lit("false")) => Val::B(false),

@@ -809,6 +809,28 @@ fn keyless_incremental_killed_at_any_moment_resumes_exactly() {
     }
 }
 
+/// A table holding every supported type (and NULLs, NaN, ±Infinity, nested arrays) in
+/// `pg`'s schema: `every_type`. `numeric_nan`: whether its numeric column holds a NaN too (no
+/// DECIMAL column elsewhere can).
+fn every_type(pg: &Pg, numeric_nan: bool) {
+    let n2 = if numeric_nan { "'NaN'" } else { "'1e-3'" };
+    pg.sql(&format!(
+        "CREATE SCHEMA \"{0}\"; CREATE TYPE \"{0}\".mood AS ENUM ('sad', 'happy');
+         CREATE TABLE \"{0}\".every_type (id bigint PRIMARY KEY, si smallint, i int, n numeric(12,3), f float8, r real,
+           t text, vc varchar(20), b boolean, d date, ts timestamp, tz timestamptz, tm time, u uuid, jb jsonb, j json,
+           arr int[], arr2 int[][], tarr text[], farr float8[], m \"{0}\".mood, by bytea, ip inet);
+         INSERT INTO \"{0}\".every_type VALUES
+          (1, 7, -8, 123456789.123, 1.5, 2.25, 'hello \"world\" ü', 'short', true, '2024-02-29', '2024-01-01 10:00:00.123456',
+           '2024-01-01 10:00:00.5+02', '23:59:59', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{{\"b\": [1, 2.5]}}', '[1, \"x\"]',
+           '{{1,2,3}}', '{{{{1,2}},{{3,NULL}}}}', '{{\"a\",\"b c\"}}', '{{1.5,NaN}}', 'happy', '\\x0102', '192.168.0.1/24'),
+          (2, NULL, NULL, {n2}, 'NaN', 'Infinity', '', NULL, false, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+           '{{}}', NULL, NULL, NULL, NULL, NULL, NULL),
+          (3, NULL, NULL, -0.001, '-Infinity', '-Infinity', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, '[]', '{{}}',
+           NULL, '{{{{5}}}}', '{{}}', NULL, 'sad', NULL, NULL);",
+        pg.schema
+    ));
+}
+
 /// Every supported type, read by `ferry tap postgres` and loaded by pipelinewise-target-postgres
 /// (from PyPI): the target accepts every schema, and its table holds the source's values.
 #[test]
@@ -818,21 +840,7 @@ fn every_type_into_pipelinewise_target_postgres() {
     };
     let src = Pg::new("tap_pw_src");
     let dst = Pg::new("tap_pw_dst");
-    src.sql(&format!(
-        "CREATE SCHEMA \"{0}\"; CREATE TYPE \"{0}\".mood AS ENUM ('sad', 'happy');
-         CREATE TABLE \"{0}\".every_type (id bigint PRIMARY KEY, si smallint, i int, n numeric(12,3), f float8, r real,
-           t text, vc varchar(20), b boolean, d date, ts timestamp, tz timestamptz, tm time, u uuid, jb jsonb, j json,
-           arr int[], arr2 int[][], tarr text[], farr float8[], m \"{0}\".mood, by bytea, ip inet);
-         INSERT INTO \"{0}\".every_type VALUES
-          (1, 7, -8, 123456789.123, 1.5, 2.25, 'hello \"world\" ü', 'short', true, '2024-02-29', '2024-01-01 10:00:00.123456',
-           '2024-01-01 10:00:00.5+02', '23:59:59', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{{\"b\": [1, 2.5]}}', '[1, \"x\"]',
-           '{{1,2,3}}', '{{{{1,2}},{{3,NULL}}}}', '{{\"a\",\"b c\"}}', '{{1.5,NaN}}', 'happy', '\\x0102', '192.168.0.1/24'),
-          (2, NULL, NULL, 'NaN', 'NaN', 'Infinity', '', NULL, false, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-           '{{}}', NULL, NULL, NULL, NULL, NULL, NULL),
-          (3, NULL, NULL, -0.001, '-Infinity', '-Infinity', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, '[]', '{{}}',
-           NULL, '{{{{5}}}}', '{{}}', NULL, 'sad', NULL, NULL);",
-        src.schema
-    ));
+    every_type(&src, true);
     let d = Dir::new();
     tap_files(&d, &src);
     let msgs = d
@@ -897,4 +905,110 @@ fn every_type_into_pipelinewise_target_postgres() {
             "double precision|-Infinity"
         ]
     );
+}
+
+/// The same table through every ferry target: each accepts every schema the tap emits and keeps
+/// the values (read back by each target's own reader).
+#[test]
+fn every_type_through_every_ferry_target() {
+    let src = Pg::new("tap_all_src");
+    every_type(&src, false);
+    let dst = Pg::new("tap_all_dst");
+    let py = crate::warehouse::python();
+    let mut targets = vec![
+        "{ name: jsonl, config: { destination_path: out } }".to_owned(),
+        "{ name: csv, config: { destination_path: out } }".to_owned(),
+        format!("{{ name: postgres, config: {} }}", dst.config(json!({}))),
+    ];
+    if py.is_some() {
+        targets.push("{ name: duckdb, config: { path: w.duckdb } }".to_owned());
+        targets.push("{ name: parquet, config: { path: lake } }".to_owned());
+    }
+    for target in targets {
+        let d = Dir::new();
+        project(&d, &src, json!({}), &target);
+        d.run(&["discover", "p"], None).ok();
+        d.run(&["select", "p", "*"], None).ok();
+        d.run(&["sync", "p"], None).ok();
+        // id, the 2-D array, the float column and the jsonb column of each row, as each reads them.
+        let rows: Vec<Value> = if target.contains("jsonl") {
+            d.jsonl(&format!("out/{}-every_type.jsonl", src.schema))
+                .into_iter()
+                .map(|r| json!([r["id"], r["arr2"], r["f"], r["jb"]]))
+                .collect()
+        } else if target.contains("csv") {
+            let text = d.read(&format!("out/{}-every_type.csv", src.schema));
+            assert_eq!(text.lines().count(), 4, "{text}");
+            assert!(text.contains("NaN") && text.contains("-Infinity"), "{text}");
+            continue;
+        } else if target.contains("postgres") {
+            dst.sql(&format!(
+                "SELECT json_build_array(id, arr2, f, jb)::text FROM \"{}\".every_type ORDER BY id",
+                dst.schema
+            ))
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+        } else if target.contains("duckdb") {
+            crate::warehouse::read(
+                py.as_ref().unwrap(),
+                &[
+                    "duckdb",
+                    d.join("w.duckdb").to_str().unwrap(),
+                    "SELECT id, arr2::VARCHAR, f, jb::VARCHAR FROM p.every_type ORDER BY id",
+                ],
+            )
+            .iter()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                let parse = |x: &Value| {
+                    x.as_str()
+                        .map_or(Value::Null, |t| serde_json::from_str(t).unwrap())
+                };
+                json!([v[0], parse(&v[1]), v[2], parse(&v[3])])
+            })
+            .collect()
+        } else {
+            let mut rows: Vec<Value> = crate::warehouse::read(
+                py.as_ref().unwrap(),
+                &["parquet", d.join("lake").to_str().unwrap(), "every_type"],
+            )
+            .iter()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                // Any-JSON columns are JSON text in Parquet.
+                let jb = v["jb"]
+                    .as_str()
+                    .map_or(Value::Null, |t| serde_json::from_str(t).unwrap());
+                json!([v["id"], v["arr2"], v["f"], jb])
+            })
+            .collect();
+            rows.sort_by_key(|r| r[0].as_i64());
+            rows
+        };
+        if target.contains("duckdb") {
+            // A numeric NaN has no DECIMAL form: refused, naming the stream and the column.
+            src.sql(&format!(
+                "UPDATE \"{}\".every_type SET n = 'NaN' WHERE id = 2",
+                src.schema
+            ));
+            d.run(&["sync", "p"], None)
+                .code(1)
+                .stderr_has("column \"n\": value NaN has a NaN or infinite value, which a DECIMAL column cannot hold");
+            src.sql(&format!(
+                "UPDATE \"{}\".every_type SET n = 1e-3 WHERE id = 2",
+                src.schema
+            ));
+        }
+        let jb = serde_json::from_str::<Value>(r#"{"b": [1, 2.5]}"#).unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                json!([1, [[1, 2], [3, null]], 1.5, jb]),
+                json!([2, null, "NaN", null]),
+                json!([3, [[5]], "-Infinity", []]),
+            ],
+            "{target}"
+        );
+    }
 }
