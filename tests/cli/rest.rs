@@ -955,7 +955,9 @@ fn shipped_definitions_work_by_name_from_an_empty_directory() {
 #[test]
 fn shipped_catalogs_validate_every_record_the_fake_apis_serve() {
     let api = Api::start();
-    let cases: [(&str, Value, &[(&str, &str, &str)]); 4] = [
+    // (stream, the fake server's collection, key) per definition.
+    type Streams = &'static [(&'static str, &'static str, &'static str)];
+    let cases: [(&str, Value, Streams); 4] = [
         (
             "github",
             json!({"token": "ghp_test_token", "owner": "acme", "repo": "shop", "per_page": 30}),
