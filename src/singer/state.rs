@@ -10,9 +10,10 @@ pub const CURRENTLY_SYNCING: &str = "currently_syncing";
 
 /// A bookmark's replication-key value.
 pub const REPLICATION_KEY_VALUE: &str = "replication_key_value";
-/// A key-less INCREMENTAL stream's bookmark: digests (and counts) of the rows already sent at
-/// its replication-key value, which the next run skips.
-pub const ROWS_AT_VALUE: &str = "rows_at_value";
+/// In the bookmark of a stream without key properties: digests (and counts) of rows already
+/// sent that the next run reads again (INCREMENTAL: those at the bookmark's value; XMIN: those
+/// written at or above the horizon), which it skips.
+pub const ROWS_SENT: &str = "rows_sent";
 
 /// An empty state.
 pub fn empty() -> Value {

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::util::{lines, Dir};
 
-fn pg_env(name: &str, default: &str) -> String {
+pub fn pg_env(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
 }
 

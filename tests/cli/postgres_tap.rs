@@ -745,7 +745,7 @@ fn keyless_incremental_sends_each_row_once_ties_and_duplicates_included() {
     let mark = &d.json("state/p.json")["bookmarks"][format!("{}-events", src.schema)];
     assert_eq!(mark["replication_key_value"], 9);
     assert_eq!(
-        mark["rows_at_value"]
+        mark["rows_sent"]
             .as_object()
             .unwrap()
             .values()
@@ -1011,4 +1011,88 @@ fn every_type_through_every_ferry_target() {
             "{target}"
         );
     }
+}
+
+/// XMIN reads rows written at or above the last run's horizon again (a transaction still open
+/// then may have committed since); a stream without keys skips the ones it sent, so a row is
+/// appended once even when transactions overlap the runs.
+#[test]
+fn keyless_xmin_sends_each_row_once_across_overlapping_transactions() {
+    use std::io::Write;
+    let src = Pg::new("tap_kx");
+    let dst = Pg::new("tap_kx_out");
+    src.sql(&format!(
+        "CREATE SCHEMA \"{0}\"; CREATE TABLE \"{0}\".events (seq int, kind text);
+         INSERT INTO \"{0}\".events VALUES (1, 'a'), (2, 'b'), (2, 'b');",
+        src.schema
+    ));
+    let d = Dir::new();
+    project(
+        &d,
+        &src,
+        json!({}),
+        &format!(
+            "{{ name: postgres, config: {} }}",
+            dst.config(json!({"state_table": "_ferry_state", "primary_key_required": false}))
+        ),
+    );
+    d.run(&["discover", "p"], None).ok();
+    d.run(&["select", "p", "*", "--method", "XMIN"], None).ok();
+    d.run(&["sync", "p"], None).ok();
+    assert_same_rows(&src, &dst, "first run");
+    // A transaction that holds an xid stays open: the next run's horizon stays below the rows
+    // committed meanwhile.
+    let app = format!("ferry_holder_{}", src.schema);
+    let mut holder = std::process::Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-h",
+            &crate::postgres::pg_env("FERRY_PG_HOST", "127.0.0.1"),
+        ])
+        .args(["-p", &crate::postgres::pg_env("FERRY_PG_PORT", "5432")])
+        .args(["-U", &crate::postgres::pg_env("FERRY_PG_USER", "postgres")])
+        .args(["-d", &crate::postgres::pg_env("FERRY_PG_DB", "test")])
+        .env("PGAPPNAME", &app)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = holder.stdin.take().unwrap();
+    stdin.write_all(b"BEGIN; SELECT txid_current();\n").unwrap();
+    stdin.flush().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while src.sql(&format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{app}' AND backend_xid IS NOT NULL"
+    )) != ["1"]
+    {
+        assert!(std::time::Instant::now() < deadline, "the holding transaction did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    src.sql(&format!(
+        "INSERT INTO \"{0}\".events VALUES (3, 'c'), (4, 'd');",
+        src.schema
+    ));
+    d.run(&["sync", "p"], None).ok();
+    assert_same_rows(&src, &dst, "second run, a transaction open");
+    let mark = &d.json("state/p.json")["bookmarks"][format!("{}-events", src.schema)];
+    assert_eq!(
+        mark["rows_sent"].as_object().map(|m| m.len()),
+        Some(2),
+        "{mark}"
+    );
+    stdin.write_all(b"COMMIT;\n").unwrap();
+    drop(stdin);
+    holder.wait().unwrap();
+    // The rows above the old horizon are read again and skipped; a new identical row is not.
+    src.sql(&format!(
+        "INSERT INTO \"{0}\".events VALUES (4, 'd');",
+        src.schema
+    ));
+    d.run(&["sync", "p"], None).ok();
+    assert_same_rows(&src, &dst, "third run");
+    assert_eq!(
+        dst.sql(&format!("SELECT count(*) FROM \"{}\".events", dst.schema)),
+        ["6"]
+    );
 }

@@ -223,36 +223,76 @@ impl Lines {
 /// Above this many rows at one key value a key-less stream's bookmark is large; a warning says so.
 const TIES_WARN: usize = 10_000;
 
+/// A multiset of row digests ([`row_digest`]), kept in a bookmark under [`state::ROWS_SENT`]:
+/// rows a stream without key properties has sent and that the next run reads again, so it
+/// skips them. Identical rows are counted, so a duplicate in the source stays a duplicate.
+#[derive(Default)]
+struct RowSet(std::collections::BTreeMap<String, u64>);
+
+impl RowSet {
+    fn from_bookmark(saved: Option<&Value>) -> RowSet {
+        RowSet(
+            saved
+                .and_then(|b| b.get(state::ROWS_SENT))
+                .and_then(Value::as_object)
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|(d, n)| Some((d.clone(), n.as_u64()?)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        )
+    }
+
+    fn add(&mut self, digest: String) {
+        *self.0.entry(digest).or_insert(0) += 1;
+    }
+
+    /// Takes one `digest` out; false when there is none left.
+    fn take(&mut self, digest: &str) -> bool {
+        match self.0.get_mut(digest) {
+            Some(left) if *left > 0 => {
+                *left -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Distinct rows.
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    fn to_value(&self) -> Value {
+        json!(self.0)
+    }
+}
+
 /// Exactly-once for an INCREMENTAL stream without key properties. Rows are read from the
 /// bookmark's value on (`>=`, so rows that share it and committed later are not missed), and a
-/// target can only append them; so the bookmark also lists a digest of every row already sent
-/// at its value, and the next run skips exactly those. Identical rows are counted, so a
-/// duplicate in the source stays a duplicate.
+/// target can only append them; so the bookmark also lists every row already sent at its value
+/// (a [`RowSet`]), and the next run skips exactly those.
 struct Ties {
-    /// Digests (and counts) of rows sent at the bookmark's value by earlier runs, still to skip.
-    skip: std::collections::BTreeMap<String, u64>,
+    /// Rows sent at the bookmark's value by earlier runs, still to skip.
+    skip: RowSet,
     /// The key value (COPY text) of the rows being read.
     value: Vec<u8>,
-    /// Digests (and counts) of the rows read at `value` in this run, skipped ones included:
-    /// together they are every row at that value the target holds once these are committed.
-    at_value: std::collections::BTreeMap<String, u64>,
+    /// The rows read at `value` in this run, skipped ones included: together they are every
+    /// row at that value the target holds once these are committed.
+    at_value: RowSet,
 }
 
 impl Ties {
     fn resume(saved: Option<&Value>) -> Ties {
-        let skip = saved
-            .and_then(|b| b.get(state::ROWS_AT_VALUE))
-            .and_then(Value::as_object)
-            .map(|m| {
-                m.iter()
-                    .filter_map(|(d, n)| Some((d.clone(), n.as_u64()?)))
-                    .collect()
-            })
-            .unwrap_or_default();
         Ties {
-            skip,
+            skip: RowSet::from_bookmark(saved),
             value: Vec::new(),
-            at_value: std::collections::BTreeMap::new(),
+            at_value: RowSet::default(),
         }
     }
 
@@ -265,14 +305,8 @@ impl Ties {
             self.at_value.clear();
         }
         let digest = row_digest(text);
-        let fresh = match self.skip.get_mut(&digest) {
-            Some(left) if *left > 0 => {
-                *left -= 1;
-                false
-            }
-            _ => true,
-        };
-        *self.at_value.entry(digest).or_insert(0) += 1;
+        let fresh = !self.skip.take(&digest);
+        self.at_value.add(digest);
         fresh
     }
 
@@ -285,7 +319,7 @@ impl Ties {
         let mut m = Map::new();
         m.insert("replication_key".into(), json!(rk));
         m.insert(state::REPLICATION_KEY_VALUE.into(), value);
-        m.insert(state::ROWS_AT_VALUE.into(), json!(self.at_value));
+        m.insert(state::ROWS_SENT.into(), self.at_value.to_value());
         Value::Object(m)
     }
 }
@@ -563,7 +597,7 @@ impl PostgresTap {
                 self.incremental(client, &ctx, &rk, keys.is_empty(), st, emitter)
                     .await?
             }
-            "XMIN" => self.xmin(client, &ctx, st, emitter).await?,
+            "XMIN" => self.xmin(client, &ctx, keys.is_empty(), st, emitter).await?,
             "FULL_TABLE" => self.full_table(client, &ctx, &keys, st, emitter).await?,
             other => bail!("stream {id:?}: replication method {other:?} is not supported (FULL_TABLE, INCREMENTAL, XMIN)"),
         };
@@ -580,6 +614,20 @@ impl PostgresTap {
         version: Option<i64>,
         emitter: &mut Emitter,
     ) -> anyhow::Result<(u64, Option<String>)> {
+        self.emit_rows_where(client, ctx, sql, version, emitter, |_| true)
+            .await
+    }
+
+    /// [`Self::emit_rows`] of the rows `keep` accepts.
+    async fn emit_rows_where(
+        &self,
+        client: &Client,
+        ctx: &Ctx<'_>,
+        sql: &str,
+        version: Option<i64>,
+        emitter: &mut Emitter,
+        mut keep: impl FnMut(&str) -> bool,
+    ) -> anyhow::Result<(u64, Option<String>)> {
         // Lines are collected per COPY chunk and emitted after; the last one is kept so the
         // caller can read its bookmark without another copy.
         let mut held: Vec<String> = Vec::new();
@@ -594,7 +642,7 @@ impl PostgresTap {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.with_context(|| format!("stream {:?}: reading rows", ctx.id))?;
             lines.push(&chunk, &mut held, |l| ctx.render(l))?;
-            for l in held.drain(..) {
+            for l in held.drain(..).filter(|l| keep(l)) {
                 if let Some(prev) = last.replace(l) {
                     emitter.emit(ctx.record(prev, version)?).await?;
                     n += 1;
@@ -967,6 +1015,7 @@ impl PostgresTap {
         &self,
         client: &Client,
         ctx: &Ctx<'_>,
+        keyless: bool,
         st: &Shared,
         emitter: &mut Emitter,
     ) -> anyhow::Result<u64> {
@@ -983,9 +1032,9 @@ impl PostgresTap {
             )
             .await?
             .get(0);
-        let bm = st
-            .bookmark(id)
-            .await
+        let saved = st.bookmark(id).await;
+        let bm = saved
+            .as_ref()
             .and_then(|b| b.get("xmin").and_then(Value::as_i64));
         let epoch = |x: i64| x >> 32;
         let low = |x: i64| x & 0xFFFF_FFFF;
@@ -1000,13 +1049,49 @@ impl PostgresTap {
             None => String::new(),
         };
         let sql = ctx.select(&where_, "ORDER BY xmin::text::bigint", None);
-        let (n, last) = self.emit_rows(client, ctx, &sql, None, emitter).await?;
+        // Rows written by transactions at or above the last horizon are read again (they may
+        // not have been visible then); a stream without keys skips the ones it sent already.
+        let mut sent = if keyless && !where_.is_empty() {
+            RowSet::from_bookmark(saved.as_ref())
+        } else {
+            RowSet::default()
+        };
+        let (n, last) = self
+            .emit_rows_where(client, ctx, &sql, None, emitter, |text| {
+                !sent.take(&row_digest(text))
+            })
+            .await?;
         let mut total = n;
         if let Some(l) = last {
             emitter.emit(ctx.record(l, None)?).await?;
             total += 1;
         }
-        st.commit(id, json!({"xmin": horizon}), emitter).await?;
+        let mut mark = Map::new();
+        mark.insert("xmin".into(), json!(horizon));
+        if keyless {
+            // The rows of this snapshot the next run reads again, by digest.
+            let again = ctx.select(
+                &format!("WHERE xmin::text::bigint >= {}", low(horizon)),
+                "",
+                None,
+            );
+            let stream = client
+                .copy_out(&again)
+                .await
+                .with_context(|| format!("stream {id:?}: reading {}", ctx.qualified()))?;
+            futures_util::pin_mut!(stream);
+            let (mut lines, mut held, mut rows) = (Lines::default(), Vec::new(), RowSet::default());
+            while let Some(chunk) = stream.next().await {
+                lines.push(&chunk.context("reading rows")?, &mut held, |l| {
+                    ctx.render(l).map(|t| row_digest(&t))
+                })?;
+                held.drain(..).for_each(|d| rows.add(d));
+            }
+            if rows.len() > 0 {
+                mark.insert(state::ROWS_SENT.into(), rows.to_value());
+            }
+        }
+        st.commit(id, Value::Object(mark), emitter).await?;
         Ok(total)
     }
 
