@@ -35,6 +35,8 @@ struct PgStream {
     cols: Vec<Col>,
     key_cols: Vec<String>,
     keys: Vec<String>,
+    /// The batch being encoded: sealed pieces, then `buf`, the piece being written.
+    pieces: Batch,
     buf: Vec<u8>,
     buffered: u64,
     staging: Option<String>,
@@ -45,6 +47,22 @@ struct PgStream {
     bytes: u64,
     /// Index of the connection it loads on (0: the main one).
     conn: usize,
+}
+
+impl PgStream {
+    /// Moves the piece being written into the batch.
+    fn seal_piece(&mut self) {
+        let full = std::mem::replace(&mut self.buf, Vec::with_capacity(COPY_PIECE_BYTES));
+        self.pieces.push(Bytes::from(full));
+    }
+
+    /// The batch encoded so far, leaving the stream an empty one.
+    fn take_batch(&mut self) -> Batch {
+        if !self.buf.is_empty() {
+            self.seal_piece();
+        }
+        std::mem::take(&mut self.pieces)
+    }
 }
 
 /// A connection and its transaction.
@@ -58,14 +76,44 @@ struct Conn {
     pending: Option<PendingCopy>,
     /// Batches a direct COPY gave back (a repeated key): they go the merge way, re-sent by
     /// their stream's next flush.
-    returned: Vec<(String, Bytes, u64)>,
+    returned: Vec<(String, Batch, u64)>,
+}
+
+/// COPY text in pieces of about [`COPY_PIECE_BYTES`], each row whole in one piece. A batch
+/// grows piece by piece instead of in one buffer that doubles (and leaves the freed halves to
+/// the allocator), and goes to the server piece by piece (the connection copies each message
+/// into its write buffer, which keeps the size of the largest message).
+#[derive(Debug, Clone, Default)]
+struct Batch {
+    pieces: Vec<Bytes>,
+    len: usize,
+}
+
+impl Batch {
+    fn push(&mut self, piece: Bytes) {
+        self.len += piece.len();
+        self.pieces.push(piece);
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// One buffer (quarantine's row-by-row search needs the rows in one place).
+    fn contiguous(&self) -> Bytes {
+        let mut out = Vec::with_capacity(self.len);
+        for p in &self.pieces {
+            out.extend_from_slice(p);
+        }
+        Bytes::from(out)
+    }
 }
 
 /// A direct COPY in flight, under the savepoint `ferry_direct`.
 struct PendingCopy {
     stream: String,
     table: String,
-    data: Bytes,
+    data: Batch,
     rows: u64,
     quarantine: bool,
     handle: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
@@ -137,9 +185,11 @@ impl Conn {
         while i < self.returned.len() {
             if self.returned[i].0 == stream {
                 let (_, data, rows) = self.returned.remove(i);
-                let mut buf = data.to_vec();
-                buf.extend_from_slice(&s.buf);
-                s.buf = buf;
+                // The returned rows go first, then what was encoded since.
+                let later = std::mem::replace(&mut s.pieces, data.clone());
+                for p in later.pieces {
+                    s.pieces.push(p);
+                }
                 s.buffered += rows;
                 s.bytes = s.bytes.saturating_sub(data.len() as u64);
                 s.fresh = false;
@@ -603,7 +653,8 @@ impl PostgresTarget {
                 cols,
                 key_cols,
                 keys: msg.key_properties.clone(),
-                buf: Vec::with_capacity(1 << 16),
+                pieces: Batch::default(),
+                buf: Vec::with_capacity(COPY_PIECE_BYTES),
                 buffered: 0,
                 staging: None,
                 staged: 0,
@@ -654,7 +705,11 @@ impl PostgresTarget {
         }
         s.buf.push(b'\n');
         s.buffered += 1;
-        if s.buffered >= self.cfg.batch_size_rows || s.buf.len() as u64 >= self.cfg.batch_size_bytes
+        if s.buf.len() >= COPY_PIECE_BYTES {
+            s.seal_piece();
+        }
+        if s.buffered >= self.cfg.batch_size_rows
+            || (s.pieces.len() + s.buf.len()) as u64 >= self.cfg.batch_size_bytes
         {
             let stream = msg.stream.clone();
             self.flush_stream(&stream, false).await?;
@@ -704,7 +759,7 @@ async fn flush(
         // most of an initial load's cost. A repeated key rolls back to the savepoint and the
         // batch goes the merge way.
         if s.buffered > 0 && s.staging.is_none() && (s.fresh || s.key_cols.is_empty()) {
-            let data = Bytes::from(std::mem::replace(&mut s.buf, Vec::with_capacity(1 << 16)));
+            let data = s.take_batch();
             conn.client.batch_execute("SAVEPOINT ferry_direct").await?;
             let client = conn.client.clone();
             let sql = format!("COPY {qt} ({cols}) FROM STDIN");
@@ -717,7 +772,7 @@ async fn flush(
                 handle: tokio::spawn(async move {
                     let sink = client.copy_in::<_, Bytes>(&sql).await?;
                     futures_util::pin_mut!(sink);
-                    sink.send(sent).await?;
+                    send_in_pieces(sink.as_mut(), sent).await?;
                     sink.as_mut().finish().await.map(|_| ())
                 }),
                 data,
@@ -753,7 +808,7 @@ async fn flush(
                     n
                 }
             };
-            let data = Bytes::from(std::mem::replace(&mut s.buf, Vec::with_capacity(1 << 16)));
+            let data = s.take_batch();
             s.bytes += data.len() as u64;
             let into = format!("{} ({cols})", quote_ident(&stg));
             if quarantine {
@@ -771,7 +826,7 @@ async fn flush(
                             )
                             .await?;
                         let schema = cfg.default_target_schema.clone();
-                        isolate(&conn.client, stream, &into, &schema, &data).await?;
+                        isolate(&conn.client, stream, &into, &schema, &data.contiguous()).await?;
                     }
                     Err(e) => return Err(copy_error(stream, &qt, &e)),
                 }
@@ -1184,13 +1239,28 @@ fn encode_raw(
 }
 
 /// One COPY of `data` (COPY text rows) into `into` (`table (columns)`).
-async fn copy_rows(client: &Client, into: &str, data: Bytes) -> Result<(), tokio_postgres::Error> {
+async fn copy_rows(client: &Client, into: &str, data: Batch) -> Result<(), tokio_postgres::Error> {
     let sink = client
         .copy_in::<_, Bytes>(&format!("COPY {into} FROM STDIN"))
         .await?;
     futures_util::pin_mut!(sink);
-    sink.send(data).await?;
+    send_in_pieces(sink.as_mut(), data).await?;
     sink.as_mut().finish().await.map(|_| ())
+}
+
+/// The size of a [`Batch`] piece.
+const COPY_PIECE_BYTES: usize = 256 << 10;
+
+/// Sends a batch of COPY data piece by piece.
+async fn send_in_pieces(
+    mut sink: std::pin::Pin<&mut tokio_postgres::CopyInSink<Bytes>>,
+    data: Batch,
+) -> Result<(), tokio_postgres::Error> {
+    for piece in data.pieces {
+        // `feed` waits for room in the connection's queue, not for the bytes to leave.
+        sink.feed(piece).await?;
+    }
+    sink.flush().await
 }
 
 /// A value the database refused (class 22 data exception, 23 integrity violation), as opposed to
@@ -1230,7 +1300,9 @@ async fn isolate(
             chunk.push(b'\n');
         }
         client.batch_execute("SAVEPOINT ferry_rows").await?;
-        match copy_rows(client, into, Bytes::from(chunk)).await {
+        let mut piece = Batch::default();
+        piece.push(Bytes::from(chunk));
+        match copy_rows(client, into, piece).await {
             Ok(()) => client.batch_execute("RELEASE SAVEPOINT ferry_rows").await?,
             Err(e) if is_data_error(&e) => {
                 client

@@ -21,11 +21,13 @@ const fn default_port() -> u16 {
 fn default_schema() -> String {
     "public".into()
 }
+// A batch is encoded while the one before it loads, so two are held: 30,000 rows keep a
+// 10-column stream's sync under 100 MB and were as fast as 100,000 (docs/BENCHMARKS.md).
 const fn default_batch_rows() -> u64 {
-    100_000
+    30_000
 }
 const fn default_batch_bytes() -> u64 {
-    64 << 20
+    16 << 20
 }
 const fn default_true() -> bool {
     true
@@ -124,8 +126,8 @@ pub fn about() -> About {
             ConfigKey { name: "sslmode", ty: "string", required: false, description: "`disable`, `allow`, `prefer` (default), `require`, `verify-ca`, `verify-full`; with `sslrootcert` (PEM) for the last two." },
             ConfigKey { name: "default_target_schema", ty: "string", required: false, description: "Schema for the tables (default `public`), created if missing." },
             ConfigKey { name: "schema_mapping", ty: "object", required: false, description: "`{\"<source schema>\": {\"target_schema\": \"<schema>\"}}` for streams named `<schema>-<table>`." },
-            ConfigKey { name: "batch_size_rows", ty: "integer", required: false, description: "Rows per stream buffered before COPY into staging (default 100000)." },
-            ConfigKey { name: "batch_size_bytes", ty: "integer", required: false, description: "Bytes per stream buffered before COPY into staging (default 64 MiB)." },
+            ConfigKey { name: "batch_size_rows", ty: "integer", required: false, description: "Rows per stream buffered before COPY into staging (default 30000)." },
+            ConfigKey { name: "batch_size_bytes", ty: "integer", required: false, description: "Bytes per stream buffered before COPY into staging (default 16 MiB)." },
             ConfigKey { name: "hard_delete", ty: "boolean", required: false, description: "Delete rows flagged `_sdc_deleted_at` and rows of replaced versions (default false: keep them flagged)." },
             ConfigKey { name: "add_metadata_columns", ty: "boolean", required: false, description: "Add the `_sdc_*` metadata columns (default false)." },
             ConfigKey { name: "primary_key_required", ty: "boolean", required: false, description: "Refuse streams without key properties (default true)." },
