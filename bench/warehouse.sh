@@ -6,7 +6,7 @@
 #      `ferry sync` of the CSV file (tap csv → target duckdb, one process);
 #   2. into Parquet: `COPY (FROM read_csv('rows.csv', columns=…)) TO 'x.parquet'` (zstd) (floor),
 #      vs `ferry target parquet` and `ferry sync` (tap csv → target parquet);
-#   3. rows/s and peak memory (max RSS) of each ferry command at N and 3N rows (flat).
+#   3. rows/s and peak memory (max RSS) of each ferry command at N and 10N rows (flat).
 #
 #   bench/warehouse.sh         # N=1000000 rows of 10 columns, RUNS=5 timed runs each; needs hyperfine and ./test.sh's
 #                              # readers venv (or PY=/path/to/python with duckdb installed)
@@ -95,7 +95,7 @@ print('  check: duckdb rows', duckdb.connect('target.duckdb', read_only=True).sq
       'ref', duckdb.connect('ref.duckdb', read_only=True).sql('select count(*), sum(total) from t').fetchone())"
 
 echo; echo "peak memory (max RSS, KB) of the ferry targets and the floor:"
-for rows in "$N" "$((N * 3))"; do
+for rows in "$N" "$((N * 10))"; do
   [ "$rows" != "$N" ] && gen "$rows"
   rm -rf target.duckdb target.duckdb.wal target-lake ref.duckdb
   /usr/bin/time -f "%M" -o rss1 "$FERRY" -q target duckdb --config duck.json < rows.singer > /dev/null
