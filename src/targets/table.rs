@@ -328,12 +328,14 @@ pub fn flatten_record(
     }
 }
 
-/// `CREATE TABLE qt (…)` for planned columns given as (name, SQL type): key columns NOT NULL and
-/// the primary key, plus `extra` column definitions (e.g. `_sdc_batched_at` with its default).
+/// `CREATE TABLE qt (…)` for planned columns given as (name, SQL type): key columns NOT NULL
+/// and, with `primary_key`, the primary key, plus `extra` column definitions (e.g.
+/// `_sdc_batched_at` with its default).
 pub fn create_table_sql<'a>(
     qt: &str,
     cols: impl Iterator<Item = (&'a str, &'a str)>,
     key_cols: &[String],
+    primary_key: bool,
     extra: Option<String>,
 ) -> String {
     let mut defs: Vec<String> = cols
@@ -347,7 +349,7 @@ pub fn create_table_sql<'a>(
         })
         .collect();
     defs.extend(extra);
-    if !key_cols.is_empty() {
+    if primary_key && !key_cols.is_empty() {
         let keys: Vec<String> = key_cols.iter().map(|k| quote_ident(k)).collect();
         defs.push(format!("PRIMARY KEY ({})", keys.join(", ")));
     }

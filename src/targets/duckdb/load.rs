@@ -399,6 +399,10 @@ impl DuckDbTarget {
                     cols.iter()
                         .map(|c| (c.planned.name.as_str(), c.ty.as_str())),
                     &key_cols,
+                    // No primary key: DuckDB keeps a key's index in memory (about 40 bytes a
+                    // row), which outgrows `memory_limit` at millions of rows; a merge deletes
+                    // the batch's keys and inserts instead.
+                    false,
                     self.cfg.add_metadata_columns.then(|| {
                         format!(
                             "{} TIMESTAMPTZ DEFAULT current_timestamp",
@@ -700,16 +704,9 @@ impl DuckDbTarget {
                     format!("INSERT INTO {qt} ({list}) SELECT {list} FROM {stg_q} ORDER BY {SEQ}")
                 } else {
                     let keys = table::ident_list(s.key_cols.iter().map(String::as_str));
-                    let action = table::upsert_action(
-                        s.cols.iter().map(|c| c.planned.name.as_str()),
-                        &s.key_cols,
-                        self.cfg.add_metadata_columns,
-                    );
                     // Within a batch the last record of a key wins. Most batches repeat no key:
-                    // a distinct count (a hash aggregate) is cheaper than the window then. Into
-                    // an empty table (the first load) the deduplicated rows cannot conflict, and
-                    // a plain INSERT costs DuckDB a third less than one checking conflicts
-                    // (the key is still enforced).
+                    // a distinct count (a hash aggregate) is cheaper than the window then. An
+                    // empty table (the first load) has no keys to delete.
                     let (repeats, empty): (bool, bool) = self
                         .conn
                         .query_row(
@@ -727,14 +724,26 @@ impl DuckDbTarget {
                     } else {
                         String::new()
                     };
-                    let conflict = if empty {
+                    // The batch's keys are deleted, then its rows inserted: the same result as
+                    // an upsert, with no index (DuckDB pushes the batch's key range into the
+                    // table scan, so only the row groups that can hold those keys are read).
+                    // Tables made by earlier versions have a primary key; the delete leaves it
+                    // nothing to conflict with.
+                    let delete = if empty {
                         String::new()
                     } else {
-                        format!(" ON CONFLICT ({keys}) {action}")
+                        let on = s
+                            .key_cols
+                            .iter()
+                            .map(|k| {
+                                let k = quote_ident(k);
+                                format!("_t.{k} = _s.{k}")
+                            })
+                            .collect::<Vec<_>>()
+                            .join(" AND ");
+                        format!("DELETE FROM {qt} AS _t USING {stg_q} AS _s WHERE {on}; ")
                     };
-                    format!(
-                        "INSERT INTO {qt} ({list}) SELECT {list} FROM {stg_q}{dedupe}{conflict}"
-                    )
+                    format!("{delete}INSERT INTO {qt} ({list}) SELECT {list} FROM {stg_q}{dedupe}")
                 };
                 self.conn.execute_batch(&sql).map_err(|e| {
                     anyhow!("stream {stream:?}: merging a batch into {qt} failed: {e}; nothing of this batch was committed")

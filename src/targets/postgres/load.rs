@@ -585,6 +585,7 @@ impl PostgresTarget {
                     &qt,
                     cols.iter().map(|c| (c.name.as_str(), c.ty.as_str())),
                     &key_cols,
+                    true,
                     self.cfg.add_metadata_columns.then(|| {
                         format!(
                             "{} timestamp with time zone DEFAULT now()",
