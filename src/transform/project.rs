@@ -261,9 +261,15 @@ pub fn load_target(
                     .join(", ")
             ))
         })?;
-    let mut all = read_yaml(&file)?;
-    super::jinja::render_env_vars(&mut all)
-        .with_context(|| format!("rendering {}", file.display()))?;
+    // As dbt: only the selected profile's `target` and the selected output are rendered, so an
+    // unselected output (prod's `env_var('PROD_PASSWORD')`) needs nothing from the environment.
+    let all = read_yaml(&file)?;
+    let render = |mut v: Value| -> anyhow::Result<Value> {
+        // A missing variable is the user's configuration to fix (exit 2), as in ferry.yml.
+        super::jinja::render_env_vars(&mut v)
+            .map_err(|e| config_error(format!("rendering {}: {e:#}", file.display())))?;
+        Ok(v)
+    };
     let profile = all.get(&project.profile).ok_or_else(|| {
         let names: Vec<&String> = all
             .as_object()
@@ -275,19 +281,22 @@ pub fn load_target(
             project.profile
         ))
     })?;
-    let name = target
-        .map(str::to_string)
-        .or_else(|| {
-            profile
-                .get("target")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| "default".to_string());
+    let name = match target {
+        Some(t) => t.to_string(),
+        None => match profile.get("target") {
+            Some(t) => render(t.clone())?
+                .as_str()
+                .map_or_else(|| "default".to_string(), str::to_string),
+            None => "default".to_string(),
+        },
+    };
     let outputs = profile.get("outputs").and_then(Value::as_object);
     let out = outputs
         .and_then(|o| o.get(&name))
-        .and_then(Value::as_object)
+        .filter(|o| o.is_object())
+        .map(|o| render(o.clone()))
+        .transpose()?
+        .and_then(|o| o.as_object().cloned())
         .ok_or_else(|| {
             config_error(format!(
                 "{}: profile {:?} has no target {name:?}; targets there: {:?}",
@@ -297,8 +306,7 @@ pub fn load_target(
                     .map(|o| o.keys().cloned().collect::<Vec<_>>())
                     .unwrap_or_default()
             ))
-        })?
-        .clone();
+        })?;
     let kind = match out.get("type").and_then(Value::as_str) {
         Some("postgres") => AdapterKind::Postgres,
         Some("duckdb") => AdapterKind::DuckDb,

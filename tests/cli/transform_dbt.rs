@@ -241,3 +241,32 @@ fn dbt_and_ferry_build_the_same_tables_on_postgres() {
         ));
     }
 }
+
+/// Only the selected target of profiles.yml is rendered, as dbt does: an unselected `prod`
+/// output that reads an unset environment variable is no error for `--target dev`, and the
+/// selected profile's `target:` may itself come from the environment.
+#[test]
+fn only_the_selected_profile_output_is_rendered_as_dbt_does() {
+    let d = Dir::new();
+    let (a, b) = (d.join("dbt/shop"), d.join("ferry/shop"));
+    let profiles = "shop:\n  target: \"{{ env_var('FERRY_TEST_DBT_TARGET', 'dev') }}\"\n  outputs:\n    dev:\n      type: duckdb\n      path: shop.duckdb\n      schema: main\n      threads: 1\n    prod:\n      type: postgres\n      host: db.example\n      user: etl\n      password: \"{{ env_var('FERRY_TEST_UNSET_PROD_PASSWORD') }}\"\n      dbname: prod\n      schema: analytics\n      threads: 4\nother:\n  outputs:\n    x:\n      type: duckdb\n      path: \"{{ env_var('FERRY_TEST_UNSET_OTHER') }}\"\n";
+    for p in [&a, &b] {
+        copy_dir(Path::new(FIXTURE), p);
+        std::fs::write(p.join("profiles.yml"), profiles).unwrap();
+    }
+    ferry(&b, &["build", "--target", "dev", "--profiles-dir", "."])
+        .ok()
+        .stderr_has("ERROR=0");
+    ferry(&b, &["build", "--profiles-dir", "."]).ok();
+    // The selected output still needs its variables, named.
+    ferry(&b, &["build", "--target", "prod", "--profiles-dir", "."])
+        .code(2)
+        .stderr_has("FERRY_TEST_UNSET_PROD_PASSWORD");
+    let Some(dbt) = dbt() else { return };
+    run_dbt(&dbt, &a, &["build", "--target", "dev"]);
+    assert_eq!(
+        results(&b),
+        results(&a),
+        "the same nodes and statuses as dbt"
+    );
+}
