@@ -77,19 +77,9 @@ fn loaded_ids(d: &Dir, target: &str) -> Vec<u64> {
 
 fn trial(target: &str, kill_after: Option<u64>) {
     let d = setup(target);
-    let mut child = d
-        .cmd(&["-q", "sync", "p"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    if let Some(n) = kill_after {
-        crate::util::wait_until(&mut child, "a commit", || {
-            committed_offset(&d).is_some_and(|o| o >= n)
-        });
-    }
-    let _ = child.kill();
-    child.wait().unwrap();
+    crate::util::sync_killed_after(&d, kill_after, |n| {
+        committed_offset(&d).is_some_and(|o| o >= n)
+    });
     // The state never claims more than the target holds.
     let ids = loaded_ids(&d, target);
     if let Some(off) = committed_offset(&d) {

@@ -445,24 +445,14 @@ fn kill_trial(pg: &Pg, keyed: bool, kill_after: Option<u64>) {
         "DROP TABLE IF EXISTS {t}; DROP TABLE IF EXISTS \"{}\"._ferry_state",
         pg.schema
     ));
-    let mut child = d
-        .cmd(&["-q", "sync", "p"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    if let Some(n) = kill_after {
-        crate::util::wait_until(&mut child, "a commit", || {
-            let offset: Option<_> = std::fs::read_to_string(d.join("state/p.json"))
-                .ok()
-                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-                .and_then(|v| v["bookmarks"]["rows"]["offset"].as_u64());
+    crate::util::sync_killed_after(&d, kill_after, |n| {
+        let offset: Option<_> = std::fs::read_to_string(d.join("state/p.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|v| v["bookmarks"]["rows"]["offset"].as_u64());
 
-            offset.is_some_and(|o| o >= n)
-        });
-    }
-    let _ = child.kill();
-    child.wait().unwrap();
+        offset.is_some_and(|o| o >= n)
+    });
     let out = d.run(&["sync", "p"], None);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let got = pg.sql(&format!(
@@ -839,26 +829,16 @@ fn killed_parallel_load_of_keyed_and_append_only_streams_resumes_exactly() {
             ),
         );
         pg.sql(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", pg.schema));
-        let mut child = d
-            .cmd(&["-q", "sync", "p"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        if let Some(n) = kill_after {
-            crate::util::wait_until(&mut child, "a commit", || {
-                std::fs::read_to_string(d.join("state/p.json"))
-                    .ok()
-                    .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-                    .is_some_and(|v| {
-                        ["k", "a"]
-                            .iter()
-                            .any(|s| v["bookmarks"][s]["offset"].as_u64().is_some_and(|o| o >= n))
-                    })
-            });
-        }
-        let _ = child.kill();
-        child.wait().unwrap();
+        crate::util::sync_killed_after(&d, kill_after, |n| {
+            std::fs::read_to_string(d.join("state/p.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                .is_some_and(|v| {
+                    ["k", "a"]
+                        .iter()
+                        .any(|s| v["bookmarks"][s]["offset"].as_u64().is_some_and(|o| o >= n))
+                })
+        });
         let out = d.run(&["sync", "p"], None);
         assert_eq!(out.code, 0, "{}", out.stderr);
         let sum: f64 = (0..ROWS).map(|i| i as f64 + 0.5).sum();

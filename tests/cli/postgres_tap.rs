@@ -318,26 +318,13 @@ fn killed_full_table_read_resumes_after_its_last_key() {
         project(&d, &pg, json!({"chunk_rows": 1000}), jsonl_target());
         d.run(&["discover", "p"], None).ok();
         d.run(&["select", "p", "*"], None).ok();
-        let mut child = d
-            .cmd(&["-q", "sync", "p"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        if let Some(n) = kill_after {
-            crate::util::wait_until(&mut child, "a commit", || {
-                let last: Option<_> = std::fs::read_to_string(d.join("state/p.json"))
-                    .ok()
-                    .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-                    .and_then(|v| {
-                        v["bookmarks"][format!("{}-t", pg.schema)]["last_pk"][0].as_i64()
-                    });
-
-                last.is_some_and(|o| o >= n)
-            });
-        }
-        let _ = child.kill();
-        child.wait().unwrap();
+        crate::util::sync_killed_after(&d, kill_after, |n| {
+            let last: Option<_> = std::fs::read_to_string(d.join("state/p.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                .and_then(|v| v["bookmarks"][format!("{}-t", pg.schema)]["last_pk"][0].as_u64());
+            last.is_some_and(|o| o >= n)
+        });
         d.run(&["sync", "p"], None).ok();
         let ids: Vec<i64> = stream_rows(&d, &format!("out/{}-t.jsonl", pg.schema))
             .iter()
@@ -784,23 +771,13 @@ fn keyless_incremental_killed_at_any_moment_resumes_exactly() {
         let d = Dir::new();
         keyless_project(&d, &src, &dst);
         let stream = format!("{}-events", src.schema);
-        let mut child = d
-            .cmd(&["-q", "sync", "p"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        if let Some(n) = kill_after {
-            crate::util::wait_until(&mut child, "a commit", || {
-                std::fs::read_to_string(d.join("state/p.json"))
-                    .ok()
-                    .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-                    .and_then(|v| v["bookmarks"][&stream]["replication_key_value"].as_i64())
-                    .is_some_and(|v| v >= n)
-            });
-        }
-        let _ = child.kill();
-        child.wait().unwrap();
+        crate::util::sync_killed_after(&d, kill_after, |n| {
+            std::fs::read_to_string(d.join("state/p.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                .and_then(|v| v["bookmarks"][&stream]["replication_key_value"].as_u64())
+                .is_some_and(|v| v >= n)
+        });
         d.run(&["sync", "p"], None).ok();
         assert_same_rows(&src, &dst, &format!("kill after seq {kill_after:?}"));
         // And once more: nothing changes.

@@ -172,3 +172,19 @@ pub fn wait_until(child: &mut std::process::Child, what: &str, mut cond: impl Fn
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
 }
+
+/// Runs `ferry -q sync p` in `d` and kills it (SIGKILL): once `reached(n)` holds with
+/// `kill_after = Some(n)` (a commit got that far), or at once with `None`.
+pub fn sync_killed_after(d: &Dir, kill_after: Option<u64>, mut reached: impl FnMut(u64) -> bool) {
+    let mut child = d
+        .cmd(&["-q", "sync", "p"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    if let Some(n) = kill_after {
+        wait_until(&mut child, "a commit", || reached(n));
+    }
+    let _ = child.kill();
+    child.wait().unwrap();
+}

@@ -768,23 +768,13 @@ fn kill_trial(py: &PathBuf, target: &str, kill_after: Option<u64>) {
             "pipelines:\n  p:\n    tap: {{ name: csv, config: {{ state_every_rows: 1000, files: [{{ entity: rows, path: src/rows.csv, keys: [id] }}] }} }}\n    target: {{ name: {target}, config: {config} }}\n    commit_interval_secs: 0.01\n"
         ),
     );
-    let mut child = d
-        .cmd(&["-q", "sync", "p"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    if let Some(n) = kill_after {
-        crate::util::wait_until(&mut child, "a commit", || {
-            std::fs::read_to_string(d.join("state/p.json"))
-                .ok()
-                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-                .and_then(|v| v["bookmarks"]["rows"]["offset"].as_u64())
-                .is_some_and(|o| o >= n)
-        });
-    }
-    let _ = child.kill();
-    child.wait().unwrap();
+    crate::util::sync_killed_after(&d, kill_after, |n| {
+        std::fs::read_to_string(d.join("state/p.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|v| v["bookmarks"]["rows"]["offset"].as_u64())
+            .is_some_and(|o| o >= n)
+    });
     d.run(&["sync", "p"], None).ok();
     let (count, distinct, sum) = if target == "duckdb" {
         let r = read_json(
