@@ -83,8 +83,8 @@ pub struct DuckDbTargetConfig {
     /// DuckDB's `threads` setting.
     #[serde(default)]
     pub threads: Option<u32>,
-    /// DuckDB's `memory_limit` setting (default 256MB, so memory stays flat however large a
-    /// load: DuckDB spills beyond it); `null` for DuckDB's own default (80% of RAM).
+    /// DuckDB's `memory_limit` setting (default 256MB: its buffer pool spills beyond it, though
+    /// DuckDB's other memory grows with the table); `null` for DuckDB's own default (80% of RAM).
     #[serde(default = "default_memory_limit")]
     pub memory_limit: Option<String>,
 }
@@ -118,7 +118,7 @@ pub fn about() -> About {
             ConfigKey { name: "nested", ty: "string", required: false, description: "Objects and arrays as `json` (default) or `struct` (STRUCT/LIST typed from the schema)." },
             ConfigKey { name: "state_table", ty: "string", required: false, description: "Table keeping the pipeline state with the data (default `_ferry_state`; null: off)." },
             ConfigKey { name: "threads", ty: "integer", required: false, description: "DuckDB's `threads` setting for the load." },
-            ConfigKey { name: "memory_limit", ty: "string", required: false, description: "DuckDB's `memory_limit` for the load (default `256MB`: memory stays flat, DuckDB spills beyond it; null: DuckDB's default, 80% of RAM)." },
+            ConfigKey { name: "memory_limit", ty: "string", required: false, description: "DuckDB's `memory_limit` for the load (default `256MB`: DuckDB's buffers spill beyond it; its other memory still grows with the table, about 470 MB at 10M rows; null: DuckDB's default, 80% of RAM)." },
         ],
     }
 }
