@@ -125,6 +125,8 @@ pub enum TransformCommand {
     Parse,
     /// Write target/index.html: lineage from pipelines to models, and every node's docs.
     Docs,
+    /// `source freshness`: how old each source table's newest row is, against its thresholds.
+    Source,
 }
 
 /// `ferry transform`.
@@ -162,6 +164,9 @@ pub struct TransformArgs {
     /// Variables for `var()`, as YAML: `--vars '{start_date: 2026-01-01}'`.
     #[arg(long)]
     pub vars: Option<String>,
+    /// `source freshness`: where to write the results (default: target/sources.json).
+    #[arg(long, short = 'o')]
+    pub output: Option<PathBuf>,
 }
 
 /// `ferry tap`.

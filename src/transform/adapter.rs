@@ -273,6 +273,47 @@ impl Conn {
             .collect())
     }
 
+    /// The views that read a relation, directly or through other views: what `drop … cascade`
+    /// takes along on Postgres. DuckDB does not track views' dependencies (none).
+    ///
+    /// # Errors
+    /// A [`DbError`].
+    pub async fn dependent_views(
+        &mut self,
+        schema: &str,
+        name: &str,
+    ) -> Result<Vec<(String, String)>, DbError> {
+        if matches!(self, Conn::Duck(_)) {
+            return Ok(Vec::new());
+        }
+        let (s, n) = (sql_string(schema), sql_string(name));
+        // A view's rewrite rule depends on each relation it reads (pg_depend), so walking the
+        // rules from the relation finds every view a cascade drops.
+        let rows = self
+            .query_strings(&format!(
+                "with recursive readers(oid) as (\
+                   select c.oid from pg_class c join pg_namespace ns on ns.oid = c.relnamespace \
+                   where ns.nspname = {s} and c.relname = {n} \
+                   union \
+                   select r.ev_class from pg_depend d \
+                   join pg_rewrite r on r.oid = d.objid \
+                   join readers on d.refobjid = readers.oid \
+                   where d.classid = 'pg_rewrite'::regclass and d.refclassid = 'pg_class'::regclass) \
+                 select ns.nspname, c.relname from readers \
+                 join pg_class c on c.oid = readers.oid \
+                 join pg_namespace ns on ns.oid = c.relnamespace \
+                 where not (ns.nspname = {s} and c.relname = {n})"
+            ))
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| {
+                let mut it = r.into_iter();
+                Some((it.next()??, it.next()??))
+            })
+            .collect())
+    }
+
     /// Column names of a relation, in order (temporary tables included: `schema` None).
     ///
     /// # Errors
@@ -316,20 +357,50 @@ impl Conn {
             .join(", ");
         match self {
             Conn::Pg(c, _) => {
-                let sql = format!(
-                    "copy {relation} ({cols}) from stdin with (format csv, header true, delimiter {})",
-                    sql_string(&delimiter.to_string())
-                );
+                // dbt-postgres inserts the values agate read, where an empty cell and `null`
+                // (any case, spaces around) are NULL; COPY would keep `null` and a quoted ""
+                // as text. So the rows are rewritten on the way: NULL cells unquoted and empty,
+                // every other cell quoted.
+                let sql = format!("copy {relation} ({cols}) from stdin with (format csv)");
                 let sink = c
                     .copy_in::<_, bytes::Bytes>(&sql)
                     .await
                     .map_err(|e| pg_err(&e))?;
                 futures_util::pin_mut!(sink);
-                let data = std::fs::read(path)
+                let mut rdr = csv::ReaderBuilder::new()
+                    .delimiter(delimiter as u8)
+                    .from_path(path)
                     .map_err(|e| DbError(format!("cannot read {}: {e}", path.display())))?;
-                sink.send(bytes::Bytes::from(data))
-                    .await
-                    .map_err(|e| pg_err(&e))?;
+                let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+                let mut rec = csv::StringRecord::new();
+                let mut line = 1u64;
+                loop {
+                    line += 1;
+                    let more = rdr
+                        .read_record(&mut rec)
+                        .map_err(|e| DbError(format!("{}, line {line}: {e}", path.display())))?;
+                    if more {
+                        for (i, cell) in rec.iter().enumerate() {
+                            if i > 0 {
+                                buf.push(b',');
+                            }
+                            if !super::materialize::is_null_cell(cell) {
+                                buf.push(b'"');
+                                buf.extend_from_slice(cell.replace('"', "\"\"").as_bytes());
+                                buf.push(b'"');
+                            }
+                        }
+                        buf.push(b'\n');
+                    }
+                    if buf.len() >= 1 << 20 || (!more && !buf.is_empty()) {
+                        sink.send(bytes::Bytes::from(std::mem::take(&mut buf)))
+                            .await
+                            .map_err(|e| pg_err(&e))?;
+                    }
+                    if !more {
+                        break;
+                    }
+                }
                 sink.as_mut().finish().await.map_err(|e| pg_err(&e))
             }
             Conn::Duck(c) => tokio::task::block_in_place(|| {

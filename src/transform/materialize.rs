@@ -11,8 +11,12 @@ use super::jinja::{quote, Relation};
 use super::nodes::Node;
 use super::project::AdapterKind;
 
-/// Known relations: (schema, identifier) → `table` | `view`, kept current as nodes build.
-pub type Cache = HashMap<(String, String), &'static str>;
+/// Known relations: (schema, identifier) → `table` | `view`.
+pub type Relations = HashMap<(String, String), &'static str>;
+
+/// dbt's relation cache: the relations there are, shared by every worker and kept current as
+/// nodes build (a drop with cascade forgets the views it took along).
+pub type Cache = std::sync::Mutex<Relations>;
 
 /// What ran, for the run results and `target/run/`.
 #[derive(Debug, Default)]
@@ -74,6 +78,8 @@ fn kind_word(kind: &str) -> &'static str {
 
 fn cached(cache: &Cache, rel: &Relation) -> Option<&'static str> {
     cache
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
         .get(&(
             rel.schema.clone().unwrap_or_default(),
             rel.identifier.clone(),
@@ -81,11 +87,14 @@ fn cached(cache: &Cache, rel: &Relation) -> Option<&'static str> {
         .copied()
 }
 
-fn set_cache(cache: &mut Cache, rel: &Relation, kind: Option<&'static str>) {
+fn set_cache(cache: &Cache, rel: &Relation, kind: Option<&'static str>) {
     let key = (
         rel.schema.clone().unwrap_or_default(),
         rel.identifier.clone(),
     );
+    let mut cache = cache
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     match kind {
         Some(k) => {
             cache.insert(key, k);
@@ -94,6 +103,32 @@ fn set_cache(cache: &mut Cache, rel: &Relation, kind: Option<&'static str>) {
             cache.remove(&key);
         }
     }
+}
+
+/// Forgets relations that are gone (the views a `drop … cascade` took along), so the next
+/// build of such a view creates it instead of renaming one that is not there.
+fn forget(cache: &Cache, gone: &[(String, String)]) {
+    let mut cache = cache
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for key in gone {
+        cache.remove(key);
+    }
+}
+
+/// Drops a relation with cascade, as dbt does, and returns the views that went with it.
+async fn drop_cascade(
+    tx: &mut Tx<'_>,
+    kind: &str,
+    rel: &Relation,
+) -> Result<Vec<(String, String)>, DbError> {
+    let readers = tx
+        .conn
+        .dependent_views(rel.schema.as_deref().unwrap_or_default(), &rel.identifier)
+        .await?;
+    tx.run(format!("drop {} if exists {rel} cascade", kind_word(kind)))
+        .await?;
+    Ok(readers)
 }
 
 /// Postgres cuts identifiers at 63 bytes; suffixed names are made to fit, as dbt does.
@@ -115,7 +150,7 @@ async fn swap_in(
     rel: &Relation,
     kind: &'static str,
     sql: &str,
-    cache: &mut Cache,
+    cache: &Cache,
 ) -> Result<Outcome, DbError> {
     let tmp = rel.with_identifier(suffixed(adapter, &rel.identifier, "__dbt_tmp"));
     let backup = rel.with_identifier(suffixed(adapter, &rel.identifier, "__dbt_backup"));
@@ -150,8 +185,8 @@ async fn swap_in(
     let rows = tx.transaction(stmts).await?;
     set_cache(cache, rel, Some(kind));
     if let Some(k) = existing {
-        tx.run(format!("drop {} if exists {backup} cascade", kind_word(k)))
-            .await?;
+        let gone = drop_cascade(&mut tx, k, &backup).await?;
+        forget(cache, &gone);
     }
     let mut out = tx.out;
     out.rows = rows;
@@ -199,7 +234,7 @@ pub async fn model(
     adapter: AdapterKind,
     node: &Node,
     sql: &str,
-    cache: &mut Cache,
+    cache: &Cache,
     full_refresh_flag: bool,
 ) -> Result<Outcome, DbError> {
     let rel = node.relation();
@@ -406,6 +441,13 @@ enum Inferred {
     Text,
 }
 
+/// A seed cell dbt reads as NULL (agate's null values for seeds: empty and `null`, any case,
+/// spaces around).
+pub fn is_null_cell(v: &str) -> bool {
+    let t = v.trim();
+    t.is_empty() || t.eq_ignore_ascii_case("null")
+}
+
 fn classify(v: &str) -> Inferred {
     let t = v.trim();
     if t.eq_ignore_ascii_case("true") || t.eq_ignore_ascii_case("false") {
@@ -480,7 +522,7 @@ pub fn infer_seed(
         let rec = rec.map_err(|e| anyhow::anyhow!("{}, row {}: {e}", path.display(), i + 2))?;
         rows += 1;
         for (k, v) in kinds.iter_mut().zip(rec.iter()) {
-            if !v.is_empty() {
+            if !is_null_cell(v) {
                 *k = widen(*k, classify(v));
             }
         }
@@ -509,7 +551,7 @@ pub async fn seed(
     conn: &mut Conn,
     node: &Node,
     path: &std::path::Path,
-    cache: &mut Cache,
+    cache: &Cache,
     full_refresh_flag: bool,
 ) -> Result<Outcome, DbError> {
     let delimiter = node
@@ -533,6 +575,7 @@ pub async fn seed(
         out: Outcome::default(),
     };
     tx.conn.execute("begin").await?;
+    let mut gone = Vec::new();
     let result = async {
         match existing {
             Some("table") if !full_refresh(node, full_refresh_flag) => {
@@ -540,8 +583,7 @@ pub async fn seed(
             }
             other => {
                 if let Some(k) = other {
-                    tx.run(format!("drop {} if exists {rel} cascade", kind_word(k)))
-                        .await?;
+                    gone = drop_cascade(&mut tx, k, &rel).await?;
                 }
                 let defs = cols
                     .iter()
@@ -571,6 +613,7 @@ pub async fn seed(
     match result {
         Ok(n) => {
             tx.conn.execute("commit").await?;
+            forget(cache, &gone);
             set_cache(cache, &rel, Some("table"));
             let mut out = tx.out;
             out.rows = Some(n);

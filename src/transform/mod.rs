@@ -11,6 +11,7 @@
 pub mod adapter;
 pub mod artifacts;
 pub mod docs;
+pub mod freshness;
 pub mod jinja;
 pub mod materialize;
 pub mod nodes;
@@ -164,6 +165,7 @@ pub async fn after_sync(
         full_refresh: false,
         threads: None,
         vars: None,
+        output: None,
     };
     // Which declared sources name the loaded tables.
     let loc = locate(&args, &g2)?;
@@ -268,6 +270,20 @@ pub async fn run(args: TransformArgs, g: &Globals) -> anyhow::Result<i32> {
                 tracing::info!("Wrote {} ({summary}).", path.display());
             }
             return Ok(exit::OK);
+        }
+        TransformCommand::Source => {
+            if args.rest.first().map(String::as_str) != Some("freshness") || args.rest.len() > 1 {
+                return Err(config_error(format!(
+                    "`ferry transform source {}`: the only source command is `source freshness`",
+                    args.rest.join(" ")
+                )));
+            }
+            let selected = select::select_sources(&graph, &args.select, &args.exclude)?;
+            let output = args
+                .output
+                .clone()
+                .unwrap_or_else(|| target_dir.join("sources.json"));
+            return freshness::run(&graph, &target, &selected, &output, &inv, g.quiet).await;
         }
         _ => {}
     }

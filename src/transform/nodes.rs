@@ -188,6 +188,10 @@ pub struct Source {
     pub loader: String,
     /// Config (tags, meta, enabled, unknown keys).
     pub config: Map<String, Value>,
+    /// The column (or expression) telling when a row was loaded, for freshness.
+    pub loaded_at_field: Option<String>,
+    /// `freshness:` (source and table merged).
+    pub freshness: Option<super::freshness::Threshold>,
 }
 
 impl Source {
@@ -677,6 +681,8 @@ pub fn parse(project: &DbtProject, target: &Target, opts: &ParseOptions) -> anyh
                 &project.name,
                 &[sname.to_string(), tname.to_string()],
             );
+            // dbt_project.yml's `+freshness` counts only when the properties set none.
+            let project_freshness = config.get("freshness").cloned();
             for c in [body.get("config"), t.get("config")].into_iter().flatten() {
                 if let Value::Object(c) = c {
                     merge_config(&mut config, c);
@@ -687,6 +693,32 @@ pub fn parse(project: &DbtProject, target: &Target, opts: &ParseOptions) -> anyh
             fqn.extend(dirs_of(file).into_iter().skip(1));
             fqn.push(sname.to_string());
             fqn.push(tname.to_string());
+            let loaded_at_field = [
+                t.get("loaded_at_field"),
+                config.get("loaded_at_field"),
+                body.get("loaded_at_field"),
+            ]
+            .into_iter()
+            .flatten()
+            .find_map(Value::as_str)
+            .map(str::to_string);
+            let cfg = |o: &Map<String, Value>| {
+                o.get("config")
+                    .and_then(Value::as_object)
+                    .and_then(|c| c.get("freshness"))
+                    .cloned()
+            };
+            let (source_cfg, table_cfg) = (cfg(body), cfg(t));
+            let freshness = super::freshness::resolve(
+                [
+                    body.get("freshness"),
+                    source_cfg.as_ref(),
+                    t.get("freshness"),
+                    table_cfg.as_ref(),
+                ],
+                project_freshness.as_ref(),
+                &format!("{file}: source {sname}.{tname}"),
+            )?;
             let src = Source {
                 unique_id: unique_id.clone(),
                 source_name: sname.to_string(),
@@ -704,6 +736,8 @@ pub fn parse(project: &DbtProject, target: &Target, opts: &ParseOptions) -> anyh
                     .and_then(Value::as_str)
                     .unwrap_or("")
                     .to_string(),
+                loaded_at_field,
+                freshness,
                 config,
             };
             collect_tests(

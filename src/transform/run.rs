@@ -81,17 +81,14 @@ struct Shared {
     ephemerals: std::sync::RwLock<HashMap<String, Compiled>>,
     /// Artifact folders made so far (one `create_dir_all` per folder, not per file).
     dirs: Mutex<HashSet<std::path::PathBuf>>,
-    cache: Mutex<Cache>,
+    cache: Cache,
     mode: Mode,
     full_refresh: bool,
 }
 
 impl Shared {
     fn compile(&self, node: &Node) -> anyhow::Result<Compiled> {
-        let incremental = {
-            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            materialize::is_incremental(node, &cache, self.full_refresh)
-        };
+        let incremental = materialize::is_incremental(node, &self.cache, self.full_refresh);
         let c = {
             let known = self.ephemerals.read().unwrap_or_else(|p| p.into_inner());
             compile_node(
@@ -730,24 +727,18 @@ async fn run_node(sh: &Shared, conn: &mut Conn, node: &Node, thread: usize) -> N
     let outcome = match node.resource {
         Resource::Seed => {
             let path = sh.project.dir.join(&node.original_file_path);
-            let mut cache = take_cache(sh);
-            let o = materialize::seed(conn, node, &path, &mut cache, sh.full_refresh).await;
-            put_cache(sh, cache);
-            o
+            materialize::seed(conn, node, &path, &sh.cache, sh.full_refresh).await
         }
         Resource::Model => {
-            let mut cache = take_cache(sh);
-            let o = materialize::model(
+            materialize::model(
                 conn,
                 kind,
                 node,
                 sql.as_deref().unwrap_or_default(),
-                &mut cache,
+                &sh.cache,
                 sh.full_refresh,
             )
-            .await;
-            put_cache(sh, cache);
-            o
+            .await
         }
         Resource::Test => materialize::test(conn, node, sql.as_deref().unwrap_or_default()).await,
     };
@@ -843,17 +834,5 @@ fn adapter_response(kind: AdapterKind, node: &Node, message: &str, rows: Option<
             json!({"_message": message, "code": code, "rows_affected": rows.unwrap_or(0)})
         }
         (AdapterKind::DuckDb, _, _) => json!({"_message": "OK"}),
-    }
-}
-
-fn take_cache(sh: &Shared) -> Cache {
-    sh.cache.lock().unwrap_or_else(|p| p.into_inner()).clone()
-}
-
-fn put_cache(sh: &Shared, cache: Cache) {
-    let mut c = sh.cache.lock().unwrap_or_else(|p| p.into_inner());
-    // Merge: other workers changed other relations meanwhile.
-    for (k, v) in cache {
-        c.insert(k, v);
     }
 }

@@ -259,6 +259,30 @@ pub fn select(
     select: &[String],
     exclude: &[String],
 ) -> anyhow::Result<BTreeSet<String>> {
+    let mut chosen = chosen(graph, select, exclude)?;
+    chosen.retain(|id| graph.nodes.contains_key(id));
+    Ok(chosen)
+}
+
+/// The selected sources (for `source freshness`), by the same grammar.
+///
+/// # Errors
+/// As [`select`].
+pub fn select_sources(
+    graph: &Graph,
+    select: &[String],
+    exclude: &[String],
+) -> anyhow::Result<BTreeSet<String>> {
+    let mut chosen = chosen(graph, select, exclude)?;
+    chosen.retain(|id| graph.sources.contains_key(id));
+    Ok(chosen)
+}
+
+fn chosen(
+    graph: &Graph,
+    select: &[String],
+    exclude: &[String],
+) -> anyhow::Result<BTreeSet<String>> {
     let edges = Edges::of(graph);
     let mut chosen: BTreeSet<String> = if select.is_empty() {
         all_ids(graph).cloned().collect()
@@ -278,7 +302,6 @@ pub fn select(
         with_tests(&mut ex);
         chosen.retain(|id| !ex.contains(id));
     }
-    chosen.retain(|id| graph.nodes.contains_key(id));
     Ok(chosen)
 }
 
