@@ -119,6 +119,8 @@ pub enum TransformCommand {
     Build,
     /// Load the seed CSVs.
     Seed,
+    /// Run the snapshots (slowly changing dimensions).
+    Snapshot,
     /// Render SQL into target/compiled without running it.
     Compile,
     /// Read the project and write target/manifest.json, without connecting.

@@ -314,6 +314,58 @@ impl Conn {
             .collect())
     }
 
+    /// A relation's columns with their full types (`character varying(10)`), in order;
+    /// `relation` as SQL (`"schema"."name"`, or a temporary table's quoted name).
+    ///
+    /// # Errors
+    /// A [`DbError`].
+    pub async fn typed_columns(
+        &mut self,
+        relation: &str,
+    ) -> Result<Vec<(String, String)>, DbError> {
+        let sql = match self {
+            Conn::Pg(..) => format!(
+                "select a.attname, format_type(a.atttypid, a.atttypmod) from pg_attribute a \
+                 where a.attrelid = {}::regclass and a.attnum > 0 and not a.attisdropped \
+                 order by a.attnum",
+                sql_string(relation)
+            ),
+            Conn::Duck(_) => format!("select column_name, column_type from (describe {relation})"),
+        };
+        let rows = self.query_strings(&sql).await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| {
+                let mut it = r.into_iter();
+                Some((it.next()??, it.next()??))
+            })
+            .collect())
+    }
+
+    /// The column names a query returns, without running it.
+    ///
+    /// # Errors
+    /// A [`DbError`] (the query does not compile).
+    pub async fn query_columns(&mut self, sql: &str) -> Result<Vec<String>, DbError> {
+        match self {
+            Conn::Pg(c, _) => {
+                let st = c.prepare(sql).await.map_err(|e| pg_err(&e))?;
+                Ok(st.columns().iter().map(|c| c.name().to_string()).collect())
+            }
+            Conn::Duck(_) => {
+                let rows = self
+                    .query_strings(&format!(
+                        "select column_name from (describe select * from (\n{sql}\n) as __dbt_sbq)"
+                    ))
+                    .await?;
+                Ok(rows
+                    .into_iter()
+                    .filter_map(|r| r.into_iter().next().flatten())
+                    .collect())
+            }
+        }
+    }
+
     /// Column names of a relation, in order (temporary tables included: `schema` None).
     ///
     /// # Errors

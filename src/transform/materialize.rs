@@ -31,20 +31,21 @@ pub struct Outcome {
     pub test: Option<(i64, bool, bool)>,
 }
 
-struct Tx<'a> {
-    conn: &'a mut Conn,
-    out: Outcome,
+/// Statements sent on one connection, recorded for `target/run/`.
+pub(super) struct Tx<'a> {
+    pub(super) conn: &'a mut Conn,
+    pub(super) out: Outcome,
 }
 
 impl Tx<'_> {
-    async fn run(&mut self, sql: String) -> Result<Option<u64>, DbError> {
+    pub(super) async fn run(&mut self, sql: String) -> Result<Option<u64>, DbError> {
         let r = self.conn.execute(&sql).await;
         self.out.statements.push(sql);
         Ok(r?.rows)
     }
 
     /// Runs statements between BEGIN and COMMIT; on failure rolls back and keeps the error.
-    async fn transaction(&mut self, stmts: Vec<String>) -> Result<Option<u64>, DbError> {
+    pub(super) async fn transaction(&mut self, stmts: Vec<String>) -> Result<Option<u64>, DbError> {
         self.conn.execute("begin").await?;
         let mut first_rows = None;
         for (i, s) in stmts.into_iter().enumerate() {
@@ -76,7 +77,7 @@ fn kind_word(kind: &str) -> &'static str {
     }
 }
 
-fn cached(cache: &Cache, rel: &Relation) -> Option<&'static str> {
+pub(super) fn cached(cache: &Cache, rel: &Relation) -> Option<&'static str> {
     cache
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -87,7 +88,7 @@ fn cached(cache: &Cache, rel: &Relation) -> Option<&'static str> {
         .copied()
 }
 
-fn set_cache(cache: &Cache, rel: &Relation, kind: Option<&'static str>) {
+pub(super) fn set_cache(cache: &Cache, rel: &Relation, kind: Option<&'static str>) {
     let key = (
         rel.schema.clone().unwrap_or_default(),
         rel.identifier.clone(),

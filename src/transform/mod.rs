@@ -18,6 +18,7 @@ pub mod nodes;
 pub mod project;
 pub mod run;
 pub mod select;
+pub mod snapshot;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -292,6 +293,7 @@ pub async fn run(args: TransformArgs, g: &Globals) -> anyhow::Result<i32> {
         TransformCommand::Test => run::Mode::Test,
         TransformCommand::Seed => run::Mode::Seed,
         TransformCommand::Build => run::Mode::Build,
+        TransformCommand::Snapshot => run::Mode::Snapshot,
         _ => run::Mode::Compile,
     };
     let selected = select::select(&graph, &args.select, &args.exclude)?;

@@ -24,6 +24,8 @@ pub enum Resource {
     Seed,
     /// A singular or generic data test.
     Test,
+    /// A `{% snapshot %}` block: a slowly changing dimension kept by dbt's strategies.
+    Snapshot,
 }
 
 impl Resource {
@@ -33,6 +35,7 @@ impl Resource {
             Resource::Model => "model",
             Resource::Seed => "seed",
             Resource::Test => "test",
+            Resource::Snapshot => "snapshot",
         }
     }
 }
@@ -859,6 +862,57 @@ pub fn parse(project: &DbtProject, target: &Target, opts: &ParseOptions) -> anyh
             graph.disabled.push(node.unique_id);
         }
     }
+    // Snapshots: each `{% snapshot name %}…{% endsnapshot %}` block of the snapshot folders.
+    for f in find_files(dir, &project.snapshot_paths, &[".sql"]) {
+        let text = read(&f.abs)?;
+        for (name, body) in snapshot_blocks(&text, &f.original)? {
+            let unique_id = format!("snapshot.{}.{name}", project.name);
+            if let Some(prev) = names.insert(name.clone(), f.original.clone()) {
+                return Err(config_error(format!(
+                    "{prev} and {} have the same name {name:?}; ref() could not tell them apart",
+                    f.original
+                )));
+            }
+            let mut fqn = vec![project.name.clone()];
+            fqn.extend(dirs_of(&f.inner));
+            fqn.push(name.clone());
+            let mut config = Map::new();
+            config.insert("materialized".into(), json!("snapshot"));
+            merge_config(
+                &mut config,
+                &tree_config(&project.snapshots, &project.name, &fqn[1..]),
+            );
+            let mut node = build_node(
+                &graph,
+                &target_ctx,
+                NodeInput {
+                    unique_id,
+                    name,
+                    resource: Resource::Snapshot,
+                    found: &f,
+                    fqn,
+                    raw: body,
+                    config,
+                    patch: None,
+                },
+                &mut generic_specs,
+            )?;
+            // The legacy `target_schema`/`target_database` name the relation exactly (no
+            // generate_schema_name), as in dbt.
+            if let Some(s) = node.config.get("target_schema").and_then(Value::as_str) {
+                node.schema = s.to_string();
+            }
+            if let Some(d) = node.config.get("target_database").and_then(Value::as_str) {
+                node.database = d.to_string();
+            }
+            if node.enabled() {
+                graph.nodes.insert(node.unique_id.clone(), node);
+            } else {
+                graph.disabled.push(node.unique_id);
+            }
+        }
+    }
+
     for (name, p) in model_patches.iter().chain(seed_patches.iter()) {
         tracing::warn!(file = %p.file, "{name:?} is described in {} but there is no such model or seed; ignored.", p.file);
     }
@@ -1715,6 +1769,36 @@ pub fn parse_vars(text: Option<&str>) -> anyhow::Result<Map<String, Value>> {
         ))),
     }
     .context("reading --vars")
+}
+
+/// The `{% snapshot name %}…{% endsnapshot %}` blocks of a file: (name, body). Text outside
+/// the blocks is ignored, as dbt ignores it.
+fn snapshot_blocks(text: &str, file: &str) -> anyhow::Result<Vec<(String, String)>> {
+    static OPEN: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"\{%-?\s*snapshot\s+([A-Za-z_][A-Za-z0-9_]*)\s*-?%\}")
+            .expect("static regex")
+    });
+    static CLOSE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"\{%-?\s*endsnapshot\s*-?%\}").expect("static regex")
+    });
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some(open) = OPEN.captures(&text[at..]) {
+        let whole = open.get(0).expect("match");
+        let start = at + whole.end();
+        let Some(close) = CLOSE.find(&text[start..]) else {
+            return Err(config_error(format!(
+                "{file}: the snapshot {} has no {{% endsnapshot %}}",
+                &open[1]
+            )));
+        };
+        out.push((
+            open[1].to_string(),
+            text[start..start + close.start()].to_string(),
+        ));
+        at = start + close.end();
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

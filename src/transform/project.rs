@@ -28,6 +28,8 @@ pub struct DbtProject {
     pub macro_paths: Vec<String>,
     /// `analysis-paths`.
     pub analysis_paths: Vec<String>,
+    /// `snapshot-paths`.
+    pub snapshot_paths: Vec<String>,
     /// `docs-paths` (default: every resource folder).
     pub docs_paths: Vec<String>,
     /// `target-path` (default `target`).
@@ -42,6 +44,8 @@ pub struct DbtProject {
     pub tests: Value,
     /// The `sources:` config tree.
     pub sources: Value,
+    /// The `snapshots:` config tree.
+    pub snapshots: Value,
     /// The whole file.
     pub raw: Value,
 }
@@ -119,6 +123,7 @@ impl DbtProject {
         let test_paths = strings(o.get("test-paths"), &["tests"]);
         let macro_paths = strings(o.get("macro-paths"), &["macros"]);
         let analysis_paths = strings(o.get("analysis-paths"), &["analyses"]);
+        let snapshot_paths = strings(o.get("snapshot-paths"), &["snapshots"]);
         let docs_paths = match o.get("docs-paths") {
             Some(v) => strings(Some(v), &[]),
             None => model_paths
@@ -127,6 +132,7 @@ impl DbtProject {
                 .chain(&test_paths)
                 .chain(&macro_paths)
                 .chain(&analysis_paths)
+                .chain(&snapshot_paths)
                 .cloned()
                 .collect(),
         };
@@ -157,6 +163,7 @@ impl DbtProject {
             test_paths,
             macro_paths,
             analysis_paths,
+            snapshot_paths,
             docs_paths,
             target_path,
             vars,
@@ -168,6 +175,7 @@ impl DbtProject {
                 .cloned()
                 .unwrap_or(Value::Null),
             sources: tree("sources"),
+            snapshots: tree("snapshots"),
             name,
             raw,
         })

@@ -28,6 +28,8 @@ pub enum Mode {
     Seed,
     /// Seeds, models and tests in DAG order.
     Build,
+    /// Run snapshots.
+    Snapshot,
 }
 
 impl Mode {
@@ -37,6 +39,7 @@ impl Mode {
             Mode::Run => r == Resource::Model,
             Mode::Test => r == Resource::Test,
             Mode::Seed => r == Resource::Seed,
+            Mode::Snapshot => r == Resource::Snapshot,
             Mode::Build => true,
         }
     }
@@ -255,7 +258,7 @@ pub async fn execute(
         .relations(&target.database, &schemas)
         .await
         .map_err(|e| anyhow::anyhow!("listing relations: {e}"))?;
-    if matches!(mode, Mode::Run | Mode::Seed | Mode::Build) {
+    if matches!(mode, Mode::Run | Mode::Seed | Mode::Build | Mode::Snapshot) {
         let needed: BTreeSet<&str> = run_ids
             .iter()
             .map(|id| &graph.nodes[id])
@@ -590,6 +593,7 @@ fn kind_label(n: &Node) -> String {
         Resource::Model => format!("sql {} model", n.materialized()),
         Resource::Seed => "seed file".into(),
         Resource::Test => "test".into(),
+        Resource::Snapshot => "snapshot".into(),
     }
 }
 
@@ -638,6 +642,7 @@ fn report_line(index: usize, total: usize, node: &Node, r: &NodeResult, mode: Mo
             "{index} of {total} OK {} {what} [{} in {secs:.2}s]",
             match node.resource {
                 Resource::Seed => "loaded",
+                Resource::Snapshot => "snapshotted",
                 _ => "created",
             },
             r.message.clone().unwrap_or_default()
@@ -741,6 +746,16 @@ async fn run_node(sh: &Shared, conn: &mut Conn, node: &Node, thread: usize) -> N
             .await
         }
         Resource::Test => materialize::test(conn, node, sql.as_deref().unwrap_or_default()).await,
+        Resource::Snapshot => {
+            super::snapshot::run(
+                conn,
+                kind,
+                node,
+                sql.as_deref().unwrap_or_default(),
+                &sh.cache,
+            )
+            .await
+        }
     };
     let c2 = Utc::now();
     r.execute = Some((c1, c2));
