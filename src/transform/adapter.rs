@@ -232,6 +232,73 @@ impl Conn {
         }
     }
 
+    /// Runs a statement for `run_query`/`statement`: its column names, its rows as JSON
+    /// (numbers and booleans typed, the rest as text) and the warehouse's message.
+    ///
+    /// # Errors
+    /// A [`DbError`].
+    pub async fn query_table(&mut self, sql: &str) -> Result<QueryOutput, DbError> {
+        match self {
+            Conn::Pg(c, _) => {
+                // The column types from a prepare (when the text is one statement), the values
+                // as text from the simple protocol (every type has a text form).
+                let types: Vec<String> = match c.prepare(sql).await {
+                    Ok(st) => st
+                        .columns()
+                        .iter()
+                        .map(|c| c.type_().name().to_string())
+                        .collect(),
+                    Err(_) => Vec::new(),
+                };
+                let msgs = c.simple_query(sql).await.map_err(|e| pg_err(&e))?;
+                let mut out = QueryOutput::default();
+                for m in msgs {
+                    match m {
+                        tokio_postgres::SimpleQueryMessage::RowDescription(cols) => {
+                            out.columns = cols.iter().map(|c| c.name().to_string()).collect();
+                        }
+                        tokio_postgres::SimpleQueryMessage::Row(r) => {
+                            if out.columns.is_empty() {
+                                out.columns =
+                                    r.columns().iter().map(|c| c.name().to_string()).collect();
+                            }
+                            out.rows.push(
+                                (0..r.len())
+                                    .map(|i| pg_json(r.get(i), types.get(i).map(String::as_str)))
+                                    .collect(),
+                            );
+                        }
+                        tokio_postgres::SimpleQueryMessage::CommandComplete(n) => {
+                            out.rows_affected = n;
+                        }
+                        _ => {}
+                    }
+                }
+                out.message = format!("SELECT {}", out.rows.len());
+                Ok(out)
+            }
+            Conn::Duck(c) => tokio::task::block_in_place(|| {
+                let mut stmt = c.prepare(sql).map_err(|e| duck_err(&e))?;
+                let mut out = QueryOutput::default();
+                let mut rows = stmt.query([]).map_err(|e| duck_err(&e))?;
+                while let Some(r) = rows.next().map_err(|e| duck_err(&e))? {
+                    let n = r.as_ref().column_count();
+                    let mut row = Vec::with_capacity(n);
+                    for i in 0..n {
+                        let v: duckdb::types::Value = r.get(i).map_err(|e| duck_err(&e))?;
+                        row.push(duck_json(v));
+                    }
+                    out.rows.push(row);
+                }
+                drop(rows);
+                out.columns = stmt.column_names();
+                out.rows_affected = out.rows.len() as u64;
+                out.message = "OK".into();
+                Ok(out)
+            }),
+        }
+    }
+
     /// Tables and views in the given schemas: (schema, name) → `table` | `view`.
     ///
     /// # Errors
@@ -467,6 +534,68 @@ impl Conn {
                     .map_err(|e| duck_err(&e))
             }),
         }
+    }
+}
+
+/// What `run_query` returns, before it becomes an agate-like table.
+#[derive(Debug, Clone, Default)]
+pub struct QueryOutput {
+    /// Column names.
+    pub columns: Vec<String>,
+    /// Rows.
+    pub rows: Vec<Vec<serde_json::Value>>,
+    /// Rows returned or affected.
+    pub rows_affected: u64,
+    /// The warehouse's message.
+    pub message: String,
+}
+
+/// A Postgres value in text form as JSON, typed by the column's type name.
+fn pg_json(v: Option<&str>, ty: Option<&str>) -> serde_json::Value {
+    use serde_json::Value as J;
+    let Some(v) = v else { return J::Null };
+    match ty {
+        Some("int2" | "int4" | "int8" | "oid") => {
+            v.parse::<i64>().map_or_else(|_| J::from(v), J::from)
+        }
+        Some("float4" | "float8" | "numeric") => match v.parse::<i64>() {
+            Ok(i) if ty == Some("numeric") && !v.contains('.') => J::from(i),
+            _ => v
+                .parse::<f64>()
+                .ok()
+                .filter(|f| f.is_finite())
+                .map_or_else(|| J::from(v), J::from),
+        },
+        Some("bool") => J::from(v == "t"),
+        _ => J::from(v),
+    }
+}
+
+fn duck_json(v: duckdb::types::Value) -> serde_json::Value {
+    use duckdb::types::Value as V;
+    use serde_json::Value as J;
+    match v {
+        V::Null => J::Null,
+        V::Boolean(b) => J::from(b),
+        V::TinyInt(x) => J::from(x),
+        V::SmallInt(x) => J::from(x),
+        V::Int(x) => J::from(x),
+        V::BigInt(x) => J::from(x),
+        V::UTinyInt(x) => J::from(x),
+        V::USmallInt(x) => J::from(x),
+        V::UInt(x) => J::from(x),
+        V::UBigInt(x) => J::from(x),
+        V::Float(x) => J::from(f64::from(x)),
+        V::Double(x) => J::from(x),
+        V::HugeInt(x) => i64::try_from(x).map_or_else(|_| J::from(x as f64), J::from),
+        V::Decimal(d) => {
+            let s = d.to_string();
+            s.parse::<i64>()
+                .map(J::from)
+                .or_else(|_| s.parse::<f64>().map(J::from))
+                .unwrap_or(J::from(s))
+        }
+        other => duck_string(other).map_or(J::Null, J::from),
     }
 }
 

@@ -97,3 +97,6 @@ where parent.to_field is null
         {{ custom_database_name | trim }}
     {%- endif -%}
 {%- endmacro %}
+{% macro statement(name=None, fetch_result=False, auto_begin=True, language='sql') -%}
+{{ __ferry_statement(name, caller(), fetch_result) }}
+{%- endmacro %}

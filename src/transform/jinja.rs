@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-use minijinja::value::{from_args, Kwargs, Object, ObjectRepr, Rest};
+use minijinja::value::{from_args, Enumerator, Kwargs, Object, ObjectRepr, Rest};
 use minijinja::{Environment, Error, ErrorKind, State, UndefinedBehavior, Value};
 use serde_json::Value as Json;
 
@@ -187,9 +187,261 @@ pub struct RenderCtx {
     pub config: serde_json::Map<String, Json>,
     /// Values given to `return()`, reached through the marker the call prints.
     pub returns: Mutex<Vec<Value>>,
+    /// Runs `run_query` and `statement` SQL while compiling (none while parsing: dbt's
+    /// `execute` is false then).
+    pub query: Option<Arc<dyn Query>>,
+    /// `statement('name', …)` results, for `load_result('name')`.
+    pub statements: Mutex<HashMap<String, Value>>,
 }
 
 impl Object for RenderCtx {}
+
+/// The warehouse, for `run_query` and `{% call statement() %}` during a compile render.
+pub trait Query: Send + Sync + fmt::Debug {
+    /// Runs one statement (or several, separated by `;`).
+    ///
+    /// # Errors
+    /// The warehouse's message.
+    fn run(&self, sql: &str) -> Result<super::adapter::QueryOutput, String>;
+}
+
+/// A query result as dbt's agate table: `.rows`, `.columns[i].values()`, `.column_names`,
+/// rows by index or by column name, `length`.
+#[derive(Debug)]
+struct Table(super::adapter::QueryOutput);
+
+#[derive(Debug)]
+struct TableRow(Arc<Table>, usize);
+
+#[derive(Debug)]
+struct TableColumn(Arc<Table>, usize);
+
+impl Table {
+    fn row(self: &Arc<Self>, i: usize) -> Value {
+        Value::from_object(TableRow(self.clone(), i))
+    }
+}
+
+impl Object for Table {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Seq
+    }
+
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        if let Some(i) = key.as_usize() {
+            return (i < self.0.rows.len()).then(|| self.row(i));
+        }
+        Some(match key.as_str()? {
+            "rows" => Value::from(
+                (0..self.0.rows.len())
+                    .map(|i| self.row(i))
+                    .collect::<Vec<_>>(),
+            ),
+            "columns" => Value::from(
+                (0..self.0.columns.len())
+                    .map(|i| Value::from_object(TableColumn(self.clone(), i)))
+                    .collect::<Vec<_>>(),
+            ),
+            "column_names" => Value::from(self.0.columns.clone()),
+            _ => return None,
+        })
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::Seq(self.0.rows.len())
+    }
+
+    fn call_method(
+        self: &Arc<Self>,
+        _state: &State<'_, '_>,
+        method: &str,
+        _args: &[Value],
+    ) -> Result<Value, Error> {
+        match method {
+            "print_table" => Ok(Value::from("")),
+            _ => Err(Error::new(
+                ErrorKind::UnknownMethod,
+                format!("query results have no method {method}"),
+            )),
+        }
+    }
+}
+
+impl Object for TableRow {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Seq
+    }
+
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        let row = &self.0 .0.rows[self.1];
+        let i = match key.as_usize() {
+            Some(i) => i,
+            None => {
+                let name = key.as_str()?;
+                self.0 .0.columns.iter().position(|c| c == name)?
+            }
+        };
+        row.get(i).map(from_json)
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::Seq(self.0 .0.rows[self.1].len())
+    }
+
+    fn call_method(
+        self: &Arc<Self>,
+        _state: &State<'_, '_>,
+        method: &str,
+        _args: &[Value],
+    ) -> Result<Value, Error> {
+        let row = &self.0 .0.rows[self.1];
+        let cols = &self.0 .0.columns;
+        match method {
+            "values" => Ok(Value::from(row.iter().map(from_json).collect::<Vec<_>>())),
+            "keys" => Ok(Value::from(cols.clone())),
+            "items" => Ok(Value::from(
+                cols.iter()
+                    .zip(row)
+                    .map(|(c, v)| Value::from(vec![Value::from(c.clone()), from_json(v)]))
+                    .collect::<Vec<_>>(),
+            )),
+            "dict" => Ok(Value::from_iter(
+                cols.iter().zip(row).map(|(c, v)| (c.clone(), from_json(v))),
+            )),
+            _ => Err(Error::new(
+                ErrorKind::UnknownMethod,
+                format!("rows have no method {method}"),
+            )),
+        }
+    }
+}
+
+impl Object for TableColumn {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Seq
+    }
+
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        if let Some(i) = key.as_usize() {
+            return self
+                .0
+                 .0
+                .rows
+                .get(i)
+                .and_then(|r| r.get(self.1))
+                .map(from_json);
+        }
+        match key.as_str()? {
+            "name" => Some(Value::from(self.0 .0.columns[self.1].clone())),
+            _ => None,
+        }
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::Seq(self.0 .0.rows.len())
+    }
+
+    fn call_method(
+        self: &Arc<Self>,
+        _state: &State<'_, '_>,
+        method: &str,
+        _args: &[Value],
+    ) -> Result<Value, Error> {
+        let values = self
+            .0
+             .0
+            .rows
+            .iter()
+            .map(|r| r.get(self.1).cloned().unwrap_or(Json::Null));
+        match method {
+            "values" => Ok(Value::from(
+                values.map(|v| from_json(&v)).collect::<Vec<_>>(),
+            )),
+            "values_without_nulls" => Ok(Value::from(
+                values
+                    .filter(|v| !v.is_null())
+                    .map(|v| from_json(&v))
+                    .collect::<Vec<_>>(),
+            )),
+            "values_distinct" => {
+                let mut seen: Vec<Json> = Vec::new();
+                for v in values {
+                    if !seen.contains(&v) {
+                        seen.push(v);
+                    }
+                }
+                Ok(Value::from(seen.iter().map(from_json).collect::<Vec<_>>()))
+            }
+            _ => Err(Error::new(
+                ErrorKind::UnknownMethod,
+                format!("columns have no method {method}"),
+            )),
+        }
+    }
+}
+
+/// Runs SQL for `run_query`/`statement`, or `None` while parsing (dbt's `execute` false).
+fn run_sql(state: &State, sql: &str) -> Result<Option<super::adapter::QueryOutput>, Error> {
+    let c = ctx(state)?;
+    let (Phase::Compile, Some(q)) = (c.phase, &c.query) else {
+        return Ok(None);
+    };
+    q.run(sql)
+        .map(Some)
+        .map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("Database Error: {e}")))
+}
+
+fn run_query_fn(state: &State, sql: Value) -> Result<Value, Error> {
+    let sql = sql.to_string();
+    Ok(match run_sql(state, &sql)? {
+        Some(out) => Value::from_object(Table(out)),
+        None => Value::from(()),
+    })
+}
+
+fn statement_fn(
+    state: &State,
+    name: Value,
+    sql: Value,
+    _fetch: Option<Value>,
+) -> Result<String, Error> {
+    let sql = sql.to_string();
+    if let Some(out) = run_sql(state, &sql)? {
+        if let Some(name) = name.as_str() {
+            let response = Value::from_iter([
+                ("_message".to_string(), Value::from(out.message.clone())),
+                ("rows_affected".to_string(), Value::from(out.rows_affected)),
+            ]);
+            let data = Value::from(
+                out.rows
+                    .iter()
+                    .map(|r| Value::from(r.iter().map(from_json).collect::<Vec<_>>()))
+                    .collect::<Vec<_>>(),
+            );
+            let result = Value::from_iter([
+                ("response".to_string(), response),
+                ("data".to_string(), data),
+                ("table".to_string(), Value::from_object(Table(out))),
+            ]);
+            ctx(state)?
+                .statements
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(name.to_string(), result);
+        }
+    }
+    Ok(String::new())
+}
+
+fn load_result_fn(state: &State, name: String) -> Result<Value, Error> {
+    Ok(ctx(state)?
+        .statements
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&name)
+        .cloned()
+        .unwrap_or_default())
+}
 
 fn ctx(state: &State) -> Result<Arc<RenderCtx>, Error> {
     state
@@ -689,6 +941,9 @@ impl Jinja {
                 }
             },
         );
+        env.add_function("run_query", run_query_fn);
+        env.add_function("__ferry_statement", statement_fn);
+        env.add_function("load_result", load_result_fn);
         env.add_function("is_incremental", |state: &State| -> Result<bool, Error> {
             Ok(ctx(state)?.incremental)
         });
@@ -942,8 +1197,16 @@ pub fn render_env_vars(v: &mut Json) -> anyhow::Result<()> {
                 }
             }
             Json::Object(o) => {
-                for (_, x) in o.iter_mut() {
-                    walk(env, x)?;
+                for (k, x) in o.iter_mut() {
+                    // Hooks are rendered when they run, with `this` and `results` (dbt defers
+                    // them too).
+                    let key = k.trim_start_matches('+').replace('_', "-");
+                    if !matches!(
+                        key.as_str(),
+                        "on-run-start" | "on-run-end" | "pre-hook" | "post-hook"
+                    ) {
+                        walk(env, x)?;
+                    }
                 }
             }
             _ => {}
@@ -983,6 +1246,8 @@ mod tests {
             docs: Arc::default(),
             config: serde_json::Map::new(),
             returns: Mutex::default(),
+            query: None,
+            statements: Mutex::default(),
         })
     }
 

@@ -269,6 +269,18 @@ impl Graph {
         incremental: bool,
         config: Map<String, Value>,
     ) -> Arc<RenderCtx> {
+        self.render_ctx_with(phase, resolver, incremental, config, None)
+    }
+
+    /// [`Graph::render_ctx`] with the warehouse for `run_query` and `statement`.
+    pub fn render_ctx_with(
+        &self,
+        phase: Phase,
+        resolver: Option<Arc<dyn Resolve>>,
+        incremental: bool,
+        config: Map<String, Value>,
+        query: Option<Arc<dyn jinja::Query>>,
+    ) -> Arc<RenderCtx> {
         Arc::new(RenderCtx {
             phase,
             rec: Mutex::new(Recorded::default()),
@@ -278,6 +290,8 @@ impl Graph {
             docs: self.docs.clone(),
             config,
             returns: Mutex::default(),
+            query,
+            statements: Mutex::default(),
         })
     }
 }
@@ -295,6 +309,21 @@ fn merge_config(into: &mut Map<String, Value>, from: &Map<String, Value>) {
                     }
                 }
                 into.insert("tags".into(), json!(t));
+            }
+            "pre-hook" | "pre_hook" | "post-hook" | "post_hook" => {
+                // Hooks of every level run, outermost first (dbt's `pre-hook` list).
+                let key = k.replace('_', "-");
+                let mut list = match into.remove(&key) {
+                    Some(Value::Array(a)) => a,
+                    Some(Value::Null) | None => Vec::new(),
+                    Some(one) => vec![one],
+                };
+                match v {
+                    Value::Array(a) => list.extend(a.iter().cloned()),
+                    Value::Null => {}
+                    one => list.push(one.clone()),
+                }
+                into.insert(key, Value::Array(list));
             }
             "meta" => {
                 let mut m = into
@@ -327,6 +356,8 @@ pub fn tags_list(v: Option<&Value>) -> Vec<String> {
 
 /// Config names dbt accepts without a `+` in dbt_project.yml.
 const CONFIG_KEYS: &[&str] = &[
+    "pre-hook",
+    "post-hook",
     "materialized",
     "schema",
     "database",
@@ -1620,6 +1651,93 @@ fn first_token(sql: &str) -> Option<(usize, &str)> {
 ///
 /// # Errors
 /// A [`super::jinja::RenderError`] wrapped with the node's label.
+/// The SQL of a node's `pre-hook` or `post-hook` list, each rendered in the node's context
+/// (`this`, `target`, `model`, `run_query`), as dbt renders hooks when the node runs.
+///
+/// # Errors
+/// A Jinja error naming the node.
+pub fn render_hooks(
+    graph: &Graph,
+    node: &Node,
+    which: &str,
+    target_ctx: &minijinja::Value,
+    lookup: Arc<Lookup>,
+    query: Option<Arc<dyn jinja::Query>>,
+) -> anyhow::Result<Vec<String>> {
+    let list = match node.config.get(which) {
+        Some(Value::Array(a)) => a.clone(),
+        Some(Value::Null) | None => return Ok(Vec::new()),
+        Some(one) => vec![one.clone()],
+    };
+    let this = minijinja::Value::from_object(node.relation());
+    let model_v = jinja::from_json(&json!({
+        "name": node.name, "unique_id": node.unique_id, "resource_type": node.resource.as_str(),
+        "alias": node.alias, "schema": node.schema, "database": node.database, "config": node.config,
+        "original_file_path": node.original_file_path,
+    }));
+    let extra = [
+        ("target", target_ctx.clone()),
+        ("this", this),
+        ("model", model_v),
+    ];
+    let mut out = Vec::new();
+    for h in list {
+        let text = match &h {
+            Value::String(s) => s.clone(),
+            Value::Object(o) => o
+                .get("sql")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            _ => continue,
+        };
+        let rc = graph.render_ctx_with(
+            Phase::Compile,
+            Some(lookup.clone() as Arc<dyn Resolve>),
+            false,
+            node.config.clone(),
+            query.clone(),
+        );
+        let sql = graph
+            .jinja
+            .render(&node.original_file_path, &text, rc, &extra)
+            .map_err(|e| anyhow::anyhow!("Compilation Error in {} ({which}): {e}", node.label()))?;
+        if !sql.trim().is_empty() {
+            out.push(sql);
+        }
+    }
+    Ok(out)
+}
+
+/// `on-run-start` / `on-run-end` SQL rendered with the project's context and `extra`
+/// (`schemas`, `database_schemas`, `results`).
+///
+/// # Errors
+/// A Jinja error naming the hook.
+pub fn render_project_hook(
+    graph: &Graph,
+    name: &str,
+    text: &str,
+    target_ctx: &minijinja::Value,
+    lookup: Arc<Lookup>,
+    query: Option<Arc<dyn jinja::Query>>,
+    extra: Vec<(&str, minijinja::Value)>,
+) -> anyhow::Result<String> {
+    let rc = graph.render_ctx_with(
+        Phase::Compile,
+        Some(lookup as Arc<dyn Resolve>),
+        false,
+        Map::new(),
+        query,
+    );
+    let mut ctx = vec![("target", target_ctx.clone())];
+    ctx.extend(extra);
+    graph
+        .jinja
+        .render("dbt_project.yml", text, rc, &ctx)
+        .map_err(|e| anyhow::anyhow!("Compilation Error in hook {name}: {e}"))
+}
+
 pub fn compile_node(
     graph: &Graph,
     node: &Node,
@@ -1627,12 +1745,14 @@ pub fn compile_node(
     lookup: Arc<Lookup>,
     incremental: bool,
     compiled: &HashMap<String, Compiled>,
+    query: Option<Arc<dyn jinja::Query>>,
 ) -> anyhow::Result<Compiled> {
-    let rc = graph.render_ctx(
+    let rc = graph.render_ctx_with(
         Phase::Compile,
         Some(lookup.clone() as Arc<dyn Resolve>),
         incremental,
         node.config.clone(),
+        query,
     );
     let this = minijinja::Value::from_object(node.relation());
     let model_v = jinja::from_json(&json!({

@@ -9,7 +9,7 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
-use super::adapter::{self, Conn};
+use super::adapter::{self, Conn, DbError};
 use super::jinja::quote;
 use super::materialize::{self, Cache};
 use super::nodes::{compile_node, Compiled, Graph, Lookup, Node, Resource};
@@ -87,6 +87,32 @@ struct Shared {
     cache: Cache,
     mode: Mode,
     full_refresh: bool,
+    /// A connection of its own for `run_query` and `statement` while compiling.
+    query: Option<Arc<dyn super::jinja::Query>>,
+}
+
+/// Runs introspective queries (`run_query`, `statement`) for renders, which are synchronous,
+/// on a connection of its own.
+#[derive(Debug)]
+struct Querier {
+    conn: Mutex<Conn>,
+    handle: tokio::runtime::Handle,
+}
+
+impl super::jinja::Query for Querier {
+    fn run(&self, sql: &str) -> Result<adapter::QueryOutput, String> {
+        let run = || {
+            let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+            self.handle.block_on(conn.query_table(sql)).map_err(|e| e.0)
+        };
+        // Renders run on the runtime's workers (a node being built) or on plain threads
+        // (`compile`, which renders on all cores).
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::task::block_in_place(run)
+        } else {
+            run()
+        }
+    }
 }
 
 impl Shared {
@@ -101,6 +127,7 @@ impl Shared {
                 self.lookup.clone(),
                 incremental,
                 &known,
+                self.query.clone(),
             )?
         };
         if node.materialized() == "ephemeral" {
@@ -286,6 +313,10 @@ pub async fn execute(
         cache: Mutex::new(cache),
         mode,
         full_refresh,
+        query: Some(Arc::new(Querier {
+            conn: Mutex::new(conn.another(target).await?),
+            handle: tokio::runtime::Handle::current(),
+        })),
     });
     compile_ephemerals(&shared, &order)
         .map_err(|e| anyhow::Error::new(crate::error::Failure::Config(format!("{e:#}"))))?;
@@ -317,6 +348,21 @@ pub async fn execute(
             elapsed: started.elapsed().as_secs_f64(),
         });
     }
+
+    // The schemas the run builds in, for on-run-start/on-run-end's `schemas`.
+    let run_schemas: Vec<String> = run_ids
+        .iter()
+        .map(|id| &graph.nodes[id])
+        .filter(|n| n.resource != Resource::Test)
+        .map(|n| n.schema.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut results = if run_ids.is_empty() {
+        Vec::new()
+    } else {
+        project_hooks(&shared, &mut conn, "on-run-start", &run_schemas, &[]).await
+    };
 
     // Scheduling edges among the nodes that run.
     let in_run: HashSet<&str> = run_ids.iter().map(String::as_str).collect();
@@ -360,7 +406,6 @@ pub async fn execute(
     initial.sort();
     pending.extend(initial.into_iter().map(|(_, id)| id));
     let mut bad: HashSet<String> = HashSet::new();
-    let mut results = Vec::new();
     let mut set = tokio::task::JoinSet::new();
     let mut index = 0usize;
     let mut running = 0usize;
@@ -431,11 +476,130 @@ pub async fn execute(
         );
         results.push(r);
     }
+    if !run_ids.is_empty() {
+        if let Some((_, conn)) = free.first_mut() {
+            let end = project_hooks(&shared, conn, "on-run-end", &run_schemas, &results).await;
+            results.extend(end);
+        }
+    }
     Ok(RunOutput {
         results,
         compiled: take_compiled(&shared),
         elapsed: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Runs `on-run-start` or `on-run-end` from dbt_project.yml: each statement rendered (with
+/// `schemas`, `database_schemas`, and the node results at the end) and sent on `conn`. Each
+/// gives a result as dbt's (`operation.<project>.<project>-on-run-start-0`); a failure is an
+/// error result, and the run goes on, as in dbt.
+async fn project_hooks(
+    sh: &Shared,
+    conn: &mut Conn,
+    which: &str,
+    schemas: &[String],
+    done: &[NodeResult],
+) -> Vec<NodeResult> {
+    let list: Vec<String> = match sh.project.raw.get(which) {
+        Some(Value::String(one)) => vec![one.clone()],
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let p = &sh.project.name;
+    let total = list.len();
+    let mut out = Vec::new();
+    for (i, text) in list.iter().enumerate() {
+        let name = format!("{p}.{which}.{i}");
+        let started = Utc::now();
+        let t0 = Instant::now();
+        tracing::info!("{} of {total} START hook: {name}", i + 1);
+        let results_v: Vec<Value> = done
+            .iter()
+            .filter(|r| !r.unique_id.starts_with("operation."))
+            .map(|r| {
+                let n = sh.graph.nodes.get(&r.unique_id);
+                json!({
+                    "status": r.status, "message": r.message, "failures": r.failures,
+                    "execution_time": r.execution_time, "adapter_response": r.adapter_response,
+                    "unique_id": r.unique_id,
+                    "node": n.map(|n| json!({
+                        "unique_id": n.unique_id, "name": n.name, "resource_type": n.resource.as_str(),
+                        "database": n.database, "schema": n.schema, "alias": n.alias,
+                        "config": n.config, "original_file_path": n.original_file_path,
+                    })),
+                })
+            })
+            .collect();
+        let extra = vec![
+            ("schemas", minijinja::Value::from(schemas.to_vec())),
+            (
+                "database_schemas",
+                minijinja::Value::from(
+                    schemas
+                        .iter()
+                        .map(|s| {
+                            minijinja::Value::from(vec![sh.target.database.clone(), s.clone()])
+                        })
+                        .collect::<Vec<_>>(),
+                ),
+            ),
+            ("results", super::jinja::from_json(&Value::Array(results_v))),
+        ];
+        let rendered = super::nodes::render_project_hook(
+            &sh.graph,
+            &name,
+            text,
+            &sh.target_ctx,
+            sh.lookup.clone(),
+            sh.query.clone(),
+            extra,
+        );
+        let outcome = match rendered {
+            Ok(sql) => {
+                let path = sh
+                    .project
+                    .target_dir()
+                    .join("compiled")
+                    .join(p)
+                    .join("dbt_project.yml/hooks")
+                    .join(format!("{p}-{which}-{i}.sql"));
+                if let Some(d) = path.parent() {
+                    let _ = std::fs::create_dir_all(d);
+                }
+                let _ = write_if_changed(&path, sql.as_bytes());
+                conn.execute(&sql).await.map(|_| ()).map_err(|e| e.0)
+            }
+            Err(e) => Err(format!("{e:#}")),
+        };
+        let secs = t0.elapsed().as_secs_f64();
+        let (status, message) = match &outcome {
+            Ok(()) => {
+                tracing::info!("{} of {total} OK hook: {name} [OK in {secs:.2}s]", i + 1);
+                ("success", format!("{name} passed"))
+            }
+            Err(e) => {
+                tracing::error!("{} of {total} ERROR hook: {name}: {e}", i + 1);
+                ("error", format!("{name} failed, error:\n {e}"))
+            }
+        };
+        out.push(NodeResult {
+            unique_id: format!("operation.{p}.{p}-{which}-{i}"),
+            status,
+            message: Some(message),
+            failures: Some(0),
+            compile: Some((started, started)),
+            execute: Some((started, Utc::now())),
+            execution_time: secs,
+            adapter_response: json!({}),
+            compiled_code: None,
+            relation_name: None,
+            thread: 0,
+        });
+    }
+    out
 }
 
 fn take_compiled(shared: &Shared) -> HashMap<String, Compiled> {
@@ -723,13 +887,51 @@ fn compile_all(sh: &Shared, run_ids: &[String]) -> Vec<NodeResult> {
 }
 
 async fn run_node(sh: &Shared, conn: &mut Conn, node: &Node, thread: usize) -> NodeResult {
-    let (mut r, sql, t0) = compile_step(sh, node, thread);
+    let (r, sql, t0) = compile_step(sh, node, thread);
     if r.status == "error" || sh.mode == Mode::Compile {
         return r;
     }
     let c1 = r.compile.map_or_else(Utc::now, |(_, c1)| c1);
     let kind = sh.target.kind;
-    let outcome = match node.resource {
+    let hooks = |which: &str| {
+        super::nodes::render_hooks(
+            &sh.graph,
+            node,
+            which,
+            &sh.target_ctx,
+            sh.lookup.clone(),
+            sh.query.clone(),
+        )
+        .map_err(|e| DbError(format!("{e:#}")))
+    };
+    let outcome = async {
+        if node.resource != Resource::Test {
+            for h in hooks("pre-hook")? {
+                conn.execute(h.as_str()).await?;
+            }
+        }
+        let o = materialize_node(sh, conn, node, sql.as_deref(), kind).await?;
+        if node.resource != Resource::Test {
+            for h in hooks("post-hook")? {
+                conn.execute(h.as_str()).await?;
+            }
+        }
+        Ok::<_, DbError>(o)
+    }
+    .await;
+    finish(sh, node, r, outcome, (c1, t0), sql.as_deref())
+}
+
+/// The node's materialization (a seed load, a model, a test, a snapshot).
+async fn materialize_node(
+    sh: &Shared,
+    conn: &mut Conn,
+    node: &Node,
+    sql: Option<&str>,
+    kind: AdapterKind,
+) -> Result<materialize::Outcome, DbError> {
+    let sql = sql.map(str::to_string);
+    match node.resource {
         Resource::Seed => {
             let path = sh.project.dir.join(&node.original_file_path);
             materialize::seed(conn, node, &path, &sh.cache, sh.full_refresh).await
@@ -756,7 +958,19 @@ async fn run_node(sh: &Shared, conn: &mut Conn, node: &Node, thread: usize) -> N
             )
             .await
         }
-    };
+    }
+}
+
+/// Fills the result from the outcome and writes `target/run/`.
+fn finish(
+    sh: &Shared,
+    node: &Node,
+    mut r: NodeResult,
+    outcome: Result<materialize::Outcome, DbError>,
+    (c1, t0): (chrono::DateTime<Utc>, Instant),
+    sql: Option<&str>,
+) -> NodeResult {
+    let kind = sh.target.kind;
     let c2 = Utc::now();
     r.execute = Some((c1, c2));
     r.execution_time = t0.elapsed().as_secs_f64();
@@ -826,7 +1040,7 @@ async fn run_node(sh: &Shared, conn: &mut Conn, node: &Node, thread: usize) -> N
                 e.0.replace('\n', "\n  "),
                 at.strip_prefix(&sh.project.dir).unwrap_or(&at).display()
             ));
-            if let Some(s) = &sql {
+            if let Some(s) = sql {
                 // Keep what was sent for inspection even when the warehouse refused it.
                 sh.write_artifact("run", node, s);
             }

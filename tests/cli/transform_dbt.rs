@@ -675,3 +675,151 @@ fn snapshots_match_dbt_on_postgres() {
         sa.sql(&format!("drop schema if exists \"{s}_history\" cascade"));
     }
 }
+
+/// Hooks and introspective queries: on-run-start/on-run-end (with `schemas` and `results`),
+/// project-level and in-file pre/post hooks, `run_query`, `{% call statement %}` with
+/// `load_result`, and `execute`.
+fn hooks_project(dir: &Path) {
+    let w = |rel: &str, text: &str| {
+        let p = dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    w(
+        "dbt_project.yml",
+        r#"name: ops
+version: '1.0.0'
+config-version: 2
+profile: shop
+on-run-start:
+  - "create table if not exists {{ target.schema }}.audit (what varchar(200), n int)"
+  - "{{ log_it('start ' ~ target.type) }}"
+on-run-end: "{{ log_it('end ' ~ (results | length) ~ ' ' ~ (results | map(attribute='status') | join(',')) ~ ' ' ~ (schemas | length)) }}"
+models:
+  ops:
+    +post-hook: "{{ log_it('built ' ~ this.name) }}"
+seeds:
+  ops:
+    +post-hook:
+      - "{{ log_it('seeded ' ~ this.identifier) }}"
+"#,
+    );
+    w(
+        "macros/log_it.sql",
+        "{% macro log_it(what) %}insert into {{ target.schema }}.audit select '{{ what }}', (select count(*) from {{ target.schema }}.audit){% endmacro %}\n",
+    );
+    w("seeds/rates.csv", "code,rate\na,0.5\nb,2\n");
+    w(
+        "models/counted.sql",
+        r#"{{ config(materialized='table', pre_hook=["{{ log_it('pre ' ~ this.name) }}"], post_hook="{{ log_it('post ' ~ this.name) }}") }}
+{% set r = run_query("select code, rate from " ~ ref('rates') ~ " order by code") %}
+{% call statement('total', fetch_result=True) %}
+select count(*) as n, sum(rate) as s from {{ ref('rates') }}
+{% endcall %}
+{% if execute %}
+{% set total = load_result('total') %}
+select
+  '{{ r.columns[0].values() | join('|') }}' as codes,
+  {{ r.rows[1]['rate'] }} as second_rate,
+  {{ r | length }} as n_rows,
+  {{ total['data'][0][0] }} as n,
+  {{ total.table.columns[1].values()[0] }} as total_rate
+{% else %}
+select 1 as never
+{% endif %}
+"#,
+    );
+}
+
+fn hooks_match_dbt(dbt: &Path, a: &Path, b: &Path, dump: impl Fn(&Path) -> String) {
+    for round in 1..=2 {
+        run_dbt(dbt, a, &["build"]);
+        ferry(b, &["build"]).ok();
+        assert_eq!(results(b), results(a), "run results of build {round}");
+        let (da, db) = (dump(a), dump(b));
+        assert!(da.contains("built counted"), "{da}");
+        assert_eq!(db, da, "audit and model after build {round}");
+    }
+    let hook = b.join("target/compiled/ops/dbt_project.yml/hooks/ops-on-run-start-0.sql");
+    assert!(std::fs::read_to_string(&hook)
+        .unwrap()
+        .contains("create table if not exists"));
+}
+
+/// The audit rows in order and the model's row, through dbt's Python (DuckDB or psycopg2).
+fn hooks_dump(dbt: &Path, duckdb: Option<&Path>, schema: &str) -> String {
+    let py = dbt.with_file_name("python");
+    let script = r#"
+import sys
+kind, where, schema = sys.argv[1], sys.argv[2], sys.argv[3]
+if kind == "duckdb":
+    import duckdb
+    c = duckdb.connect(where, read_only=True)
+    q = lambda sql: c.execute(sql).fetchall()
+else:
+    import psycopg2
+    cur = psycopg2.connect(host="127.0.0.1", user="postgres", dbname="test").cursor()
+    def q(sql):
+        cur.execute(sql)
+        return cur.fetchall()
+for r in q('select n, what from "%s".audit order by n' % schema):
+    print(r)
+print(q('select codes, cast(second_rate as float), n_rows, n, cast(total_rate as float) from "%s".counted' % schema))
+"#;
+    let (kind, where_) = match duckdb {
+        Some(p) => ("duckdb", p.display().to_string()),
+        None => ("postgres", String::new()),
+    };
+    let out = Command::new(py)
+        .arg("-c")
+        .arg(script)
+        .args([kind, &where_, schema])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn hooks_and_run_query_match_dbt_on_duckdb() {
+    let Some(dbt) = dbt() else { return };
+    let d = Dir::new();
+    let (a, b) = (d.join("dbt/ops"), d.join("ferry/ops"));
+    for p in [&a, &b] {
+        hooks_project(p);
+        duck_profiles(p);
+    }
+    let dbt2 = dbt.clone();
+    hooks_match_dbt(&dbt, &a, &b, move |p| {
+        hooks_dump(&dbt2, Some(&p.join("shop.duckdb")), "main")
+    });
+}
+
+#[test]
+fn hooks_and_run_query_match_dbt_on_postgres() {
+    let Some(dbt) = dbt() else { return };
+    let (sa, sb) = (Pg::new("ops_ref"), Pg::new("ops_ours"));
+    let d = Dir::new();
+    let (a, b) = (d.join("dbt/ops"), d.join("ferry/ops"));
+    hooks_project(&a);
+    hooks_project(&b);
+    pg_profiles(&a, &sa.schema, 1);
+    pg_profiles(&b, &sb.schema, 1);
+    let dbt2 = dbt.clone();
+    let (ka, kb) = (sa.schema.clone(), sb.schema.clone());
+    let (pa, pb) = (a.clone(), b.clone());
+    hooks_match_dbt(&dbt, &a, &b, move |p| {
+        let schema = if p == pa {
+            &ka
+        } else if p == pb {
+            &kb
+        } else {
+            unreachable!()
+        };
+        hooks_dump(&dbt2, None, schema)
+    });
+}
