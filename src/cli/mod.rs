@@ -121,6 +121,8 @@ pub enum TransformCommand {
     Seed,
     /// Run the snapshots (slowly changing dimensions).
     Snapshot,
+    /// Install packages.yml's packages into dbt_packages/ and write package-lock.yml.
+    Deps,
     /// Render SQL into target/compiled without running it.
     Compile,
     /// Read the project and write target/manifest.json, without connecting.

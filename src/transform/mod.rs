@@ -10,6 +10,7 @@
 
 pub mod adapter;
 pub mod artifacts;
+pub mod deps;
 pub mod docs;
 pub mod freshness;
 pub mod jinja;
@@ -207,6 +208,16 @@ pub async fn after_sync(
 pub async fn run(args: TransformArgs, g: &Globals) -> anyhow::Result<i32> {
     let loc = locate(&args, g)?;
     let project = project::DbtProject::load(&loc.dir)?;
+    if matches!(args.command, TransformCommand::Deps) {
+        let n = deps::install(&project)?;
+        if !g.quiet {
+            tracing::info!(
+                "Installed {n} packages into {}; wrote package-lock.yml.",
+                deps::install_path(&project).display()
+            );
+        }
+        return Ok(exit::OK);
+    }
     let target = project::load_target(
         &project,
         loc.profiles_dir.as_deref(),
