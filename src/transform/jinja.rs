@@ -660,14 +660,19 @@ fn doc_fn(state: &State, name: String) -> Result<Value, Error> {
         })
 }
 
-/// `adapter`: `quote`, and `dispatch` to `<adapter>__name` or `default__name` macros.
+/// `adapter`: `quote`, and `dispatch` to `<adapter>__name` or `default__name` macros (of a
+/// package's namespace, in the project's `dispatch` search order).
 #[derive(Debug)]
-struct AdapterObj(AdapterKind);
+struct AdapterObj {
+    kind: AdapterKind,
+    root: String,
+    dispatch: HashMap<String, Vec<String>>,
+}
 
 impl Object for AdapterObj {
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
         match key.as_str()? {
-            "type" => Some(Value::from(self.0.as_str())),
+            "type" => Some(Value::from(self.kind.as_str())),
             _ => None,
         }
     }
@@ -684,12 +689,33 @@ impl Object for AdapterObj {
                 Ok(Value::from(quote(&s)))
             }
             "dispatch" => {
-                let (name, _rest): (String, Rest<Value>) = from_args(args)?;
-                for candidate in [
-                    format!("{}__{name}", self.0.as_str()),
-                    format!("default__{name}"),
-                    name.clone(),
-                ] {
+                let (name, ns, kw): (String, Option<Value>, Kwargs) = from_args(args)?;
+                let ns = match ns.as_ref().and_then(Value::as_str) {
+                    Some(n) => Some(n.to_string()),
+                    None => kw.get::<Option<String>>("macro_namespace")?,
+                };
+                let kind = self.kind.as_str();
+                let mut candidates = Vec::new();
+                match ns.as_deref() {
+                    None | Some("dbt") => {
+                        candidates.push(format!("{kind}__{name}"));
+                        candidates.push(format!("default__{name}"));
+                        candidates.push(name.clone());
+                    }
+                    Some(ns) => {
+                        let order = self
+                            .dispatch
+                            .get(ns)
+                            .cloned()
+                            .unwrap_or_else(|| vec![ns.to_string()]);
+                        for p in order {
+                            for n in [format!("{kind}__{name}"), format!("default__{name}")] {
+                                candidates.push(if p == self.root { n } else { mangled(&p, &n) });
+                            }
+                        }
+                    }
+                }
+                for candidate in candidates {
                     if let Some(m) = state.lookup(&candidate) {
                         if !m.is_undefined() {
                             return Ok(m);
@@ -699,8 +725,8 @@ impl Object for AdapterObj {
                 Err(Error::new(
                     ErrorKind::UnknownFunction,
                     format!(
-                        "adapter.dispatch('{name}'): no macro {}__{name} or default__{name}",
-                        self.0.as_str()
+                        "adapter.dispatch('{name}'{}): no macro {kind}__{name} or default__{name}",
+                        ns.map(|n| format!(", '{n}'")).unwrap_or_default()
                     ),
                 ))
             }
@@ -749,6 +775,90 @@ pub struct Jinja {
     module_texts: Arc<Mutex<HashMap<String, String>>>,
     /// The project's own macros (for `generate_schema_name` overrides and the manifest).
     pub macros: Vec<MacroDef>,
+    /// Each installed package's macro names, for `package.macro()` calls.
+    namespaces: HashMap<String, std::collections::HashSet<String>>,
+}
+
+/// The packages a project installed (dbt_packages/), as the Jinja environment needs them.
+#[derive(Debug, Default, Clone)]
+pub struct Packages {
+    /// The root project's name.
+    pub root: String,
+    /// Each package's name and macro files (relative path, text).
+    pub macros: Vec<(String, Vec<(String, String)>)>,
+    /// `dispatch:` search orders by macro namespace.
+    pub dispatch: HashMap<String, Vec<String>>,
+}
+
+/// A package's macro as the environment names it: `pkg.macro()` is `pkg__ns__macro()`.
+fn mangled(pkg: &str, name: &str) -> String {
+    format!("{pkg}__ns__{name}")
+}
+
+/// Rewrites calls into packages' namespaces: `pkg.name(` to the mangled name for every known
+/// package macro, and, inside package `local` (its macros and models), unqualified calls to
+/// its own macros, since they resolve in their package first, as in dbt.
+fn rewrite_calls(
+    text: &str,
+    namespaces: &HashMap<String, std::collections::HashSet<String>>,
+    local: Option<&str>,
+) -> String {
+    if namespaces.is_empty() {
+        return text.to_string();
+    }
+    let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let bytes = text.as_bytes();
+    let own = local.and_then(|p| namespaces.get(p).map(|m| (p, m)));
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut i = 0;
+    let mut copied = 0;
+    let call_at = |mut j: usize| {
+        while j < bytes.len() && bytes[j].is_ascii_whitespace() {
+            j += 1;
+        }
+        j < bytes.len() && bytes[j] == b'('
+    };
+    while i < bytes.len() {
+        let b = bytes[i];
+        if !(b.is_ascii_alphabetic() || b == b'_') || (i > 0 && ident(bytes[i - 1])) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && ident(bytes[i]) {
+            i += 1;
+        }
+        let first = &text[start..i];
+        let after_dot = start > 0 && bytes[start - 1] == b'.';
+        if after_dot {
+            continue;
+        }
+        // pkg.macro(
+        if i < bytes.len() && bytes[i] == b'.' {
+            let s2 = i + 1;
+            let mut e2 = s2;
+            while e2 < bytes.len() && ident(bytes[e2]) {
+                e2 += 1;
+            }
+            let second = &text[s2..e2];
+            if e2 > s2 && call_at(e2) && namespaces.get(first).is_some_and(|m| m.contains(second)) {
+                out.push_str(&text[copied..start]);
+                out.push_str(&mangled(first, second));
+                copied = e2;
+                i = e2;
+            }
+            continue;
+        }
+        if let Some((p, m)) = own {
+            if m.contains(first) && call_at(i) {
+                out.push_str(&text[copied..start]);
+                out.push_str(&mangled(p, first));
+                copied = i;
+            }
+        }
+    }
+    out.push_str(&text[copied..]);
+    out
 }
 
 /// A macro found in the project.
@@ -894,6 +1004,25 @@ fn with_return(block: &str, name: &str) -> String {
 impl Jinja {
     /// Builds the environment with the project's macro files (`(relative path, text)`).
     pub fn new(adapter: AdapterKind, macro_files: &[(String, String)]) -> Jinja {
+        Jinja::with_packages(adapter, macro_files, &Packages::default())
+    }
+
+    /// [`Jinja::new`] with installed packages: their macros callable as `pkg.macro()` and
+    /// found by `adapter.dispatch(name, 'pkg')`.
+    pub fn with_packages(
+        adapter: AdapterKind,
+        macro_files: &[(String, String)],
+        packages: &Packages,
+    ) -> Jinja {
+        let mut namespaces: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
+        for (pkg, files) in &packages.macros {
+            let set = namespaces.entry(pkg.clone()).or_default();
+            for (_, text) in files {
+                for (name, _, _) in macro_blocks(text) {
+                    set.insert(name);
+                }
+            }
+        }
         let mut env = Environment::new();
         let module_texts: Arc<Mutex<HashMap<String, String>>> = Arc::default();
         let texts = module_texts.clone();
@@ -958,7 +1087,14 @@ impl Jinja {
                 .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))
         });
         env.add_global("config", Value::from_object(ConfigObj));
-        env.add_global("adapter", Value::from_object(AdapterObj(adapter)));
+        env.add_global(
+            "adapter",
+            Value::from_object(AdapterObj {
+                kind: adapter,
+                root: packages.root.clone(),
+                dispatch: packages.dispatch.clone(),
+            }),
+        );
         env.add_global("exceptions", Value::from_object(Exceptions));
         env.add_global("dbt_version", Value::from(super::DBT_VERSION));
         let mut all = Vec::new();
@@ -985,16 +1121,26 @@ impl Jinja {
             }
         };
         add("(ferry built-in macros)", BUILTIN_MACROS, true);
+        for (pkg, files) in &packages.macros {
+            for (file, text) in files {
+                let text = rewrite_calls(text, &namespaces, Some(pkg));
+                add(&format!("dbt_packages/{pkg}/{file}"), &text, true);
+            }
+        }
         for (file, text) in macro_files {
-            add(file, text, false);
+            add(file, &rewrite_calls(text, &namespaces, None), false);
         }
         let mut reach: HashMap<String, Vec<usize>> = HashMap::new();
         let adapter_prefix = format!("{}__", adapter.as_str());
         for (i, m) in all.iter().enumerate() {
-            let base = m
+            let unqualified = m
                 .name
+                .split_once("__ns__")
+                .map_or(m.name.as_str(), |(_, n)| n);
+            let base = unqualified
                 .strip_prefix("default__")
-                .or_else(|| m.name.strip_prefix(&adapter_prefix));
+                .or_else(|| unqualified.strip_prefix(&adapter_prefix))
+                .or((unqualified != m.name).then_some(unqualified));
             for key in std::iter::once(m.name.as_str()).chain(base) {
                 let v = reach.entry(key.to_string()).or_default();
                 if !v.contains(&i) {
@@ -1009,7 +1155,14 @@ impl Jinja {
             modules: Mutex::default(),
             module_texts,
             macros,
+            namespaces,
         }
+    }
+
+    /// A package's own text (a model of package `pkg`) with its unqualified calls to the
+    /// package's macros pointing at them.
+    pub fn localize(&self, text: &str, pkg: &str) -> String {
+        rewrite_calls(text, &self.namespaces, Some(pkg))
     }
 
     /// True when the project defines this macro (e.g. its own `generate_schema_name`).
@@ -1074,6 +1227,13 @@ impl Jinja {
         rc: Arc<RenderCtx>,
         extra: &[(&str, Value)],
     ) -> Result<String, RenderError> {
+        let rewritten;
+        let source = if self.namespaces.is_empty() || !source.contains('.') {
+            source
+        } else {
+            rewritten = rewrite_calls(source, &self.namespaces, None);
+            rewritten.as_str()
+        };
         let module = self.module_for(source);
         let full = match &module {
             // On the first line, so the file's lines keep their numbers.

@@ -112,6 +112,11 @@ pub struct Node {
 }
 
 impl Node {
+    /// The project or package the node comes from (dbt's `package_name`).
+    pub fn package(&self) -> &str {
+        self.unique_id.split('.').nth(1).unwrap_or_default()
+    }
+
     /// `config.materialized` (`test`/`seed` for those).
     pub fn materialized(&self) -> &str {
         self.config
@@ -207,6 +212,8 @@ impl Source {
 /// The parsed project.
 #[derive(Debug)]
 pub struct Graph {
+    /// Installed packages' folders by name (their seeds are read from there).
+    pub package_dirs: HashMap<String, std::path::PathBuf>,
     /// Nodes by unique id (sorted: stable artifacts and order).
     pub nodes: BTreeMap<String, Node>,
     /// Sources by unique id.
@@ -592,12 +599,52 @@ pub fn parse(project: &DbtProject, target: &Target, opts: &ParseOptions) -> anyh
             macro_files.push((f.original.clone(), read(&f.abs)?));
         }
     }
-    let jinja = Arc::new(Jinja::new(target.kind, &macro_files));
+    // Installed packages (`ferry transform deps`): their macros in their namespaces.
+    let packages = installed_packages(project)?;
+    let mut pkgs = jinja::Packages {
+        root: project.name.clone(),
+        ..Default::default()
+    };
+    for p in &packages {
+        let mut files = Vec::new();
+        for f in find_files(&p.dir, &p.macro_paths, &[".sql"]) {
+            files.push((f.original.clone(), read(&f.abs)?));
+        }
+        for f in find_files(&p.dir, &p.test_paths, &[".sql"]) {
+            if f.inner.starts_with("generic/") {
+                files.push((f.original.clone(), read(&f.abs)?));
+            }
+        }
+        pkgs.macros.push((p.name.clone(), files));
+    }
+    for d in project
+        .raw
+        .get("dispatch")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let (Some(ns), Some(order)) = (
+            d.get("macro_namespace").and_then(Value::as_str),
+            d.get("search_order").and_then(Value::as_array),
+        ) {
+            pkgs.dispatch.insert(
+                ns.to_string(),
+                order
+                    .iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect(),
+            );
+        }
+    }
+    let jinja = Arc::new(Jinja::with_packages(target.kind, &macro_files, &pkgs));
 
     let mut docs = HashMap::new();
-    for f in find_files(dir, &project.docs_paths, &[".md"]) {
-        for (name, body) in jinja::docs_blocks(&read(&f.abs)?) {
-            docs.insert(name, body);
+    for p in packages.iter().chain(std::iter::once(project)) {
+        for f in find_files(&p.dir, &p.docs_paths, &[".md"]) {
+            for (name, body) in jinja::docs_blocks(&read(&f.abs)?) {
+                docs.insert(name, body);
+            }
         }
     }
     let docs = Arc::new(docs);
@@ -606,6 +653,10 @@ pub fn parse(project: &DbtProject, target: &Target, opts: &ParseOptions) -> anyh
     let vars = Arc::new(vars);
 
     let mut graph = Graph {
+        package_dirs: packages
+            .iter()
+            .map(|p| (p.name.clone(), p.dir.clone()))
+            .collect(),
         nodes: BTreeMap::new(),
         sources: BTreeMap::new(),
         docs,
@@ -615,6 +666,46 @@ pub fn parse(project: &DbtProject, target: &Target, opts: &ParseOptions) -> anyh
     };
     let target_ctx = target_value(target);
 
+    for p in std::iter::once(project).chain(packages.iter()) {
+        parse_project(&mut graph, project, p, target, &target_ctx)?;
+    }
+
+    resolve_dependencies(&mut graph)?;
+    Ok(graph)
+}
+
+/// Reads one project's resources into the graph: the root project, or an installed package
+/// (`root` is then the project that installed it: its dbt_project.yml config trees apply to
+/// the package's nodes over the package's own, and the package's own macros come first for
+/// its files).
+fn parse_project(
+    graph: &mut Graph,
+    root: &DbtProject,
+    project: &DbtProject,
+    target: &Target,
+    target_ctx: &minijinja::Value,
+) -> anyhow::Result<()> {
+    let dir = &project.dir;
+    let is_package = project.name != root.name;
+    let read = |p: &Path| -> anyhow::Result<String> {
+        std::fs::read_to_string(p)
+            .map_err(|e| config_error(format!("cannot read {}: {e}", p.display())))
+    };
+    let jinja = graph.jinja.clone();
+    let localize = |text: String| -> String {
+        if is_package {
+            jinja.localize(&text, &project.name)
+        } else {
+            text
+        }
+    };
+    let tree = |kind: fn(&DbtProject) -> &Value, path: &[String]| -> Map<String, Value> {
+        let mut c = tree_config(kind(project), &project.name, path);
+        if is_package {
+            merge_config(&mut c, &tree_config(kind(root), &project.name, path));
+        }
+        c
+    };
     // Properties files.
     let mut model_patches: HashMap<String, Patch> = HashMap::new();
     let mut seed_patches: HashMap<String, Patch> = HashMap::new();
@@ -690,15 +781,15 @@ pub fn parse(project: &DbtProject, target: &Target, opts: &ParseOptions) -> anyh
             .ok_or_else(|| config_error(format!("{file}: a source has no `name`")))?;
         let prop = |v: Option<&Value>, default: &str| -> anyhow::Result<String> {
             render_prop(
-                &graph,
+                &*graph,
                 v.and_then(Value::as_str).unwrap_or(default),
                 file,
-                &target_ctx,
+                target_ctx,
             )
         };
         let sschema = prop(body.get("schema"), sname)?;
         let sdb = prop(body.get("database"), &target.database)?;
-        let sdesc = render_description(&graph, body.get("description"), file)?;
+        let sdesc = render_description(&*graph, body.get("description"), file)?;
         for t in body
             .get("tables")
             .and_then(Value::as_array)
@@ -710,11 +801,7 @@ pub fn parse(project: &DbtProject, target: &Target, opts: &ParseOptions) -> anyh
                 config_error(format!("{file}: a table of source {sname} has no `name`"))
             })?;
             let unique_id = format!("source.{}.{sname}.{tname}", project.name);
-            let mut config = tree_config(
-                &project.sources,
-                &project.name,
-                &[sname.to_string(), tname.to_string()],
-            );
+            let mut config = tree(|p| &p.sources, &[sname.to_string(), tname.to_string()]);
             // dbt_project.yml's `+freshness` counts only when the properties set none.
             let project_freshness = config.get("freshness").cloned();
             for c in [body.get("config"), t.get("config")].into_iter().flatten() {
@@ -722,7 +809,7 @@ pub fn parse(project: &DbtProject, target: &Target, opts: &ParseOptions) -> anyh
                     merge_config(&mut config, c);
                 }
             }
-            let columns = read_columns(&graph, t.get("columns"), file)?;
+            let columns = read_columns(&*graph, t.get("columns"), file)?;
             let mut fqn = vec![project.name.clone()];
             fqn.extend(dirs_of(file).into_iter().skip(1));
             fqn.push(sname.to_string());
@@ -760,7 +847,7 @@ pub fn parse(project: &DbtProject, target: &Target, opts: &ParseOptions) -> anyh
                 database: prop(t.get("database"), &sdb)?,
                 schema: prop(t.get("schema"), &sschema)?,
                 identifier: prop(t.get("identifier"), tname)?,
-                description: render_description(&graph, t.get("description"), file)?,
+                description: render_description(&*graph, t.get("description"), file)?,
                 source_description: sdesc.clone(),
                 columns,
                 original_file_path: file.clone(),
@@ -796,7 +883,7 @@ pub fn parse(project: &DbtProject, target: &Target, opts: &ParseOptions) -> anyh
     let mut inputs = Vec::new();
     for f in &model_files {
         let name = stem_of(&f.inner);
-        let raw = read(&f.abs)?;
+        let raw = localize(read(&f.abs)?);
         let unique_id = format!("model.{}.{name}", project.name);
         if let Some(prev) = names.insert(name.clone(), f.original.clone()) {
             return Err(config_error(format!(
@@ -809,10 +896,7 @@ pub fn parse(project: &DbtProject, target: &Target, opts: &ParseOptions) -> anyh
         fqn.push(name.clone());
         let mut config = Map::new();
         config.insert("materialized".into(), json!("view"));
-        merge_config(
-            &mut config,
-            &tree_config(&project.models, &project.name, &fqn[1..]),
-        );
+        merge_config(&mut config, &tree(|p| &p.models, &fqn[1..]));
         let patch = model_patches.remove(&name);
         inputs.push((
             NodeInput {
@@ -831,7 +915,7 @@ pub fn parse(project: &DbtProject, target: &Target, opts: &ParseOptions) -> anyh
     let built = super::par_map(inputs, |(mut input, patch)| {
         input.patch = patch.as_ref();
         let mut specs = Vec::new();
-        build_node(&graph, &target_ctx, input, &mut specs).map(|n| (n, specs))
+        build_node(&*graph, target_ctx, input, &mut specs).map(|n| (n, specs))
     });
     for b in built {
         let (node, specs) = b?;
@@ -858,10 +942,7 @@ pub fn parse(project: &DbtProject, target: &Target, opts: &ParseOptions) -> anyh
         fqn.push(name.clone());
         let mut config = Map::new();
         config.insert("materialized".into(), json!("seed"));
-        merge_config(
-            &mut config,
-            &tree_config(&project.seeds, &project.name, &fqn[1..]),
-        );
+        merge_config(&mut config, &tree(|p| &p.seeds, &fqn[1..]));
         let patch = seed_patches.remove(&name);
         // dbt: sha256 of the stripped file, or the path for seeds over 1 MiB.
         let size = std::fs::metadata(&f.abs).map(|m| m.len()).unwrap_or(0);
@@ -871,8 +952,8 @@ pub fn parse(project: &DbtProject, target: &Target, opts: &ParseOptions) -> anyh
             format!("path:{}", f.original)
         };
         let node = build_node(
-            &graph,
-            &target_ctx,
+            &*graph,
+            target_ctx,
             NodeInput {
                 unique_id,
                 name,
@@ -895,7 +976,7 @@ pub fn parse(project: &DbtProject, target: &Target, opts: &ParseOptions) -> anyh
     }
     // Snapshots: each `{% snapshot name %}…{% endsnapshot %}` block of the snapshot folders.
     for f in find_files(dir, &project.snapshot_paths, &[".sql"]) {
-        let text = read(&f.abs)?;
+        let text = localize(read(&f.abs)?);
         for (name, body) in snapshot_blocks(&text, &f.original)? {
             let unique_id = format!("snapshot.{}.{name}", project.name);
             if let Some(prev) = names.insert(name.clone(), f.original.clone()) {
@@ -909,13 +990,10 @@ pub fn parse(project: &DbtProject, target: &Target, opts: &ParseOptions) -> anyh
             fqn.push(name.clone());
             let mut config = Map::new();
             config.insert("materialized".into(), json!("snapshot"));
-            merge_config(
-                &mut config,
-                &tree_config(&project.snapshots, &project.name, &fqn[1..]),
-            );
+            merge_config(&mut config, &tree(|p| &p.snapshots, &fqn[1..]));
             let mut node = build_node(
-                &graph,
-                &target_ctx,
+                &*graph,
+                target_ctx,
                 NodeInput {
                     unique_id,
                     name,
@@ -954,7 +1032,7 @@ pub fn parse(project: &DbtProject, target: &Target, opts: &ParseOptions) -> anyh
             continue;
         }
         let name = stem_of(&f.inner);
-        let raw = read(&f.abs)?;
+        let raw = localize(read(&f.abs)?);
         let mut fqn = vec![project.name.clone()];
         fqn.extend(dirs_of(&f.inner));
         fqn.push(name.clone());
@@ -962,13 +1040,10 @@ pub fn parse(project: &DbtProject, target: &Target, opts: &ParseOptions) -> anyh
         config.insert("materialized".into(), json!("test"));
         config.insert("severity".into(), json!("ERROR"));
         config.insert("schema".into(), json!("dbt_test__audit"));
-        merge_config(
-            &mut config,
-            &tree_config(&project.tests, &project.name, &fqn[1..]),
-        );
+        merge_config(&mut config, &tree(|p| &p.tests, &fqn[1..]));
         let node = build_node(
-            &graph,
-            &target_ctx,
+            &*graph,
+            target_ctx,
             NodeInput {
                 unique_id: format!("test.{}.{name}", project.name),
                 name,
@@ -986,7 +1061,7 @@ pub fn parse(project: &DbtProject, target: &Target, opts: &ParseOptions) -> anyh
 
     // Generic tests.
     let built = super::par_map(generic_specs, |spec| {
-        build_generic_test(&graph, project, &spec)
+        build_generic_test(&*graph, project, &spec)
     });
     for b in built {
         let mut node = b?;
@@ -1001,9 +1076,27 @@ pub fn parse(project: &DbtProject, target: &Target, opts: &ParseOptions) -> anyh
         }
         graph.nodes.insert(node.unique_id.clone(), node);
     }
+    Ok(())
+}
 
-    resolve_dependencies(&mut graph)?;
-    Ok(graph)
+/// The packages installed under the project's `packages-install-path`, by name.
+fn installed_packages(project: &DbtProject) -> anyhow::Result<Vec<DbtProject>> {
+    let dir = super::deps::install_path(project);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.join("dbt_project.yml").is_file() {
+            let p = DbtProject::load(&path)?;
+            if p.name != project.name {
+                out.push(p);
+            }
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
 }
 
 pub fn stem_of(inner: &str) -> String {

@@ -145,11 +145,7 @@ impl Shared {
 
     /// `target/compiled/<project>/…` (generic tests under their properties file's path).
     fn artifact_path(&self, kind: &str, node: &Node) -> std::path::PathBuf {
-        let base = self
-            .project
-            .target_dir()
-            .join(kind)
-            .join(&self.project.name);
+        let base = self.project.target_dir().join(kind).join(node.package());
         if node.test.is_some() {
             base.join(&node.original_file_path).join(&node.path)
         } else {
@@ -933,7 +929,12 @@ async fn materialize_node(
     let sql = sql.map(str::to_string);
     match node.resource {
         Resource::Seed => {
-            let path = sh.project.dir.join(&node.original_file_path);
+            let dir = sh
+                .graph
+                .package_dirs
+                .get(node.package())
+                .unwrap_or(&sh.project.dir);
+            let path = dir.join(&node.original_file_path);
             materialize::seed(conn, node, &path, &sh.cache, sh.full_refresh).await
         }
         Resource::Model => {

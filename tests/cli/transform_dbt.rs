@@ -823,3 +823,130 @@ fn hooks_and_run_query_match_dbt_on_postgres() {
         hooks_dump(&dbt2, None, schema)
     });
 }
+
+/// Packages: a local one (macros, a dispatched macro the root overrides through `dispatch`,
+/// a model, a seed) and one from a git repository (a tag, a subdirectory), installed by
+/// `deps` into dbt_packages/ and used by the root project's model.
+fn packages_setup(d: &Path) -> (PathBuf, PathBuf) {
+    let w = |rel: &str, text: &str| {
+        let p = d.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    w(
+        "util_pkg/dbt_project.yml",
+        "name: util\nversion: '1.0.0'\nconfig-version: 2\nmodels:\n  util:\n    +materialized: table\n",
+    );
+    w(
+        "util_pkg/macros/m.sql",
+        r#"{% macro double(x) %}({{ x }}) * 2{% endmacro %}
+{% macro twice(x) %}{{ double(x) }}{% endmacro %}
+{% macro greet(n) %}{{ return(adapter.dispatch('greet', 'util')(n)) }}{% endmacro %}
+{% macro default__greet(n) %}'hello ' || {{ n }}{% endmacro %}
+"#,
+    );
+    w(
+        "util_pkg/models/util_answer.sql",
+        "select {{ twice(21) }} as answer, (select count(*) from {{ ref('util_codes') }}) as codes\n",
+    );
+    w("util_pkg/seeds/util_codes.csv", "code\nx\ny\n");
+    w(
+        "gitsrc/sub/dbt_project.yml",
+        "name: gitpkg\nversion: '1.0.0'\nconfig-version: 2\n",
+    );
+    w(
+        "gitsrc/sub/macros/s.sql",
+        "{% macro shout(x) %}upper({{ x }}){% endmacro %}\n",
+    );
+    let git = |args: &[&str]| {
+        let ok = Command::new("git")
+            .args(args)
+            .current_dir(d.join("gitsrc"))
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.com")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.com")
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "git {args:?}");
+    };
+    git(&["init", "-q"]);
+    git(&["add", "-A"]);
+    git(&["commit", "-qm", "v1"]);
+    git(&["tag", "v1"]);
+    let project = |p: &Path| {
+        std::fs::create_dir_all(p.join("models")).unwrap();
+        std::fs::create_dir_all(p.join("macros")).unwrap();
+        std::fs::write(
+            p.join("dbt_project.yml"),
+            "name: proj\nversion: '1.0.0'\nconfig-version: 2\nprofile: shop\ndispatch:\n  - macro_namespace: util\n    search_order: ['proj', 'util']\nmodels:\n  util:\n    +materialized: view\n",
+        )
+        .unwrap();
+        std::fs::write(
+            p.join("packages.yml"),
+            format!(
+                "packages:\n  - local: ../../util_pkg\n  - git: \"file://{}\"\n    revision: v1\n    subdirectory: sub\n",
+                d.join("gitsrc").display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            p.join("macros/over.sql"),
+            "{% macro default__greet(n) %}'hi ' || {{ n }}{% endmacro %}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            p.join("models/uses.sql"),
+            "select {{ util.double(5) }} as d, {{ util.greet(\"'bob'\") }} as g, {{ gitpkg.shout(\"'x'\") }} as s, a.answer, a.codes\nfrom {{ ref('util', 'util_answer') }} as a\n",
+        )
+        .unwrap();
+        duck_profiles(p);
+    };
+    let (a, b) = (d.join("dbt/proj"), d.join("ferry/proj"));
+    project(&a);
+    project(&b);
+    (a, b)
+}
+
+#[test]
+fn packages_install_and_build_as_dbt_on_duckdb() {
+    let Some(dbt) = dbt() else { return };
+    let d = Dir::new();
+    let (a, b) = packages_setup(d.path());
+    run_dbt(&dbt, &a, &["deps"]);
+    ferry(&b, &["deps"]).ok();
+    let lock = |p: &Path| std::fs::read_to_string(p.join("package-lock.yml")).unwrap();
+    assert_eq!(lock(&b), lock(&a), "package-lock.yml");
+    assert_eq!(
+        files(&b.join("dbt_packages")),
+        files(&a.join("dbt_packages"))
+    );
+    run_dbt(&dbt, &a, &["build"]);
+    ferry(&b, &["build"]).ok();
+    assert_eq!(results(&b), results(&a));
+    let (fa, fb) = (a.join("target/compiled"), b.join("target/compiled"));
+    assert_eq!(files(&fb), files(&fa));
+    for f in files(&fa) {
+        assert_eq!(
+            std::fs::read_to_string(fb.join(&f)).unwrap(),
+            std::fs::read_to_string(fa.join(&f)).unwrap(),
+            "{f}"
+        );
+    }
+    let (da, db) = (
+        duck_dump(&dbt, &a.join("shop.duckdb")),
+        duck_dump(&dbt, &b.join("shop.duckdb")),
+    );
+    assert!(da.contains("('10', 'hi bob', 'X', '42', '2')"), "{da}");
+    assert_eq!(db, da);
+    // A hub package is refused with what to write instead.
+    std::fs::write(
+        b.join("packages.yml"),
+        "packages:\n  - package: dbt-labs/dbt_utils\n    version: 1.3.0\n",
+    )
+    .unwrap();
+    let out = ferry(&b, &["deps"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("git:"), "{}", out.stderr);
+}
