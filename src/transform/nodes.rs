@@ -26,6 +26,8 @@ pub enum Resource {
     Test,
     /// A `{% snapshot %}` block: a slowly changing dimension kept by dbt's strategies.
     Snapshot,
+    /// A `.sql` file of `analyses/`: compiled, never run.
+    Analysis,
 }
 
 impl Resource {
@@ -36,6 +38,7 @@ impl Resource {
             Resource::Seed => "seed",
             Resource::Test => "test",
             Resource::Snapshot => "snapshot",
+            Resource::Analysis => "analysis",
         }
     }
 }
@@ -1019,6 +1022,36 @@ fn parse_project(
             } else {
                 graph.disabled.push(node.unique_id);
             }
+        }
+    }
+
+    // Analyses: compiled by `compile` (as dbt does), never run.
+    for f in find_files(dir, &project.analysis_paths, &[".sql"]) {
+        let name = stem_of(&f.inner);
+        let raw = localize(read(&f.abs)?);
+        let mut fqn = vec![project.name.clone()];
+        fqn.push("analysis".into());
+        fqn.extend(dirs_of(&f.inner));
+        fqn.push(name.clone());
+        let mut config = Map::new();
+        config.insert("materialized".into(), json!("view"));
+        let node = build_node(
+            &*graph,
+            target_ctx,
+            NodeInput {
+                unique_id: format!("analysis.{}.{name}", project.name),
+                name,
+                resource: Resource::Analysis,
+                found: &f,
+                fqn,
+                raw,
+                config,
+                patch: None,
+            },
+            &mut generic_specs,
+        )?;
+        if node.enabled() {
+            graph.nodes.insert(node.unique_id.clone(), node);
         }
     }
 

@@ -36,6 +36,7 @@ impl Mode {
     fn wants(self, r: Resource) -> bool {
         match self {
             Mode::Compile => r != Resource::Seed,
+            _ if r == Resource::Analysis => false,
             Mode::Run => r == Resource::Model,
             Mode::Test => r == Resource::Test,
             Mode::Seed => r == Resource::Seed,
@@ -754,6 +755,7 @@ fn kind_label(n: &Node) -> String {
         Resource::Seed => "seed file".into(),
         Resource::Test => "test".into(),
         Resource::Snapshot => "snapshot".into(),
+        Resource::Analysis => "analysis".into(),
     }
 }
 
@@ -959,6 +961,7 @@ async fn materialize_node(
             )
             .await
         }
+        Resource::Analysis => Ok(materialize::Outcome::default()),
     }
 }
 

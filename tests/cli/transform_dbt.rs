@@ -206,6 +206,22 @@ fn dbt_and_ferry_build_the_same_tables_on_duckdb() {
         assert!(da.contains("== main_marts.payment_fees (4)"), "{da}");
         assert_eq!(db, da, "table contents after build {round}");
     }
+    // `compile` writes every node's SQL, analyses included, as dbt's.
+    run_dbt(&dbt, &a, &["compile"]);
+    ferry(&b, &["compile"]).ok();
+    let (fa, fb) = (
+        a.join("target/compiled/shop"),
+        b.join("target/compiled/shop"),
+    );
+    assert!(fa.join("analyses/revenue_by_status.sql").is_file());
+    assert_eq!(files(&fb), files(&fa));
+    for f in files(&fa) {
+        assert_eq!(
+            std::fs::read_to_string(fb.join(&f)).unwrap(),
+            std::fs::read_to_string(fa.join(&f)).unwrap(),
+            "compile: {f}"
+        );
+    }
 }
 
 #[test]
