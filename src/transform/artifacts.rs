@@ -207,7 +207,12 @@ fn node_json(
                 );
                 m.insert(
                     "test_metadata".into(),
-                    json!({"name": t.name, "kwargs": kwargs, "namespace": null}),
+                    match t.name.split_once('.') {
+                        Some((ns, base)) => {
+                            json!({"name": base, "kwargs": kwargs, "namespace": ns})
+                        }
+                        None => json!({"name": t.name, "kwargs": kwargs, "namespace": null}),
+                    },
                 );
                 m.insert(
                     "file_key_name".into(),

@@ -790,6 +790,19 @@ pub struct Packages {
     pub dispatch: HashMap<String, Vec<String>>,
 }
 
+/// `{% test x(…) %}…{% endtest %}` written as the macro `test_x` it is, so a package's
+/// generic tests are renamed into its namespace like its other macros.
+fn tests_as_macros(text: &str) -> String {
+    static OPEN: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"\{%(-?)\s*test\s+([A-Za-z_][A-Za-z0-9_]*)\s*\(").expect("static regex")
+    });
+    static CLOSE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"\{%(-?)\s*endtest\s*(-?)%\}").expect("static regex")
+    });
+    let t = OPEN.replace_all(text, "{%$1 macro test_$2(");
+    CLOSE.replace_all(&t, "{%$1 endmacro $2%}").into_owned()
+}
+
 /// A package's macro as the environment names it: `pkg.macro()` is `pkg__ns__macro()`.
 fn mangled(pkg: &str, name: &str) -> String {
     format!("{pkg}__ns__{name}")
@@ -1123,7 +1136,7 @@ impl Jinja {
         add("(ferry built-in macros)", BUILTIN_MACROS, true);
         for (pkg, files) in &packages.macros {
             for (file, text) in files {
-                let text = rewrite_calls(text, &namespaces, Some(pkg));
+                let text = rewrite_calls(&tests_as_macros(text), &namespaces, Some(pkg));
                 add(&format!("dbt_packages/{pkg}/{file}"), &text, true);
             }
         }
@@ -1157,6 +1170,11 @@ impl Jinja {
             macros,
             namespaces,
         }
+    }
+
+    /// Whether `name` is an installed package with macros.
+    pub fn has_package(&self, name: &str) -> bool {
+        self.namespaces.contains_key(name)
     }
 
     /// A package's own text (a model of package `pkg`) with its unqualified calls to the

@@ -1499,8 +1499,7 @@ fn collect_tests(
                     )))
                 }
             };
-            // `dbt_utils.expression_is_true` → namespace ignored; the macro is `test_<name>`.
-            let test = test.rsplit('.').next().unwrap_or(&test).to_string();
+            // `util.at_least` keeps its namespace: the macro is the package's `test_at_least`.
             let custom_name = params
                 .remove("name")
                 .and_then(|v| v.as_str().map(str::to_string));
@@ -1543,22 +1542,31 @@ fn build_generic_test(
     project: &DbtProject,
     spec: &GenericSpec,
 ) -> anyhow::Result<Node> {
+    // `util.positive`: a generic test of package `util` (dbt prefixes the name with it).
+    let (namespace, base) = match spec.test.split_once('.') {
+        Some((ns, b)) => (Some(ns), b),
+        None => (None, spec.test.as_str()),
+    };
     let (test_type, model_kwarg) = match &spec.target {
         TestTarget::Node(n) => (
-            spec.test.clone(),
+            base.to_string(),
             format!("{{{{ get_where_subquery(ref('{n}')) }}}}"),
         ),
         TestTarget::Source(s, t) => (
-            format!("source_{}", spec.test),
+            format!("source_{base}"),
             format!("{{{{ get_where_subquery(source('{s}', '{t}')) }}}}"),
         ),
+    };
+    let test_type = match namespace {
+        Some(ns) => format!("{ns}_{test_type}"),
+        None => test_type,
     };
     let (full, short) = generic_test_name(&test_type, &spec.target_name, &spec.args);
     let name = spec.custom_name.clone().unwrap_or(full);
     let alias = spec.custom_name.clone().unwrap_or(short);
     let mut kwargs = spec.args.clone();
     kwargs.insert("model".into(), json!(model_kwarg));
-    let metadata = json!({"name": spec.test, "kwargs": kwargs, "namespace": null});
+    let metadata = json!({"name": base, "kwargs": kwargs, "namespace": namespace});
     let unique_id = format!(
         "test.{}.{name}.{}",
         project.name,
@@ -1598,7 +1606,10 @@ fn build_generic_test(
         TestTarget::Node(n) => refs.push((None, n.clone())),
         TestTarget::Source(s, t) => sources.push((s.clone(), t.clone())),
     }
-    let mut raw_code = format!("{{{{ test_{}(**_dbt_generic_test_kwargs) }}}}", spec.test);
+    let mut raw_code = match namespace {
+        Some(ns) => format!("{{{{ {ns}.test_{base}(**_dbt_generic_test_kwargs) }}}}"),
+        None => format!("{{{{ test_{base}(**_dbt_generic_test_kwargs) }}}}"),
+    };
     if alias != name {
         // A hashed name: dbt keeps the short one as the alias, in the config and the code.
         raw_code.push_str(&format!("{{{{ config(alias=\"{alias}\") }}}}"));
@@ -1931,7 +1942,12 @@ pub fn compile_node(
         };
         kw.insert("model".to_string(), model_rel);
         extra.push(("_dbt_generic_test_kwargs", minijinja::Value::from_iter(kw)));
-        let macro_name = format!("test_{}", t.name);
+        let macro_name = match t.name.split_once('.') {
+            Some((ns, base)) if graph.jinja.has_package(ns) => format!("{ns}.test_{base}"),
+            // Not installed: a project-level `test_<name>` (vendored) may stand in for it.
+            Some((_, base)) => format!("test_{base}"),
+            None => format!("test_{}", t.name),
+        };
         graph
             .jinja
             .render(

@@ -841,7 +841,7 @@ fn hooks_and_run_query_match_dbt_on_postgres() {
 }
 
 /// Packages: a local one (macros, a dispatched macro the root overrides through `dispatch`,
-/// a model, a seed) and one from a git repository (a tag, a subdirectory), installed by
+/// a model, a seed, a generic test the root uses as `util.at_least`) and one from a git repository (a tag, a subdirectory), installed by
 /// `deps` into dbt_packages/ and used by the root project's model.
 fn packages_setup(d: &Path) -> (PathBuf, PathBuf) {
     let w = |rel: &str, text: &str| {
@@ -866,6 +866,10 @@ fn packages_setup(d: &Path) -> (PathBuf, PathBuf) {
         "select {{ twice(21) }} as answer, (select count(*) from {{ ref('util_codes') }}) as codes\n",
     );
     w("util_pkg/seeds/util_codes.csv", "code\nx\ny\n");
+    w(
+        "util_pkg/tests/generic/at_least.sql",
+        "{% test at_least(model, column_name, value) %}\nselect * from {{ model }} where {{ column_name }} < {{ value }}\n{% endtest %}\n",
+    );
     w(
         "gitsrc/sub/dbt_project.yml",
         "name: gitpkg\nversion: '1.0.0'\nconfig-version: 2\n",
@@ -905,6 +909,11 @@ fn packages_setup(d: &Path) -> (PathBuf, PathBuf) {
                 "packages:\n  - local: ../../util_pkg\n  - git: \"file://{}\"\n    revision: v1\n    subdirectory: sub\n",
                 d.join("gitsrc").display()
             ),
+        )
+        .unwrap();
+        std::fs::write(
+            p.join("models/schema.yml"),
+            "version: 2\nmodels:\n  - name: uses\n    columns:\n      - name: d\n        data_tests:\n          - util.at_least:\n              arguments:\n                value: 5\n          - not_null\n",
         )
         .unwrap();
         std::fs::write(
