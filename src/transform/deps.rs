@@ -105,6 +105,9 @@ fn lock_hash(packages: &[(Value, Value)]) -> String {
             if d.contains_key("git") {
                 d.entry("warn-unpinned").or_insert(Value::Null);
             }
+            if d.contains_key("package") {
+                d.entry("install_prerelease").or_insert(Value::Bool(false));
+            }
             d.insert("unrendered".into(), raw.clone());
             py_json(&Value::Object(d))
         })
@@ -185,12 +188,238 @@ fn yaml_scalar(s: &str) -> String {
     }
 }
 
-/// Installs every declared package and writes package-lock.yml. Returns how many.
+/// A `X.Y.Z[-pre]` version, ordered as semver orders them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Version {
+    nums: (u64, u64, u64),
+    pre: Option<String>,
+}
+
+impl Version {
+    fn parse(s: &str) -> Option<Version> {
+        let s = s.trim().trim_start_matches('v');
+        let s = s.split('+').next()?;
+        let (core, pre) = match s.split_once('-') {
+            Some((c, p)) => (c, Some(p.to_string())),
+            None => (s, None),
+        };
+        let mut it = core.split('.').map(|p| p.parse::<u64>().ok());
+        let nums = (
+            it.next()??,
+            it.next().flatten().unwrap_or(0),
+            it.next().flatten().unwrap_or(0),
+        );
+        Some(Version { nums, pre })
+    }
+}
+
+impl PartialOrd for Version {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Version {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.nums
+            .cmp(&other.nums)
+            .then_with(|| match (&self.pre, &other.pre) {
+                (None, None) => std::cmp::Ordering::Equal,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (Some(a), Some(b)) => a.cmp(b),
+            })
+    }
+}
+
+/// Whether `v` meets one of dbt's version specifiers (`1.2.0`, `>=1.0.0`, `<2.0.0`).
+fn meets(v: &Version, spec: &str) -> Option<bool> {
+    let spec = spec.trim();
+    let (op, rest) = [">=", "<=", ">", "<", "="]
+        .iter()
+        .find_map(|op| spec.strip_prefix(op).map(|r| (*op, r)))
+        .unwrap_or(("=", spec));
+    let w = Version::parse(rest)?;
+    Some(match op {
+        ">=" => *v >= w,
+        "<=" => *v <= w,
+        ">" => *v > w,
+        "<" => *v < w,
+        _ => *v == w,
+    })
+}
+
+fn version_list(v: Option<&Value>) -> Vec<String> {
+    match v {
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string))
+            .collect(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Number(n)) => vec![n.to_string()],
+        _ => Vec::new(),
+    }
+}
+
+/// The package hub (`DBT_PACKAGE_HUB_URL`, as dbt reads it).
+fn hub_url() -> String {
+    std::env::var("DBT_PACKAGE_HUB_URL").unwrap_or_else(|_| "https://hub.getdbt.com/".into())
+}
+
+async fn hub_get(client: &reqwest::Client, url: &str) -> anyhow::Result<reqwest::Response> {
+    let mut last = None;
+    for attempt in 0..3u64 {
+        match client.get(url).send().await {
+            Ok(r) if r.status().is_success() => return Ok(r),
+            Ok(r) if r.status().is_client_error() => {
+                anyhow::bail!("{url} answered {}", r.status())
+            }
+            Ok(r) => last = Some(anyhow::anyhow!("{url} answered {}", r.status())),
+            Err(e) => last = Some(anyhow::anyhow!("{url}: {e}")),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200 * (attempt + 1))).await;
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("{url}: no answer")))
+}
+
+/// Picks the newest version of a hub package meeting every specifier (prereleases only when
+/// asked for), compatible with this dbt version, and returns it with its metadata.
+async fn hub_resolve(
+    client: &reqwest::Client,
+    package: &str,
+    specs: &[String],
+    prerelease: bool,
+) -> anyhow::Result<(String, Value)> {
+    let hub = hub_url();
+    let index: Value = hub_get(client, &format!("{hub}api/v1/index.json"))
+        .await
+        .map_err(|e| {
+            config_error(format!(
+                "the package hub cannot be reached ({e:#}); install {package} with `git:` and the tag of the version instead, or set DBT_PACKAGE_HUB_URL to a mirror"
+            ))
+        })?
+        .json()
+        .await?;
+    if !index
+        .as_array()
+        .is_some_and(|a| a.iter().any(|p| p.as_str() == Some(package)))
+    {
+        return Err(config_error(format!(
+            "packages.yml: {package} is not on the package hub ({hub}); check its name"
+        )));
+    }
+    let info: Value = hub_get(client, &format!("{hub}api/v1/{package}.json"))
+        .await?
+        .json()
+        .await?;
+    let dbt = Version::parse(super::DBT_VERSION).expect("a version");
+    let wants_pre = prerelease || specs.iter().any(|s| s.contains('-'));
+    let mut best: Option<(Version, String, Value)> = None;
+    for (name, meta) in info
+        .get("versions")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
+        let Some(v) = Version::parse(name) else {
+            continue;
+        };
+        if v.pre.is_some() && !wants_pre {
+            continue;
+        }
+        let ok = specs.iter().all(|s| meets(&v, s).unwrap_or(false));
+        let dbt_ok = version_list(meta.get("require_dbt_version"))
+            .iter()
+            .all(|s| meets(&dbt, s).unwrap_or(true));
+        if ok && dbt_ok && best.as_ref().is_none_or(|(b, ..)| v > *b) {
+            best = Some((v, name.clone(), meta.clone()));
+        }
+    }
+    best.map(|(_, name, meta)| (name, meta)).ok_or_else(|| {
+        config_error(format!(
+            "packages.yml: no version of {package} on the hub meets {} (and this dbt version, {})",
+            specs.join(", "),
+            super::DBT_VERSION
+        ))
+    })
+}
+
+/// Downloads a hub tarball and unpacks its one top folder as `dest`.
+async fn hub_unpack(client: &reqwest::Client, url: &str, dest: &Path) -> anyhow::Result<()> {
+    let bytes = hub_get(client, url).await?.bytes().await?;
+    let tmp = dest.with_extension("unpacking");
+    std::fs::remove_dir_all(&tmp).ok();
+    std::fs::create_dir_all(&tmp)?;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
+    for entry in archive
+        .entries()
+        .map_err(|e| anyhow::anyhow!("{url} is not a .tar.gz: {e}"))?
+    {
+        let mut entry = entry?;
+        // `unpack_in` refuses paths that would leave the folder.
+        entry
+            .unpack_in(&tmp)
+            .map_err(|e| anyhow::anyhow!("unpacking {url}: {e}"))?;
+    }
+    let tops: Vec<PathBuf> = std::fs::read_dir(&tmp)?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    let top = match tops.as_slice() {
+        [one] if one.is_dir() => one.clone(),
+        _ => tmp.clone(),
+    };
+    std::fs::rename(&top, dest)?;
+    std::fs::remove_dir_all(&tmp).ok();
+    Ok(())
+}
+
+/// A package's own dependencies (its packages.yml), with `local:` paths made relative to
+/// the root project.
+fn nested(dir: &Path, root: &Path) -> anyhow::Result<Vec<Value>> {
+    for name in ["packages.yml", "dependencies.yml"] {
+        let path = dir.join(name);
+        if !path.is_file() {
+            continue;
+        }
+        let mut raw = super::project::read_yaml(&path)?;
+        super::jinja::render_env_vars(&mut raw)
+            .map_err(|e| config_error(format!("{}: {e:#}", path.display())))?;
+        let mut out = Vec::new();
+        for mut p in raw
+            .get("packages")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+        {
+            if let Some(l) = p.get("local").and_then(Value::as_str) {
+                let abs = dir.join(l);
+                let rel = pathdiff(&abs, root);
+                p["local"] = Value::from(rel);
+            }
+            out.push(p);
+        }
+        return Ok(out);
+    }
+    Ok(Vec::new())
+}
+
+/// `to` relative to `from` when it is below it, else absolute.
+fn pathdiff(to: &Path, from: &Path) -> String {
+    let to = std::fs::canonicalize(to).unwrap_or_else(|_| to.to_path_buf());
+    let from = std::fs::canonicalize(from).unwrap_or_else(|_| from.to_path_buf());
+    to.strip_prefix(&from)
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| to.display().to_string())
+}
+
+/// Installs every declared package, and the packages they declare, then writes
+/// package-lock.yml. Returns how many.
 ///
 /// # Errors
 /// A config error for a malformed packages.yml or a package that cannot be found; git's
-/// message when a clone or checkout fails.
-pub fn install(project: &DbtProject) -> anyhow::Result<usize> {
+/// message when a clone or checkout fails; the hub's when a download fails.
+pub async fn install(project: &DbtProject) -> anyhow::Result<usize> {
     let Some(packages) = declared(project)? else {
         tracing::info!("No packages.yml or dependencies.yml; nothing to install.");
         return Ok(0);
@@ -202,15 +431,21 @@ pub fn install(project: &DbtProject) -> anyhow::Result<usize> {
     }
     std::fs::create_dir_all(&dest)
         .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dest.display()))?;
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(60))
+        .build()?;
     let mut locked: Vec<Map<String, Value>> = Vec::new();
-    for (_, p) in &packages {
+    let mut installed: std::collections::HashMap<String, String> = Default::default();
+    let mut queue: std::collections::VecDeque<Value> =
+        packages.iter().map(|(_, p)| p.clone()).collect();
+    while let Some(p) = queue.pop_front() {
         let Some(o) = p.as_object() else {
             return Err(config_error(format!(
                 "packages.yml: each package is a mapping (local:, git: or package:), not {p}"
             )));
         };
         let mut entry = Map::new();
-        if let Some(local) = o.get("local").and_then(Value::as_str) {
+        let (name, dir) = if let Some(local) = o.get("local").and_then(Value::as_str) {
             let src = project.dir.join(local);
             let src = std::fs::canonicalize(&src).map_err(|e| {
                 config_error(format!(
@@ -219,10 +454,13 @@ pub fn install(project: &DbtProject) -> anyhow::Result<usize> {
                 ))
             })?;
             let name = package_name(&src)?;
+            if installed.contains_key(&name) {
+                continue;
+            }
             symlink(&src, &dest.join(&name))?;
             tracing::info!("Installed from <local @ {local}>");
             entry.insert("local".into(), Value::from(local));
-            entry.insert("name".into(), Value::from(name));
+            (name, src)
         } else if let Some(url) = o.get("git").and_then(Value::as_str) {
             let revision = match o.get("revision") {
                 Some(Value::String(s)) => Some(s.clone()),
@@ -244,26 +482,77 @@ pub fn install(project: &DbtProject) -> anyhow::Result<usize> {
             let sub = o.get("subdirectory").and_then(Value::as_str);
             let src = sub.map_or_else(|| tmp.clone(), |s| tmp.join(s));
             let name = package_name(&src)?;
+            if installed.contains_key(&name) {
+                std::fs::remove_dir_all(&tmp).ok();
+                continue;
+            }
             copy_tree(&src, &dest.join(&name))
                 .map_err(|e| anyhow::anyhow!("copying {url} into {}: {e}", dest.display()))?;
             std::fs::remove_dir_all(&tmp).ok();
             tracing::info!("Installed {url} at revision {sha}");
             entry.insert("git".into(), Value::from(url));
-            entry.insert("name".into(), Value::from(name));
             entry.insert("revision".into(), Value::from(sha));
             if let Some(s) = sub {
                 entry.insert("subdirectory".into(), Value::from(s));
             }
+            let dir = dest.join(&name);
+            (name, dir)
         } else if let Some(hub) = o.get("package").and_then(Value::as_str) {
-            return Err(config_error(format!(
-                "packages.yml: {hub} is a dbt Hub package, which ferry cannot install yet. Use the package's git repository instead: `- git: https://github.com/{hub}.git` with `revision:` set to the version's tag"
-            )));
+            let specs = version_list(o.get("version"));
+            let pre = o
+                .get("install-prerelease")
+                .or_else(|| o.get("install_prerelease"))
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            let (version, meta) = hub_resolve(&client, hub, &specs, pre).await?;
+            let name = meta
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| anyhow::anyhow!("the hub's {hub} {version} has no name"))?
+                .to_string();
+            if let Some(have) = installed.get(&name) {
+                if specs
+                    .iter()
+                    .all(|s| Version::parse(have).is_some_and(|v| meets(&v, s).unwrap_or(false)))
+                {
+                    continue;
+                }
+                return Err(config_error(format!(
+                    "packages: {hub} is required as {} but {have} is installed for another package; align the version ranges",
+                    specs.join(", ")
+                )));
+            }
+            let url = meta
+                .pointer("/downloads/tarball")
+                .and_then(Value::as_str)
+                .ok_or_else(|| anyhow::anyhow!("the hub gives no tarball for {hub} {version}"))?;
+            hub_unpack(&client, url, &dest.join(&name))
+                .await
+                .map_err(|e| anyhow::anyhow!("installing {hub} {version}: {e:#}"))?;
+            tracing::info!("Installed {hub} version {version}");
+            entry.insert("package".into(), Value::from(hub));
+            entry.insert("version".into(), Value::from(version.clone()));
+            installed.insert(name.clone(), version);
+            for dep in meta
+                .get("packages")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+            {
+                queue.push_back(dep);
+            }
+            entry.insert("name".into(), Value::from(name.clone()));
+            locked.push(entry);
+            continue;
         } else {
             return Err(config_error(format!(
                 "packages.yml: a package needs `local:`, `git:` or `package:`; got {p}"
             )));
-        }
+        };
+        installed.insert(name.clone(), String::new());
+        entry.insert("name".into(), Value::from(name.clone()));
         locked.push(entry);
+        queue.extend(nested(&dir, &project.dir)?);
     }
     let mut text = String::from("packages:\n");
     for e in &locked {

@@ -209,7 +209,7 @@ pub async fn run(args: TransformArgs, g: &Globals) -> anyhow::Result<i32> {
     let loc = locate(&args, g)?;
     let project = project::DbtProject::load(&loc.dir)?;
     if matches!(args.command, TransformCommand::Deps) {
-        let n = deps::install(&project)?;
+        let n = deps::install(&project).await?;
         if !g.quiet {
             tracing::info!(
                 "Installed {n} packages into {}; wrote package-lock.yml.",

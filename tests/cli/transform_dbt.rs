@@ -965,13 +965,133 @@ fn packages_install_and_build_as_dbt_on_duckdb() {
     );
     assert!(da.contains("('10', 'hi bob', 'X', '42', '2')"), "{da}");
     assert_eq!(db, da);
-    // A hub package is refused with what to write instead.
-    std::fs::write(
-        b.join("packages.yml"),
-        "packages:\n  - package: dbt-labs/dbt_utils\n    version: 1.3.0\n",
+}
+
+/// A package hub on loopback (dbt's API: index.json, <org>/<name>.json with versions and
+/// tarball links), served by Python's http.server; returns its URL and the server process.
+fn fake_hub(d: &Path) -> (String, std::process::Child) {
+    let root = d.join("hub");
+    let script = r#"
+import http.server, io, json, os, sys, tarfile, socketserver
+root = sys.argv[1]
+os.makedirs(root + "/api/v1/acme", exist_ok=True)
+os.makedirs(root + "/tarballs", exist_ok=True)
+httpd = socketserver.TCPServer(("127.0.0.1", 0), lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=root, **k))
+url = "http://127.0.0.1:%d/" % httpd.server_address[1]
+def tarball(name, version, files):
+    path = "%s/tarballs/%s-%s.tar.gz" % (root, name, version)
+    with tarfile.open(path, "w:gz") as t:
+        for rel, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo("%s-%s/%s" % (name, version, rel))
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    return url + "tarballs/%s-%s.tar.gz" % (name, version)
+def project(name):
+    return "name: %s\nversion: '1.0.0'\nconfig-version: 2\n" % name
+versions = {}
+for v, req in [("0.1.0", [">=1.0.0"]), ("0.2.0", [">=1.0.0", "<2.0.0"]), ("0.3.0-rc1", [">=1.0.0"]), ("9.0.0", [">=2.0.0"])]:
+    versions[v] = {"name": "greetings", "packages": [{"package": "acme/base", "version": [">=1.0.0"]}],
+                   "require_dbt_version": req,
+                   "downloads": {"tarball": tarball("greetings", v, {
+                       "dbt_project.yml": project("greetings"),
+                       "macros/hello.sql": "{% macro hello(x) %}'hello ' || {{ base.bang(x) }}{% endmacro %}\n"})}}
+json.dump({"name": "greetings", "namespace": "acme", "latest": "0.2.0", "versions": versions}, open(root + "/api/v1/acme/greetings.json", "w"))
+base = {}
+for v in ["1.0.0", "1.1.0"]:
+    base[v] = {"name": "base", "packages": [], "downloads": {"tarball": tarball("base", v, {
+        "dbt_project.yml": project("base"),
+        "macros/bang.sql": "{% macro bang(x) %}{{ x }} || '!'{% endmacro %}\n"})}}
+json.dump({"name": "base", "namespace": "acme", "latest": "1.1.0", "versions": base}, open(root + "/api/v1/acme/base.json", "w"))
+json.dump(["acme/base", "acme/greetings"], open(root + "/api/v1/index.json", "w"))
+print(url, flush=True)
+httpd.serve_forever()
+"#;
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&root)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
     )
     .unwrap();
-    let out = ferry(&b, &["deps"]);
+    assert!(line.starts_with("http://"), "{line}");
+    (line.trim().to_string(), child)
+}
+
+/// Hub packages: the newest version meeting the range and this dbt version (not a
+/// prerelease), and the package it depends on, installed and locked as dbt does.
+#[test]
+fn hub_packages_resolve_and_install_as_dbt() {
+    let Some(dbt) = dbt() else { return };
+    let d = Dir::new();
+    let (url, mut hub) = fake_hub(d.path());
+    let (a, b) = (d.join("dbt/proj"), d.join("ferry/proj"));
+    for p in [&a, &b] {
+        std::fs::create_dir_all(p.join("models")).unwrap();
+        std::fs::write(
+            p.join("dbt_project.yml"),
+            "name: proj\nversion: '1.0.0'\nconfig-version: 2\nprofile: shop\n",
+        )
+        .unwrap();
+        std::fs::write(
+            p.join("packages.yml"),
+            "packages:\n  - package: acme/greetings\n    version: [\">=0.1.0\", \"<10.0.0\"]\n",
+        )
+        .unwrap();
+        std::fs::write(
+            p.join("models/hi.sql"),
+            "select {{ greetings.hello(\"'bob'\") }} as greeting\n",
+        )
+        .unwrap();
+        duck_profiles(p);
+    }
+    let out = Command::new(&dbt)
+        .args(["deps", "--profiles-dir", "."])
+        .current_dir(&a)
+        .env("DBT_PACKAGE_HUB_URL", &url)
+        .env("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let mut c = Command::new(crate::util::ferry_bin());
+    c.args(["transform", "deps"])
+        .current_dir(&b)
+        .env("DBT_PACKAGE_HUB_URL", &url);
+    crate::util::run(c, None).ok();
+    let lock = |p: &Path| std::fs::read_to_string(p.join("package-lock.yml")).unwrap();
+    assert!(lock(&a).contains("version: 0.2.0"), "{}", lock(&a));
+    assert_eq!(lock(&b), lock(&a), "package-lock.yml");
+    assert_eq!(
+        files(&b.join("dbt_packages")),
+        files(&a.join("dbt_packages"))
+    );
+    run_dbt(&dbt, &a, &["build"]);
+    ferry(&b, &["build"]).ok();
+    let (da, db) = (
+        duck_dump(&dbt, &a.join("shop.duckdb")),
+        duck_dump(&dbt, &b.join("shop.duckdb")),
+    );
+    assert!(da.contains("hello bob!"), "{da}");
+    assert_eq!(db, da);
+    hub.kill().ok();
+    hub.wait().ok();
+    // Unreachable hub: a clear error, exit 2.
+    let mut c = Command::new(crate::util::ferry_bin());
+    c.args(["transform", "deps"])
+        .current_dir(&b)
+        .env("DBT_PACKAGE_HUB_URL", &url);
+    let out = crate::util::run(c, None);
     assert_eq!(out.code, 2, "{}", out.stderr);
-    assert!(out.stderr.contains("git:"), "{}", out.stderr);
+    assert!(out.stderr.contains("cannot be reached"), "{}", out.stderr);
 }
