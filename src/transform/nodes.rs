@@ -719,15 +719,38 @@ fn parse_project(
         .chain(&project.seed_paths)
         .chain(&project.test_paths)
         .chain(&project.analysis_paths)
+        .chain(&project.snapshot_paths)
         .cloned()
         .collect();
     let yaml_files = find_files(dir, &roots, &[".yml", ".yaml"]);
+    // Snapshots defined in YAML (dbt 1.9): (file, name, relation expression, config).
+    let mut yaml_snapshots: Vec<(super::project::Found, String, String, Map<String, Value>)> =
+        Vec::new();
     let docs = super::par_map(yaml_files.iter().collect(), |f| {
         parse_yaml(&read(&f.abs)?, &f.abs)
     });
     for (f, doc) in yaml_files.iter().zip(docs) {
         let doc = doc?;
         let Some(o) = doc.as_object() else { continue };
+        for entry in o
+            .get("snapshots")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let (Some(name), Some(relation)) = (
+                entry.get("name").and_then(Value::as_str),
+                entry.get("relation").and_then(Value::as_str),
+            ) else {
+                continue;
+            };
+            let config = entry
+                .get("config")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default();
+            yaml_snapshots.push((f.clone(), name.to_string(), relation.to_string(), config));
+        }
         for (section, patches) in [("models", &mut model_patches), ("seeds", &mut seed_patches)] {
             for entry in o
                 .get(section)
@@ -1022,6 +1045,47 @@ fn parse_project(
             } else {
                 graph.disabled.push(node.unique_id);
             }
+        }
+    }
+
+    for (f, name, relation, yaml_config) in yaml_snapshots {
+        let unique_id = format!("snapshot.{}.{name}", project.name);
+        if let Some(prev) = names.insert(name.clone(), f.original.clone()) {
+            return Err(config_error(format!(
+                "{prev} and {} have the same name {name:?}; ref() could not tell them apart",
+                f.original
+            )));
+        }
+        let mut fqn = vec![project.name.clone()];
+        fqn.extend(dirs_of(&f.inner));
+        fqn.push(name.clone());
+        let mut config = Map::new();
+        config.insert("materialized".into(), json!("snapshot"));
+        merge_config(&mut config, &tree(|p| &p.snapshots, &fqn[1..]));
+        merge_config(&mut config, &yaml_config);
+        let raw = format!("select * from {{{{ {relation} }}}}");
+        let mut node = build_node(
+            &*graph,
+            target_ctx,
+            NodeInput {
+                unique_id,
+                name,
+                resource: Resource::Snapshot,
+                found: &f,
+                fqn,
+                raw,
+                config,
+                patch: None,
+            },
+            &mut generic_specs,
+        )?;
+        if let Some(s) = node.config.get("target_schema").and_then(Value::as_str) {
+            node.schema = s.to_string();
+        }
+        if node.enabled() {
+            graph.nodes.insert(node.unique_id.clone(), node);
+        } else {
+            graph.disabled.push(node.unique_id);
         }
     }
 

@@ -19,6 +19,7 @@ struct Names {
     valid_from: String,
     scd_id: String,
     updated_at: String,
+    is_deleted: String,
 }
 
 impl Names {
@@ -38,6 +39,7 @@ impl Names {
             valid_from: get("dbt_valid_from"),
             scd_id: get("dbt_scd_id"),
             updated_at: get("dbt_updated_at"),
+            is_deleted: get("dbt_is_deleted"),
         }
     }
 }
@@ -106,13 +108,24 @@ impl Key {
     }
 }
 
+/// What happens to rows gone from the snapshot query (`hard_deletes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HardDeletes {
+    /// Left open.
+    Ignore,
+    /// Their current version is closed.
+    Invalidate,
+    /// Closed, and a new version marks them deleted (`dbt_is_deleted = 'True'`).
+    NewRecord,
+}
+
 /// What the strategy macro returns.
 struct Strategy {
     key: Key,
     updated_at: String,
     row_changed: String,
     scd_id: String,
-    invalidate_hard_deletes: bool,
+    hard_deletes: HardDeletes,
 }
 
 /// `snapshot_get_time()`.
@@ -132,9 +145,8 @@ fn hash(args: &[&str]) -> String {
     format!("md5({})", parts.join(" || '|' || "))
 }
 
-/// dbt's `get_hard_deletes_behavior`: `ignore` or `invalidate` (`new_record` is not built
-/// yet and says so).
-fn hard_deletes(node: &Node) -> Result<bool, DbError> {
+/// dbt's `get_hard_deletes_behavior`.
+fn hard_deletes(node: &Node) -> Result<HardDeletes, DbError> {
     let legacy = node
         .config
         .get("invalidate_hard_deletes")
@@ -146,15 +158,12 @@ fn hard_deletes(node: &Node) -> Result<bool, DbError> {
         ));
     }
     if legacy.and_then(Value::as_bool) == Some(true) {
-        return Ok(true);
+        return Ok(HardDeletes::Invalidate);
     }
     match mode {
-        None | Some("ignore") => Ok(false),
-        Some("invalidate") => Ok(true),
-        Some("new_record") => Err(DbError(
-            "hard_deletes: new_record is not supported by ferry yet; use invalidate or ignore"
-                .into(),
-        )),
+        None | Some("ignore") => Ok(HardDeletes::Ignore),
+        Some("invalidate") => Ok(HardDeletes::Invalidate),
+        Some("new_record") => Ok(HardDeletes::NewRecord),
         Some(other) => Err(DbError(format!(
             "Invalid setting for property hard_deletes: {other:?} (ignore, invalidate or new_record)"
         ))),
@@ -170,7 +179,7 @@ async fn strategy(
     target: Option<&[(String, String)]>,
 ) -> Result<Strategy, DbError> {
     let key = Key::of(node)?;
-    let invalidate_hard_deletes = hard_deletes(node)?;
+    let hard_deletes = hard_deletes(node)?;
     let configured_updated_at = node
         .config
         .get("updated_at")
@@ -195,7 +204,7 @@ async fn strategy(
                 scd_id,
                 key,
                 updated_at,
-                invalidate_hard_deletes,
+                hard_deletes,
             })
         }
         Some("check") => {
@@ -255,7 +264,7 @@ async fn strategy(
                 scd_id,
                 key,
                 updated_at,
-                invalidate_hard_deletes,
+                hard_deletes,
             })
         }
         other => Err(DbError(format!(
@@ -280,7 +289,9 @@ fn valid_to_current(node: &Node, s: &Strategy, names: &Names) -> String {
     )
 }
 
-/// `default__snapshot_staging_table` for the ignore and invalidate behaviours.
+/// `default__snapshot_staging_table`. `target_cols` (the snapshot table's columns) and
+/// `query_cols` (the query's) are needed for `hard_deletes: new_record` only.
+#[allow(clippy::too_many_arguments)]
 fn staging_sql(
     node: &Node,
     adapter: AdapterKind,
@@ -288,17 +299,23 @@ fn staging_sql(
     names: &Names,
     sql: &str,
     target: &str,
+    target_cols: &[String],
+    query_cols: &[String],
 ) -> String {
-    let current_filter = match node
+    let current_expr = node
         .config
         .get("dbt_valid_to_current")
-        .and_then(Value::as_str)
-    {
+        .and_then(Value::as_str);
+    let current_filter = match current_expr {
         Some(c) => format!("( {v} = {c} or {v} is null )", v = names.valid_to),
         None => format!("{} is null", names.valid_to),
     };
     let fields = s.key.fields();
     let u = &s.updated_at;
+    let t = now(adapter);
+    let deletes = s.hard_deletes != HardDeletes::Ignore;
+    let new_record = s.hard_deletes == HardDeletes::NewRecord;
+    let del = &names.is_deleted;
     let mut out = format!(
         "with snapshot_query as (\n\n        {sql}\n\n    ),\n\n    snapshotted_data as (\n\n        select *, {fields}\n        from {target}\n        where\n                {current_filter}\n\n    ),\n\n    insertions_source_data as (\n\n        select *, {fields},\n            {u} as {upd},\n            {u} as {vf},\n            {vtc},\n            {scd} as {scd_col}\n\n        from snapshot_query\n    ),\n\n    updates_source_data as (\n\n        select *, {fields},\n            {u} as {upd},\n            {u} as {vf},\n            {u} as {vt}\n\n        from snapshot_query\n    ),",
         upd = names.updated_at,
@@ -308,32 +325,82 @@ fn staging_sql(
         scd = s.scd_id,
         scd_col = names.scd_id,
     );
-    if s.invalidate_hard_deletes {
+    if deletes {
         out.push_str(&format!(
             "\n\n    deletes_source_data as (\n\n        select *, {fields}\n        from snapshot_query\n    ),"
         ));
     }
     let join = s.key.join_on("snapshotted_data", "source_data");
+    let k = s.key.first();
+    let (ins_del, upd_del, was_deleted) = if new_record {
+        (
+            format!(",'False' as {del}"),
+            format!(", snapshotted_data.{del}"),
+            format!(" or snapshotted_data.{del} = 'True'"),
+        )
+    } else {
+        (String::new(), String::new(), String::new())
+    };
     out.push_str(&format!(
-        "\n\n    insertions as (\n\n        select\n            'insert' as dbt_change_type,\n            source_data.*\n\n        from insertions_source_data as source_data\n        left outer join snapshotted_data\n            on {join}\n            where snapshotted_data.{k} is null\n            or (snapshotted_data.{k} is not null and (\n               {rc}\n            )\n\n        )\n\n    ),\n\n    updates as (\n\n        select\n            'update' as dbt_change_type,\n            source_data.*,\n            snapshotted_data.{scd_col}\n\n        from updates_source_data as source_data\n        join snapshotted_data\n            on {join}\n        where (\n            {rc}\n        )\n    )",
-        k = s.key.first(),
+        "\n\n    insertions as (\n\n        select\n            'insert' as dbt_change_type,\n            source_data.*{ins_del}\n\n        from insertions_source_data as source_data\n        left outer join snapshotted_data\n            on {join}\n            where snapshotted_data.{k} is null\n            or (snapshotted_data.{k} is not null and (\n               {rc}{was_deleted}\n            )\n\n        )\n\n    ),\n\n    updates as (\n\n        select\n            'update' as dbt_change_type,\n            source_data.*,\n            snapshotted_data.{scd_col}{upd_del}\n\n        from updates_source_data as source_data\n        join snapshotted_data\n            on {join}\n        where (\n            {rc}{was_deleted}\n        )\n    )",
         rc = s.row_changed,
         scd_col = names.scd_id,
     ));
-    if s.invalidate_hard_deletes {
-        let t = now(adapter);
+    // Not a version already marked deleted (new_record).
+    let still_open = match current_expr {
+        Some(c) => format!("snapshotted_data.{} = {c}", names.valid_to),
+        None => format!("snapshotted_data.{} is null", names.valid_to),
+    };
+    let not_deleted_yet =
+        format!("\n            and not (\n                snapshotted_data.{del} = 'True'\n                and\n                {still_open}\n            )");
+    if deletes {
         out.push_str(&format!(
-            "\n    ,\n    deletes as (\n\n        select\n            'delete' as dbt_change_type,\n            source_data.*,\n            {t} as {vf},\n            {t} as {upd},\n            {t} as {vt},\n            snapshotted_data.{scd_col}\n        from snapshotted_data\n        left join deletes_source_data as source_data\n            on {join}\n            where source_data.{k} is null\n    )",
+            "\n    ,\n    deletes as (\n\n        select\n            'delete' as dbt_change_type,\n            source_data.*,\n            {t} as {vf},\n            {t} as {upd},\n            {t} as {vt},\n            snapshotted_data.{scd_col}{upd_del}\n        from snapshotted_data\n        left join deletes_source_data as source_data\n            on {join}\n            where source_data.{k} is null{extra}\n    )",
             vf = names.valid_from,
             upd = names.updated_at,
             vt = names.valid_to,
             scd_col = names.scd_id,
-            k = s.key.first(),
+            extra = if new_record { not_deleted_yet.as_str() } else { "" },
+        ));
+    }
+    if new_record {
+        let mut cols: Vec<String> = query_cols
+            .iter()
+            .map(|c| {
+                let side = if target_cols.contains(c) {
+                    "snapshotted_data"
+                } else {
+                    "source_data"
+                };
+                format!("{side}.{}", quote(c))
+            })
+            .collect();
+        match &s.key {
+            Key::One(_) => cols.push("snapshotted_data.dbt_unique_key as dbt_unique_key".into()),
+            Key::Many(v) => {
+                for i in 1..=v.len() {
+                    cols.push(format!(
+                        "snapshotted_data.dbt_unique_key_{i} as dbt_unique_key_{i}"
+                    ));
+                }
+            }
+        }
+        let new_scd = hash(&[names.scd_id.as_str(), t]);
+        out.push_str(&format!(
+            "\n    ,\n    deletion_records as (\n\n        select\n            'insert' as dbt_change_type,\n            {cols},\n            {t} as {vf},\n            {t} as {upd},\n            snapshotted_data.{vt} as {vt},\n            {new_scd} as {scd_col},\n            'True' as {del}\n        from snapshotted_data\n        left join deletes_source_data as source_data\n            on {join}\n        where source_data.{k} is null{not_deleted_yet}\n    )",
+            cols = cols.join(",\n            "),
+            vf = names.valid_from,
+            upd = names.updated_at,
+            vt = names.valid_to,
+            scd_col = names.scd_id,
         ));
     }
     out.push_str("\n\n    select * from insertions\n    union all\n    select * from updates");
-    if s.invalidate_hard_deletes {
+    if deletes {
         out.push_str("\n    union all\n    select * from deletes");
+    }
+    if new_record {
+        out.push_str("\n    union all\n    select * from deletion_records");
     }
     out
 }
@@ -369,8 +436,13 @@ pub async fn run(
         out: Outcome::default(),
     };
     let Some(target_cols) = target_cols else {
+        let is_deleted = if s.hard_deletes == HardDeletes::NewRecord {
+            format!(", 'False' as {}\n", names.is_deleted)
+        } else {
+            String::new()
+        };
         let build = format!(
-            "\n    select *,\n        {} as {},\n        {u} as {},\n        {u} as {},\n        {}\n    from (\n        {sql}\n    ) sbq\n",
+            "\n    select *,\n        {} as {},\n        {u} as {},\n        {u} as {},\n        {}{is_deleted}\n    from (\n        {sql}\n    ) sbq\n",
             s.scd_id,
             names.scd_id,
             names.updated_at,
@@ -393,7 +465,27 @@ pub async fn run(
         return Ok(out);
     };
     let staging = quote(&format!("{}__dbt_tmp", rel.identifier));
-    let select = staging_sql(node, adapter, &s, &names, sql, &rel.to_string());
+    let (target_names, query_cols) = if s.hard_deletes == HardDeletes::NewRecord {
+        (
+            target_cols
+                .iter()
+                .map(|(c, _)| c.clone())
+                .collect::<Vec<_>>(),
+            tx.conn.query_columns(sql).await?,
+        )
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let select = staging_sql(
+        node,
+        adapter,
+        &s,
+        &names,
+        sql,
+        &rel.to_string(),
+        &target_names,
+        &query_cols,
+    );
     tx.conn.execute("begin").await?;
     let result = async {
         tx.run(format!("create temporary table {staging} as (\n{select}\n)"))
