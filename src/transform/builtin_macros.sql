@@ -17,7 +17,7 @@ having count(*) > 1
     {{ macro(model, column_name) }}
 {% endmacro %}{% macro default__test_not_null(model, column_name) %}
 
-{% set column_list = column_name %}
+{% set column_list = '*' if should_store_failures() else column_name %}
 
 select {{ column_list }}
 from {{ model }}

@@ -1083,6 +1083,19 @@ impl Jinja {
                 }
             },
         );
+        env.add_function(
+            "should_store_failures",
+            |state: &State| -> Result<bool, Error> {
+                let c = ctx(state)?;
+                let store = c.config.get("store_failures").and_then(Json::as_bool);
+                let store_as = c.config.get("store_failures_as").and_then(Json::as_str);
+                Ok(match (store, store_as) {
+                    (Some(false), _) | (_, Some("ephemeral")) => false,
+                    (Some(true), _) | (_, Some("table" | "view")) => true,
+                    _ => false,
+                })
+            },
+        );
         env.add_function("run_query", run_query_fn);
         env.add_function("__ferry_statement", statement_fn);
         env.add_function("load_result", load_result_fn);

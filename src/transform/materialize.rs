@@ -389,7 +389,25 @@ async fn incremental(
 ///
 /// # Errors
 /// A [`DbError`].
-pub async fn test(conn: &mut Conn, node: &Node, sql: &str) -> Result<Outcome, DbError> {
+/// Where a test keeps its failing rows (`store_failures`, `store_failures_as`): `table`,
+/// `view`, or `None` (not kept).
+pub fn store_failures_as(node: &Node) -> Option<&'static str> {
+    let store = node.config.get("store_failures").and_then(Value::as_bool);
+    let store_as = node.config.get("store_failures_as").and_then(Value::as_str);
+    match (store, store_as) {
+        (Some(false), _) | (_, Some("ephemeral")) => None,
+        (_, Some("view")) => Some("view"),
+        (Some(true), _) | (_, Some("table")) => Some("table"),
+        _ => None,
+    }
+}
+
+pub async fn test(
+    conn: &mut Conn,
+    node: &Node,
+    sql: &str,
+    cache: &Cache,
+) -> Result<Outcome, DbError> {
     let get = |k: &str, d: &str| {
         node.config
             .get(k)
@@ -400,10 +418,29 @@ pub async fn test(conn: &mut Conn, node: &Node, sql: &str) -> Result<Outcome, Db
     let fail_calc = get("fail_calc", "count(*)");
     let warn_if = get("warn_if", "!= 0");
     let error_if = get("error_if", "!= 0");
-    let body = match node.config.get("limit").and_then(Value::as_u64) {
+    let mut body = match node.config.get("limit").and_then(Value::as_u64) {
         Some(l) => format!("select * from (\n{sql}\n) dbt_limit limit {l}"),
         None => sql.to_string(),
     };
+    let mut statements = Vec::new();
+    if let Some(kind) = store_failures_as(node) {
+        // As dbt: the failing rows replace the audit relation, and the test counts them there.
+        let rel = node.relation();
+        let mut tx = Tx {
+            conn: &mut *conn,
+            out: Outcome::default(),
+        };
+        if let Some(k) = cached(cache, &rel) {
+            let gone = drop_cascade(&mut tx, k, &rel).await?;
+            forget(cache, &gone);
+            set_cache(cache, &rel, None);
+        }
+        tx.transaction(vec![format!("create {kind} {rel} as (\n{body}\n)")])
+            .await?;
+        set_cache(cache, &rel, Some(kind));
+        statements = tx.out.statements;
+        body = format!("select *\n        from {rel}");
+    }
     let q = format!(
         "select\n      {fail_calc} as failures,\n      {fail_calc} {warn_if} as should_warn,\n      {fail_calc} {error_if} as should_error\n    from (\n{body}\n    ) dbt_internal_test"
     );
@@ -421,10 +458,11 @@ pub async fn test(conn: &mut Conn, node: &Node, sql: &str) -> Result<Outcome, Db
             .flatten()
             .is_some_and(|s| matches!(s.as_str(), "t" | "true" | "1"))
     };
+    statements.push(q);
     Ok(Outcome {
         message: String::new(),
         rows: None,
-        statements: vec![q],
+        statements,
         test: Some((failures, truth(1), truth(2))),
     })
 }

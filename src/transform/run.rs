@@ -273,7 +273,7 @@ pub async fn execute(
     let mut schemas: BTreeSet<String> = graph
         .nodes
         .values()
-        .filter(|n| n.resource != Resource::Test)
+        .filter(|n| n.resource != Resource::Test || materialize::store_failures_as(n).is_some())
         .map(|n| n.schema.clone())
         .collect();
     schemas.insert(target.schema.clone());
@@ -286,7 +286,10 @@ pub async fn execute(
         let needed: BTreeSet<&str> = run_ids
             .iter()
             .map(|id| &graph.nodes[id])
-            .filter(|n| n.resource != Resource::Test && n.materialized() != "ephemeral")
+            .filter(|n| {
+                (n.resource != Resource::Test || materialize::store_failures_as(n).is_some())
+                    && n.materialized() != "ephemeral"
+            })
             .map(|n| n.schema.as_str())
             .collect();
         let existing: HashSet<String> = schemas_present(&mut conn, &schemas).await?;
@@ -785,7 +788,10 @@ fn skipped(n: &Node) -> NodeResult {
 /// `"db"."schema"."name"` for nodes that build one.
 pub fn relation_name(n: &Node) -> Option<String> {
     match (n.resource, n.materialized()) {
-        (Resource::Test, _) | (_, "ephemeral") => None,
+        (Resource::Test, _) if materialize::store_failures_as(n).is_some() => {
+            Some(n.relation().to_string())
+        }
+        (Resource::Test | Resource::Analysis, _) | (_, "ephemeral") => None,
         _ => Some(n.relation().to_string()),
     }
 }
@@ -950,7 +956,9 @@ async fn materialize_node(
             )
             .await
         }
-        Resource::Test => materialize::test(conn, node, sql.as_deref().unwrap_or_default()).await,
+        Resource::Test => {
+            materialize::test(conn, node, sql.as_deref().unwrap_or_default(), &sh.cache).await
+        }
         Resource::Snapshot => {
             super::snapshot::run(
                 conn,

@@ -204,6 +204,11 @@ fn dbt_and_ferry_build_the_same_tables_on_duckdb() {
         );
         assert!(da.contains("== main_marts.customers (40)"), "{da}");
         assert!(da.contains("== main_marts.payment_fees (4)"), "{da}");
+        // store_failures: the warned rows are kept where dbt keeps them.
+        assert!(
+            da.contains("== main_dbt_test__audit.not_null_customers_email (3)"),
+            "{da}"
+        );
         assert_eq!(db, da, "table contents after build {round}");
     }
     // `compile` writes every node's SQL, analyses included, as dbt's.

@@ -4,7 +4,7 @@
 
 
 
-select email
+select *
 from "shop"."main_marts"."customers"
 where email is null
 
