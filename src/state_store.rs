@@ -149,6 +149,57 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The file beside a pipeline's state file that records when each table was last synced
+/// (`<state>.loaded_at.json`), for `ferry transform source freshness` on sources without a
+/// `loaded_at_field`.
+pub fn loaded_at_path(state: &Path) -> PathBuf {
+    let mut name = state.file_name().unwrap_or_default().to_os_string();
+    name.push(".loaded_at.json");
+    state.with_file_name(name)
+}
+
+/// Records that these tables (`schema.table`, or `table` when the target names no schema)
+/// were synced at `at`, keeping the other tables' times; keys sorted, so it diffs cleanly.
+///
+/// # Errors
+/// The file cannot be written.
+pub fn record_loaded_at(state: &Path, tables: &[String], at: &str) -> anyhow::Result<()> {
+    let path = loaded_at_path(state);
+    let mut map: std::collections::BTreeMap<String, String> = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    for t in tables {
+        map.insert(t.clone(), at.to_string());
+    }
+    let mut text = serde_json::to_string_pretty(&map)?;
+    text.push('\n');
+    write_atomic(&path, text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// When a table was last synced, from every pipeline's record (the newest).
+pub fn loaded_at(
+    states: &[&Path],
+    schema: &str,
+    table: &str,
+) -> Option<chrono::DateTime<chrono::Utc>> {
+    let keys = [
+        format!("{schema}.{table}").to_lowercase(),
+        table.to_lowercase(),
+    ];
+    states
+        .iter()
+        .filter_map(|s| std::fs::read(loaded_at_path(s)).ok())
+        .filter_map(|b| {
+            serde_json::from_slice::<std::collections::BTreeMap<String, String>>(&b).ok()
+        })
+        .flat_map(|m| m.into_iter())
+        .filter(|(k, _)| keys.contains(&k.to_lowercase()))
+        .filter_map(|(_, v)| chrono::DateTime::parse_from_rfc3339(&v).ok())
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .max()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -93,6 +93,22 @@ pub async fn run(a: SyncArgs, g: &Globals) -> anyhow::Result<i32> {
                     crate::targets::names::table_name(&st.stream),
                 ));
             }
+            // When each table was last synced (its data committed), for source freshness.
+            let synced: Vec<String> = stats
+                .streams
+                .iter()
+                .filter(|s| !stats.failed_streams.iter().any(|(f, _)| *f == s.stream))
+                .map(|s| {
+                    let t = crate::targets::names::table_name(&s.stream);
+                    schema.as_ref().map_or(t.clone(), |sc| format!("{sc}.{t}"))
+                })
+                .collect();
+            if !synced.is_empty() {
+                let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                if let Err(e) = crate::state_store::record_loaded_at(&p.state, &synced, &now) {
+                    tracing::warn!("{e:#}");
+                }
+            }
         }
         let report = match &result {
             Ok((stats, after)) => make_report(p, started_at, stats, before, after.clone(), None),

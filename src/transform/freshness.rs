@@ -308,7 +308,11 @@ pub async fn run(
     output: &std::path::Path,
     inv: &super::artifacts::Invocation,
     quiet: bool,
+    ferry: Option<&crate::project::Project>,
 ) -> anyhow::Result<i32> {
+    let states: Vec<&std::path::Path> = ferry
+        .map(|f| f.pipelines.iter().map(|p| p.state.as_path()).collect())
+        .unwrap_or_default();
     let t0 = Instant::now();
     let todo: Vec<&Source> = graph
         .sources
@@ -334,9 +338,17 @@ pub async fn run(
             let criteria = src.freshness.clone().unwrap_or_default();
             let started = Utc::now();
             let t = Instant::now();
-            let measured = match src.loaded_at_field.as_deref() {
-                Some(field) => measure(&mut conn, src, field, criteria.filter.as_deref()).await,
-                None => Err(format!(
+            // No column to read: when ferry loads the table, the time of its last sync.
+            let synced = match src.loaded_at_field {
+                None => crate::state_store::loaded_at(&states, &src.schema, &src.identifier),
+                Some(_) => None,
+            };
+            let measured = match (src.loaded_at_field.as_deref(), synced) {
+                (Some(field), _) => {
+                    measure(&mut conn, src, field, criteria.filter.as_deref()).await
+                }
+                (None, Some(at)) => Ok((at, Utc::now())),
+                (None, None) => Err(format!(
                     "Could not compute freshness for source {}: no 'loaded_at_field' provided and {} adapter does not support metadata-based freshness checks.",
                     src.name,
                     target.kind.as_str()

@@ -295,7 +295,16 @@ pub async fn run(args: TransformArgs, g: &Globals) -> anyhow::Result<i32> {
                 .output
                 .clone()
                 .unwrap_or_else(|| target_dir.join("sources.json"));
-            return freshness::run(&graph, &target, &selected, &output, &inv, g.quiet).await;
+            return freshness::run(
+                &graph,
+                &target,
+                &selected,
+                &output,
+                &inv,
+                g.quiet,
+                loc.ferry.as_ref(),
+            )
+            .await;
         }
         _ => {}
     }

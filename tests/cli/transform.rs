@@ -496,6 +496,22 @@ fn sync_then_transform_builds_the_quickstart_marts_and_docs() {
         ),
         high
     );
+    // Freshness of what ferry loads, without a loaded_at_field: the time of the last sync.
+    d.run(
+        &["--project", "ferry.yml", "transform", "source", "freshness"],
+        None,
+    )
+    .ok()
+    .stderr_has("PASS freshness of shop.orders");
+    let fresh: serde_json::Value =
+        serde_json::from_str(&d.read("transform/target/sources.json")).unwrap();
+    let results = fresh["results"].as_array().unwrap();
+    assert_eq!(results.len(), 4, "{fresh}");
+    for r in results {
+        assert_eq!(r["status"], "pass", "{r}");
+        let age = r["max_loaded_at_time_ago_in_s"].as_f64().unwrap();
+        assert!((0.0..600.0).contains(&age), "{r}");
+    }
     // Nothing new: nothing to build.
     d.run(
         &[
