@@ -152,7 +152,7 @@ fn node_json(
             m.insert("primary_key".into(), json!(primary_key(tests, n)));
             m.insert("time_spine".into(), Value::Null);
         }
-        Resource::Snapshot | Resource::Analysis => {}
+        Resource::Snapshot | Resource::Analysis | Resource::UnitTest => {}
         Resource::Seed => {
             for k in [
                 "language",

@@ -20,6 +20,7 @@ pub mod project;
 pub mod run;
 pub mod select;
 pub mod snapshot;
+pub mod unit;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -28,6 +28,8 @@ pub enum Resource {
     Snapshot,
     /// A `.sql` file of `analyses/`: compiled, never run.
     Analysis,
+    /// A `unit_tests:` entry: a model run on fixture rows and compared with expected rows.
+    UnitTest,
 }
 
 impl Resource {
@@ -39,6 +41,7 @@ impl Resource {
             Resource::Test => "test",
             Resource::Snapshot => "snapshot",
             Resource::Analysis => "analysis",
+            Resource::UnitTest => "unit_test",
         }
     }
 }
@@ -110,6 +113,8 @@ pub struct Node {
     pub alias: String,
     /// For generic tests.
     pub test: Option<TestMeta>,
+    /// For unit tests: the tested model's id and the entry (`given`, `expect`, `overrides`).
+    pub unit: Option<Arc<(String, Value)>>,
     /// sha256 of the file.
     pub checksum: String,
 }
@@ -255,7 +260,7 @@ impl Graph {
         let by_name = self
             .nodes
             .values()
-            .filter(|n| n.resource != Resource::Test)
+            .filter(|n| !matches!(n.resource, Resource::Test | Resource::UnitTest))
             .map(|n| (n.name.clone(), (n.unique_id.clone(), n.relation())))
             .collect();
         let sources = self
@@ -726,12 +731,22 @@ fn parse_project(
     // Snapshots defined in YAML (dbt 1.9): (file, name, relation expression, config).
     let mut yaml_snapshots: Vec<(super::project::Found, String, String, Map<String, Value>)> =
         Vec::new();
+    // `unit_tests:` entries (dbt 1.8), built once the models are known.
+    let mut unit_specs: Vec<(super::project::Found, Value)> = Vec::new();
     let docs = super::par_map(yaml_files.iter().collect(), |f| {
         parse_yaml(&read(&f.abs)?, &f.abs)
     });
     for (f, doc) in yaml_files.iter().zip(docs) {
         let doc = doc?;
         let Some(o) = doc.as_object() else { continue };
+        for entry in o
+            .get("unit_tests")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            unit_specs.push((f.clone(), entry.clone()));
+        }
         for entry in o
             .get("snapshots")
             .and_then(Value::as_array)
@@ -1089,6 +1104,13 @@ fn parse_project(
         }
     }
 
+    for (f, entry) in unit_specs {
+        let node = unit_test_node(&*graph, project, &f, &entry)?;
+        if node.enabled() {
+            graph.nodes.insert(node.unique_id.clone(), node);
+        }
+    }
+
     // Analyses: compiled by `compile` (as dbt does), never run.
     for f in find_files(dir, &project.analysis_paths, &[".sql"]) {
         let name = stem_of(&f.inner);
@@ -1174,6 +1196,95 @@ fn parse_project(
         graph.nodes.insert(node.unique_id.clone(), node);
     }
     Ok(())
+}
+
+/// A `unit_tests:` entry as a node: it depends on what its `given` inputs name (so `build`
+/// runs it after them), and remembers the tested model and the entry.
+fn unit_test_node(
+    graph: &Graph,
+    project: &DbtProject,
+    f: &super::project::Found,
+    entry: &Value,
+) -> anyhow::Result<Node> {
+    let at = |what: &str| config_error(format!("{}: a unit test {what}", f.original));
+    let name = entry
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| at("has no `name`"))?;
+    let model = entry
+        .get("model")
+        .and_then(Value::as_str)
+        .ok_or_else(|| at(&format!("({name}) names no `model`")))?;
+    let model_id = format!("model.{}.{model}", project.name);
+    let tested = graph.nodes.get(&model_id).ok_or_else(|| {
+        config_error(format!(
+            "{}: unit test {name} tests the model {model}, which this project does not have",
+            f.original
+        ))
+    })?;
+    static INPUT: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(
+            r#"^\s*(ref|source)\(\s*['"]([^'"]+)['"]\s*(?:,\s*['"]([^'"]+)['"]\s*)?\)\s*$"#,
+        )
+        .expect("static regex")
+    });
+    let (mut refs, mut sources) = (Vec::new(), Vec::new());
+    for g in entry
+        .get("given")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let input = g.get("input").and_then(Value::as_str).unwrap_or_default();
+        let c = INPUT.captures(input).ok_or_else(|| {
+            config_error(format!(
+                "{}: unit test {name}: input {input:?} is not ref('…') or source('…', '…')",
+                f.original
+            ))
+        })?;
+        match (&c[1], c.get(3)) {
+            ("ref", None) => refs.push((None, c[2].to_string())),
+            ("ref", Some(n)) => refs.push((Some(c[2].to_string()), n.as_str().to_string())),
+            (_, Some(t)) => sources.push((c[2].to_string(), t.as_str().to_string())),
+            _ => {
+                return Err(config_error(format!(
+                    "{}: unit test {name}: source() takes a source and a table",
+                    f.original
+                )))
+            }
+        }
+    }
+    let mut config = Map::new();
+    if let Some(Value::Object(c)) = entry.get("config") {
+        merge_config(&mut config, c);
+    }
+    Ok(Node {
+        unique_id: format!("unit_test.{}.{model}.{name}", project.name),
+        name: name.to_string(),
+        resource: Resource::UnitTest,
+        path: f.inner.clone(),
+        original_file_path: f.original.clone(),
+        fqn: vec![project.name.clone(), model.to_string(), name.to_string()],
+        raw_code: String::new(),
+        config,
+        description: entry
+            .get("description")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        raw_description: String::new(),
+        columns: Vec::new(),
+        patch_path: None,
+        refs,
+        sources,
+        depends_on: Vec::new(),
+        database: tested.database.clone(),
+        schema: tested.schema.clone(),
+        alias: name.to_string(),
+        test: None,
+        unit: Some(Arc::new((model_id, entry.clone()))),
+        checksum: String::new(),
+    })
 }
 
 /// The packages installed under the project's `packages-install-path`, by name.
@@ -1444,6 +1555,7 @@ fn build_node(
         schema,
         alias,
         test: None,
+        unit: None,
     })
 }
 
@@ -1700,6 +1812,7 @@ fn build_generic_test(
         database: String::new(),
         schema: String::new(),
         alias,
+        unit: None,
         test: Some(TestMeta {
             name: spec.test.clone(),
             kwargs: spec.args.clone(),

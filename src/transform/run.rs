@@ -35,10 +35,10 @@ pub enum Mode {
 impl Mode {
     fn wants(self, r: Resource) -> bool {
         match self {
-            Mode::Compile => r != Resource::Seed,
+            Mode::Compile => !matches!(r, Resource::Seed | Resource::UnitTest),
             _ if r == Resource::Analysis => false,
             Mode::Run => r == Resource::Model,
-            Mode::Test => r == Resource::Test,
+            Mode::Test => matches!(r, Resource::Test | Resource::UnitTest),
             Mode::Seed => r == Resource::Seed,
             Mode::Snapshot => r == Resource::Snapshot,
             Mode::Build => true,
@@ -374,6 +374,14 @@ pub async fn execute(
     }
     if mode == Mode::Build {
         add_test_edges(&graph, &run_ids, &in_run, &mut deps);
+        // A model is built after its unit tests pass (dbt's build order).
+        for id in &run_ids {
+            if let Some(unit) = &graph.nodes[id].unit {
+                if let Some(d) = deps.get_mut(&unit.0) {
+                    d.insert(id.clone());
+                }
+            }
+        }
     }
     let level = levels(&run_ids, &deps);
     let total = run_ids
@@ -759,12 +767,21 @@ fn kind_label(n: &Node) -> String {
         Resource::Test => "test".into(),
         Resource::Snapshot => "snapshot".into(),
         Resource::Analysis => "analysis".into(),
+        Resource::UnitTest => "unit_test".into(),
     }
 }
 
 fn display_name(n: &Node) -> String {
     match n.resource {
         Resource::Test => n.name.clone(),
+        Resource::UnitTest => format!(
+            "{}::{}",
+            n.unit
+                .as_ref()
+                .and_then(|u| u.0.rsplit('.').next())
+                .unwrap_or_default(),
+            n.name
+        ),
         _ => format!("{}.{}", n.schema, n.alias),
     }
 }
@@ -791,7 +808,7 @@ pub fn relation_name(n: &Node) -> Option<String> {
         (Resource::Test, _) if materialize::store_failures_as(n).is_some() => {
             Some(n.relation().to_string())
         }
-        (Resource::Test | Resource::Analysis, _) | (_, "ephemeral") => None,
+        (Resource::Test | Resource::Analysis | Resource::UnitTest, _) | (_, "ephemeral") => None,
         _ => Some(n.relation().to_string()),
     }
 }
@@ -820,6 +837,10 @@ fn report_line(index: usize, total: usize, node: &Node, r: &NodeResult, mode: Mo
             "{index} of {total} WARN {} {what} [WARN {} in {secs:.2}s]",
             r.failures.unwrap_or(0),
             r.failures.unwrap_or(0)
+        ),
+        "fail" if node.resource == Resource::UnitTest => tracing::error!(
+            "{index} of {total} FAIL 1 {what} [FAIL 1 in {secs:.2}s]\n{}",
+            r.message.clone().unwrap_or_default()
         ),
         "fail" => tracing::error!(
             "{index} of {total} FAIL {} {what} [FAIL {} in {secs:.2}s]",
@@ -856,7 +877,7 @@ fn compile_step(sh: &Shared, node: &Node, thread: usize) -> (NodeResult, Option<
         },
         thread,
     };
-    let sql = if node.resource == Resource::Seed {
+    let sql = if matches!(node.resource, Resource::Seed | Resource::UnitTest) {
         None
     } else {
         match sh.compile(node) {
@@ -909,13 +930,14 @@ async fn run_node(sh: &Shared, conn: &mut Conn, node: &Node, thread: usize) -> N
         .map_err(|e| DbError(format!("{e:#}")))
     };
     let outcome = async {
-        if node.resource != Resource::Test {
+        let runs_hooks = !matches!(node.resource, Resource::Test | Resource::UnitTest);
+        if runs_hooks {
             for h in hooks("pre-hook")? {
                 conn.execute(h.as_str()).await?;
             }
         }
         let o = materialize_node(sh, conn, node, sql.as_deref(), kind).await?;
-        if node.resource != Resource::Test {
+        if runs_hooks {
             for h in hooks("post-hook")? {
                 conn.execute(h.as_str()).await?;
             }
@@ -970,7 +992,86 @@ async fn materialize_node(
             .await
         }
         Resource::Analysis => Ok(materialize::Outcome::default()),
+        Resource::UnitTest => unit_test(sh, conn, node).await,
     }
+}
+
+/// A unit test: the tested model compiled against its real inputs (`is_incremental()` as the
+/// test's `overrides` say), then run on the fixtures.
+async fn unit_test(
+    sh: &Shared,
+    conn: &mut Conn,
+    node: &Node,
+) -> Result<materialize::Outcome, DbError> {
+    let Some(unit) = node.unit.clone() else {
+        return Err(DbError(format!("{} is not a unit test", node.unique_id)));
+    };
+    let (model_id, entry) = (&unit.0, &unit.1);
+    let model = sh
+        .graph
+        .nodes
+        .get(model_id)
+        .ok_or_else(|| DbError(format!("unit test {}: no model {model_id}", node.name)))?;
+    let incremental = entry
+        .pointer("/overrides/macros/is_incremental")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let compiled = {
+        let known = sh.ephemerals.read().unwrap_or_else(|p| p.into_inner());
+        compile_node(
+            &sh.graph,
+            model,
+            &sh.target_ctx,
+            sh.lookup.clone(),
+            incremental,
+            &known,
+            sh.query.clone(),
+        )
+        .map_err(|e| DbError(format!("{e:#}")))?
+    };
+    use super::jinja::Resolve as _;
+    let mut inputs = Vec::new();
+    for (given, (pkg, name)) in entry
+        .get("given")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|g| {
+            g.get("input")
+                .and_then(Value::as_str)
+                .is_some_and(|i| i.trim_start().starts_with("ref"))
+        })
+        .zip(&node.refs)
+    {
+        let (_, rel) = sh.lookup.node(pkg.as_deref(), name).ok_or_else(|| {
+            DbError(format!(
+                "unit test {}: ref('{name}') names no model or seed",
+                node.name
+            ))
+        })?;
+        inputs.push((rel.to_string(), name.clone(), given.clone()));
+    }
+    for (given, (src, table)) in entry
+        .get("given")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|g| {
+            g.get("input")
+                .and_then(Value::as_str)
+                .is_some_and(|i| i.trim_start().starts_with("source"))
+        })
+        .zip(&node.sources)
+    {
+        let (_, rel) = sh.lookup.source(src, table).ok_or_else(|| {
+            DbError(format!(
+                "unit test {}: source('{src}', '{table}') is not declared",
+                node.name
+            ))
+        })?;
+        inputs.push((rel.to_string(), format!("{src}__{table}"), given.clone()));
+    }
+    super::unit::run(conn, &sh.graph, node, &compiled.sql, &inputs).await
 }
 
 /// Fills the result from the outcome and writes `target/run/`.
@@ -1020,6 +1121,10 @@ fn finish(
                     ));
                 } else {
                     r.status = "pass";
+                }
+                if node.resource == Resource::UnitTest {
+                    // dbt reports the difference, not a count.
+                    r.message = (r.status == "fail").then(|| o.message.clone());
                 }
                 r.adapter_response = match kind {
                     AdapterKind::Postgres => {

@@ -1111,3 +1111,140 @@ fn hub_packages_resolve_and_install_as_dbt() {
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.contains("cannot be reached"), "{}", out.stderr);
 }
+
+/// Unit tests (dbt 1.8): dict, csv and source fixtures, expected rows in dict and csv form, and
+/// one wrong on purpose (its model is then skipped by `build`).
+fn unit_project(dir: &Path) {
+    let w = |rel: &str, text: &str| {
+        let p = dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    w(
+        "dbt_project.yml",
+        "name: unit\nversion: '1.0.0'\nconfig-version: 2\nprofile: shop\n",
+    );
+    w(
+        "seeds/raw_orders.csv",
+        "id,customer,amount,status\n1,ann,10.5,paid\n2,ann,5,cancelled\n3,bob,7,refunded\n",
+    );
+    w(
+        "models/sources.yml",
+        "version: 2\nsources:\n  - name: app\n    schema: \"{{ target.schema }}\"\n    tables:\n      - name: raw_orders\n",
+    );
+    w(
+        "models/stg_orders.sql",
+        "-- depends_on: {{ ref('raw_orders') }}\nselect id, customer, amount, status from {{ source('app', 'raw_orders') }}\n",
+    );
+    w(
+        "models/customer_totals.sql",
+        "select customer, sum(amount) as total, count(*) as orders, bool_or(status = 'refunded') as any_refund\nfrom {{ ref('stg_orders') }}\nwhere status <> 'cancelled'\ngroup by customer\n",
+    );
+    w(
+        "models/refunds.sql",
+        "select customer, count(*) as refunds from {{ ref('stg_orders') }} where status = 'refunded' group by customer\n",
+    );
+    w(
+        "models/unit.yml",
+        r#"unit_tests:
+  - name: totals_skip_cancelled
+    model: customer_totals
+    given:
+      - input: ref('stg_orders')
+        rows:
+          - {id: 1, customer: ann, amount: 10.5, status: paid}
+          - {id: 2, customer: ann, amount: 5, status: cancelled}
+          - {id: 3, customer: bob, amount: 7, status: refunded}
+    expect:
+      rows:
+        - {customer: ann, total: 10.5, orders: 1, any_refund: false}
+        - {customer: bob, total: 7, orders: 1, any_refund: true}
+  - name: totals_from_csv
+    model: customer_totals
+    given:
+      - input: ref('stg_orders')
+        format: csv
+        rows: |
+          id,customer,amount,status
+          1,cy,2,paid
+          2,cy,3,paid
+    expect:
+      format: csv
+      rows: |
+        customer,total,orders
+        cy,5,2
+  - name: stg_from_source
+    model: stg_orders
+    given:
+      - input: source('app', 'raw_orders')
+        rows:
+          - {id: 9, customer: dee, amount: 1, status: paid}
+    expect:
+      rows:
+        - {id: 9, customer: dee}
+  # The only unit test of its model: dbt skips a failing model's other unit tests in an order
+  # of its own, so one test per model keeps the comparison exact.
+  - name: wrong_on_purpose
+    model: refunds
+    given:
+      - input: ref('stg_orders')
+        rows:
+          - {id: 1, customer: ann, amount: 10, status: refunded}
+    expect:
+      rows:
+        - {customer: ann, refunds: 2}
+"#,
+    );
+}
+
+fn unit_tests_match_dbt(dbt: &Path, a: &Path, b: &Path) {
+    assert_eq!(
+        dbt_status(dbt, a, &["build"]),
+        Some(1),
+        "dbt: one unit test fails"
+    );
+    let out = ferry(b, &["build"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let ra = results(a);
+    assert!(
+        ra.iter()
+            .any(|(id, st, _)| id == "unit_test.unit.refunds.wrong_on_purpose" && st == "fail"),
+        "{ra:?}"
+    );
+    assert!(
+        ra.iter()
+            .any(|(id, st, _)| id == "model.unit.refunds" && st == "skipped"),
+        "{ra:?}"
+    );
+    assert_eq!(results(b), ra);
+    assert!(
+        out.stderr.contains("actual differs from expected"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn unit_tests_match_dbt_on_duckdb() {
+    let Some(dbt) = dbt() else { return };
+    let d = Dir::new();
+    let (a, b) = (d.join("dbt/unit"), d.join("ferry/unit"));
+    for p in [&a, &b] {
+        unit_project(p);
+        duck_profiles(p);
+    }
+    unit_tests_match_dbt(&dbt, &a, &b);
+}
+
+#[test]
+fn unit_tests_match_dbt_on_postgres() {
+    let Some(dbt) = dbt() else { return };
+    let (sa, sb) = (Pg::new("unit_ref"), Pg::new("unit_ours"));
+    let d = Dir::new();
+    let (a, b) = (d.join("dbt/unit"), d.join("ferry/unit"));
+    unit_project(&a);
+    unit_project(&b);
+    pg_profiles(&a, &sa.schema, 1);
+    pg_profiles(&b, &sb.schema, 1);
+    unit_tests_match_dbt(&dbt, &a, &b);
+}
