@@ -1097,6 +1097,9 @@ fn parse_project(
         if let Some(s) = node.config.get("target_schema").and_then(Value::as_str) {
             node.schema = s.to_string();
         }
+        // dbt's path of a YAML snapshot: `<file>/<name>.sql`.
+        let file_name = f.inner.rsplit('/').next().unwrap_or(&f.inner);
+        node.path = format!("{file_name}/{}.sql", node.name);
         if node.enabled() {
             graph.nodes.insert(node.unique_id.clone(), node);
         } else {

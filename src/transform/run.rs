@@ -147,7 +147,8 @@ impl Shared {
     /// `target/compiled/<project>/…` (generic tests under their properties file's path).
     fn artifact_path(&self, kind: &str, node: &Node) -> std::path::PathBuf {
         let base = self.project.target_dir().join(kind).join(node.package());
-        if node.test.is_some() {
+        // Generic tests and YAML snapshots live under their properties file, as in dbt.
+        if node.test.is_some() || node.original_file_path.ends_with(".yml") {
             base.join(&node.original_file_path).join(&node.path)
         } else {
             base.join(&node.original_file_path)
@@ -882,7 +883,10 @@ fn compile_step(sh: &Shared, node: &Node, thread: usize) -> (NodeResult, Option<
     } else {
         match sh.compile(node) {
             Ok(c) => {
-                sh.write_artifact("compiled", node, &c.sql);
+                // dbt keeps no compiled copy of a snapshot (only target/run/).
+                if node.resource != Resource::Snapshot {
+                    sh.write_artifact("compiled", node, &c.sql);
+                }
                 r.compiled_code = Some(c.sql.clone());
                 Some(c.sql)
             }

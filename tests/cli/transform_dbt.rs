@@ -30,12 +30,15 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// Every file under `root`, relative, sorted.
+/// Every file under `root` (none when it is missing), relative, sorted.
 fn files(root: &Path) -> Vec<String> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries {
             let p = e.unwrap().path();
             if p.is_dir() {
                 stack.push(p);
@@ -46,6 +49,21 @@ fn files(root: &Path) -> Vec<String> {
     }
     out.sort();
     out
+}
+
+/// The same files under target/compiled/ with the same text (dbt's schema name `sa` read as
+/// ferry's `sb`, for two schemas on one Postgres).
+fn compiled_equal(a: &Path, b: &Path, when: &str, names: Option<(&str, &str)>) {
+    let (fa, fb) = (a.join("target/compiled"), b.join("target/compiled"));
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    assert_eq!(files(&fb), files(&fa), "{when}: compiled files");
+    for f in files(&fa) {
+        let want = match names {
+            Some((sa, sb)) => read(&fa.join(&f)).replace(sa, sb),
+            None => read(&fa.join(&f)),
+        };
+        assert_eq!(read(&fb.join(&f)), want, "{when}: compiled {f}");
+    }
 }
 
 fn duck_profiles(dir: &Path) {
@@ -647,6 +665,7 @@ fn snapshots_match_dbt(dbt: &Path, a: &Path, b: &Path, dump: impl Fn(&Path) -> S
             ferry(b, args).ok();
         }
         assert_eq!(results(b), results(a), "run results of round {round}");
+        compiled_equal(a, b, &format!("round {round}"), None);
         let (da, db) = (dump(a), dump(b));
         assert!(da.contains("== customers_ts"), "{da}");
         assert_eq!(db, da, "snapshots after round {round}");
@@ -763,11 +782,18 @@ select 1 as never
     );
 }
 
-fn hooks_match_dbt(dbt: &Path, a: &Path, b: &Path, dump: impl Fn(&Path) -> String) {
+fn hooks_match_dbt(
+    dbt: &Path,
+    a: &Path,
+    b: &Path,
+    names: Option<(&str, &str)>,
+    dump: impl Fn(&Path) -> String,
+) {
     for round in 1..=2 {
         run_dbt(dbt, a, &["build"]);
         ferry(b, &["build"]).ok();
         assert_eq!(results(b), results(a), "run results of build {round}");
+        compiled_equal(a, b, &format!("build {round}"), names);
         let (da, db) = (dump(a), dump(b));
         assert!(da.contains("built counted"), "{da}");
         assert_eq!(db, da, "audit and model after build {round}");
@@ -826,7 +852,7 @@ fn hooks_and_run_query_match_dbt_on_duckdb() {
         duck_profiles(p);
     }
     let dbt2 = dbt.clone();
-    hooks_match_dbt(&dbt, &a, &b, move |p| {
+    hooks_match_dbt(&dbt, &a, &b, None, move |p| {
         hooks_dump(&dbt2, Some(&p.join("shop.duckdb")), "main")
     });
 }
@@ -844,7 +870,8 @@ fn hooks_and_run_query_match_dbt_on_postgres() {
     let dbt2 = dbt.clone();
     let (ka, kb) = (sa.schema.clone(), sb.schema.clone());
     let (pa, pb) = (a.clone(), b.clone());
-    hooks_match_dbt(&dbt, &a, &b, move |p| {
+    let names = (sa.schema.clone(), sb.schema.clone());
+    hooks_match_dbt(&dbt, &a, &b, Some((&names.0, &names.1)), move |p| {
         let schema = if p == pa {
             &ka
         } else if p == pb {
@@ -857,9 +884,10 @@ fn hooks_and_run_query_match_dbt_on_postgres() {
 }
 
 /// Packages: a local one (macros, a dispatched macro the root overrides through `dispatch`,
-/// a model, a seed, a generic test the root uses as `util.at_least`) and one from a git repository (a tag, a subdirectory), installed by
-/// `deps` into dbt_packages/ and used by the root project's model.
-fn packages_setup(d: &Path) -> (PathBuf, PathBuf) {
+/// a model, a seed, a generic test the root uses as `util.at_least`) and one from a git
+/// repository (a tag, a subdirectory), installed by `deps` into dbt_packages/ and used by the
+/// root project's model.
+fn packages_setup(d: &Path, profile: impl Fn(&Path, usize)) -> (PathBuf, PathBuf) {
     let w = |rel: &str, text: &str| {
         let p = d.join(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -942,39 +970,51 @@ fn packages_setup(d: &Path) -> (PathBuf, PathBuf) {
             "select {{ util.double(5) }} as d, {{ util.greet(\"'bob'\") }} as g, {{ gitpkg.shout(\"'x'\") }} as s, a.answer, a.codes\nfrom {{ ref('util', 'util_answer') }} as a\n",
         )
         .unwrap();
-        duck_profiles(p);
     };
     let (a, b) = (d.join("dbt/proj"), d.join("ferry/proj"));
     project(&a);
     project(&b);
+    profile(&a, 0);
+    profile(&b, 1);
     (a, b)
+}
+
+/// deps and build by both tools: the same lock, installed files, run results and compiled
+/// SQL (`names`: dbt's schema read as ferry's).
+fn packages_match_dbt(dbt: &Path, a: &Path, b: &Path, names: Option<(&str, &str)>) {
+    run_dbt(dbt, a, &["deps"]);
+    ferry(b, &["deps"]).ok();
+    let lock = |p: &Path| std::fs::read_to_string(p.join("package-lock.yml")).unwrap();
+    assert_eq!(lock(b), lock(a), "package-lock.yml");
+    assert_eq!(
+        files(&b.join("dbt_packages")),
+        files(&a.join("dbt_packages"))
+    );
+    run_dbt(dbt, a, &["build"]);
+    ferry(b, &["build"]).ok();
+    assert_eq!(results(b), results(a));
+    compiled_equal(a, b, "build", names);
+}
+
+#[test]
+fn packages_install_and_build_as_dbt_on_postgres() {
+    let Some(dbt) = dbt() else { return };
+    let (sa, sb) = (Pg::new("pkg_ref"), Pg::new("pkg_ours"));
+    let d = Dir::new();
+    let schemas = [sa.schema.clone(), sb.schema.clone()];
+    let (a, b) = packages_setup(d.path(), |p, i| pg_profiles(p, &schemas[i], 1));
+    packages_match_dbt(&dbt, &a, &b, Some((&sa.schema, &sb.schema)));
+    let row = |s: &str| sa.sql(&format!("select d, g, s, answer, codes from \"{s}\".uses"));
+    assert_eq!(row(&sa.schema), ["10|hi bob|X|42|2"]);
+    assert_eq!(row(&sb.schema), row(&sa.schema));
 }
 
 #[test]
 fn packages_install_and_build_as_dbt_on_duckdb() {
     let Some(dbt) = dbt() else { return };
     let d = Dir::new();
-    let (a, b) = packages_setup(d.path());
-    run_dbt(&dbt, &a, &["deps"]);
-    ferry(&b, &["deps"]).ok();
-    let lock = |p: &Path| std::fs::read_to_string(p.join("package-lock.yml")).unwrap();
-    assert_eq!(lock(&b), lock(&a), "package-lock.yml");
-    assert_eq!(
-        files(&b.join("dbt_packages")),
-        files(&a.join("dbt_packages"))
-    );
-    run_dbt(&dbt, &a, &["build"]);
-    ferry(&b, &["build"]).ok();
-    assert_eq!(results(&b), results(&a));
-    let (fa, fb) = (a.join("target/compiled"), b.join("target/compiled"));
-    assert_eq!(files(&fb), files(&fa));
-    for f in files(&fa) {
-        assert_eq!(
-            std::fs::read_to_string(fb.join(&f)).unwrap(),
-            std::fs::read_to_string(fa.join(&f)).unwrap(),
-            "{f}"
-        );
-    }
+    let (a, b) = packages_setup(d.path(), |p, _| duck_profiles(p));
+    packages_match_dbt(&dbt, &a, &b, None);
     let (da, db) = (
         duck_dump(&dbt, &a.join("shop.duckdb")),
         duck_dump(&dbt, &b.join("shop.duckdb")),
