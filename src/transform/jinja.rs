@@ -192,6 +192,8 @@ pub struct RenderCtx {
     pub query: Option<Arc<dyn Query>>,
     /// `statement('name', …)` results, for `load_result('name')`.
     pub statements: Mutex<HashMap<String, Value>>,
+    /// Environment variables set for this render only (a unit test's `overrides.env_vars`).
+    pub env: HashMap<String, String>,
 }
 
 impl Object for RenderCtx {}
@@ -647,6 +649,14 @@ fn env_var_fn(name: String, default: Option<Value>) -> Result<Value, Error> {
     }
 }
 
+/// `env_var()` in a dbt render: the render's overrides first, then the process environment.
+fn env_var_render(state: &State, name: String, default: Option<Value>) -> Result<Value, Error> {
+    if let Some(v) = ctx(state).ok().and_then(|c| c.env.get(&name).cloned()) {
+        return Ok(Value::from(v));
+    }
+    env_var_fn(name, default)
+}
+
 fn doc_fn(state: &State, name: String) -> Result<Value, Error> {
     let c = ctx(state)?;
     c.docs
@@ -1053,7 +1063,7 @@ impl Jinja {
         env.add_function("ref", ref_fn);
         env.add_function("source", source_fn);
         env.add_function("var", var_fn);
-        env.add_function("env_var", env_var_fn);
+        env.add_function("env_var", env_var_render);
         env.add_function("doc", doc_fn);
         env.add_function(
             "return",
@@ -1439,6 +1449,7 @@ mod tests {
             returns: Mutex::default(),
             query: None,
             statements: Mutex::default(),
+            env: HashMap::new(),
         })
     }
 

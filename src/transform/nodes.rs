@@ -307,6 +307,7 @@ impl Graph {
             returns: Mutex::default(),
             query,
             statements: Mutex::default(),
+            env: HashMap::new(),
         })
     }
 }
@@ -2055,22 +2056,55 @@ pub fn render_project_hook(
         .map_err(|e| anyhow::anyhow!("Compilation Error in hook {name}: {e}"))
 }
 
+/// What compiling a node needs besides the node.
+pub struct CompileWith<'a> {
+    /// What `is_incremental()` says.
+    pub incremental: bool,
+    /// Ephemeral models compiled so far (their CTEs are injected).
+    pub compiled: &'a HashMap<String, Compiled>,
+    /// The warehouse, for `run_query` and `statement`.
+    pub query: Option<Arc<dyn jinja::Query>>,
+    /// Variables over the project's (a unit test's `overrides.vars`).
+    pub vars: Option<&'a Map<String, Value>>,
+    /// Environment variables for `env_var()` (a unit test's `overrides.env_vars`).
+    pub env: Option<&'a HashMap<String, String>>,
+}
+
 pub fn compile_node(
     graph: &Graph,
     node: &Node,
     target_ctx: &minijinja::Value,
     lookup: Arc<Lookup>,
-    incremental: bool,
-    compiled: &HashMap<String, Compiled>,
-    query: Option<Arc<dyn jinja::Query>>,
+    with: CompileWith<'_>,
 ) -> anyhow::Result<Compiled> {
-    let rc = graph.render_ctx_with(
-        Phase::Compile,
-        Some(lookup.clone() as Arc<dyn Resolve>),
+    let CompileWith {
         incremental,
-        node.config.clone(),
+        compiled,
         query,
-    );
+        vars,
+        env,
+    } = with;
+    let vars = match vars {
+        Some(v) => {
+            let mut all = (*graph.vars).clone();
+            all.extend(v.clone());
+            Arc::new(all)
+        }
+        None => graph.vars.clone(),
+    };
+    let rc = Arc::new(RenderCtx {
+        phase: Phase::Compile,
+        rec: Mutex::new(Recorded::default()),
+        resolver: Some(lookup.clone() as Arc<dyn Resolve>),
+        incremental,
+        vars,
+        docs: graph.docs.clone(),
+        config: node.config.clone(),
+        returns: Mutex::default(),
+        query,
+        statements: Mutex::default(),
+        env: env.cloned().unwrap_or_default(),
+    });
     let this = minijinja::Value::from_object(node.relation());
     let model_v = jinja::from_json(&json!({
         "name": node.name, "unique_id": node.unique_id, "resource_type": node.resource.as_str(),

@@ -126,9 +126,13 @@ impl Shared {
                 node,
                 &self.target_ctx,
                 self.lookup.clone(),
-                incremental,
-                &known,
-                self.query.clone(),
+                super::nodes::CompileWith {
+                    incremental,
+                    compiled: &known,
+                    query: self.query.clone(),
+                    vars: None,
+                    env: None,
+                },
             )?
         };
         if node.materialized() == "ephemeral" {
@@ -1020,6 +1024,23 @@ async fn unit_test(
         .pointer("/overrides/macros/is_incremental")
         .and_then(Value::as_bool)
         .unwrap_or(false);
+    let vars = entry
+        .pointer("/overrides/vars")
+        .and_then(Value::as_object)
+        .cloned();
+    let env: Option<HashMap<String, String>> = entry
+        .pointer("/overrides/env_vars")
+        .and_then(Value::as_object)
+        .map(|o| {
+            o.iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        v.as_str().map_or_else(|| v.to_string(), str::to_string),
+                    )
+                })
+                .collect()
+        });
     let compiled = {
         let known = sh.ephemerals.read().unwrap_or_else(|p| p.into_inner());
         compile_node(
@@ -1027,9 +1048,13 @@ async fn unit_test(
             model,
             &sh.target_ctx,
             sh.lookup.clone(),
-            incremental,
-            &known,
-            sh.query.clone(),
+            super::nodes::CompileWith {
+                incremental,
+                compiled: &known,
+                query: sh.query.clone(),
+                vars: vars.as_ref(),
+                env: env.as_ref(),
+            },
         )
         .map_err(|e| DbError(format!("{e:#}")))?
     };
@@ -1075,7 +1100,13 @@ async fn unit_test(
         })?;
         inputs.push((rel.to_string(), format!("{src}__{table}"), given.clone()));
     }
-    super::unit::run(conn, &sh.graph, node, &compiled.sql, &inputs).await
+    let fixtures: Vec<std::path::PathBuf> = sh
+        .project
+        .test_paths
+        .iter()
+        .map(|t| sh.project.dir.join(t).join("fixtures"))
+        .collect();
+    super::unit::run(conn, &sh.graph, node, &compiled.sql, &inputs, &fixtures).await
 }
 
 /// Fills the result from the outcome and writes `target/run/`.

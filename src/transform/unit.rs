@@ -18,9 +18,40 @@ enum Rows {
     Sql(String),
 }
 
-fn rows_of(v: &Value, what: &str) -> Result<Rows, DbError> {
+fn rows_of(v: &Value, what: &str, fixtures: &[std::path::PathBuf]) -> Result<Rows, DbError> {
     let format = v.get("format").and_then(Value::as_str).unwrap_or("dict");
-    let rows = v.get("rows");
+    // `fixture: name`: rows from `<test path>/fixtures/name.csv` (or `.sql`).
+    let from_file;
+    let rows = match v.get("fixture").and_then(Value::as_str) {
+        Some(name) => {
+            let ext = if format == "sql" { "sql" } else { "csv" };
+            let file = fixtures
+                .iter()
+                .map(|d| d.join(format!("{name}.{ext}")))
+                .find(|p| p.is_file())
+                .ok_or_else(|| {
+                    DbError(format!(
+                        "{what}: no fixture file {name}.{ext} in {}",
+                        fixtures
+                            .iter()
+                            .map(|d| d.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                })?;
+            from_file =
+                Value::from(std::fs::read_to_string(&file).map_err(|e| {
+                    DbError(format!("{what}: cannot read {}: {e}", file.display()))
+                })?);
+            Some(&from_file)
+        }
+        None => v.get("rows"),
+    };
+    let format = if v.get("fixture").is_some() && format == "dict" {
+        "csv"
+    } else {
+        format
+    };
     match (format, rows) {
         ("sql", Some(Value::String(sql))) => Ok(Rows::Sql(sql.clone())),
         ("csv", Some(Value::String(text))) => {
@@ -138,6 +169,7 @@ pub async fn run(
     node: &Node,
     model_sql: &str,
     inputs: &[(String, String, Value)],
+    fixtures: &[std::path::PathBuf],
 ) -> Result<Outcome, DbError> {
     let Some(unit) = &node.unit else {
         return Err(DbError(format!("{} is not a unit test", node.unique_id)));
@@ -152,7 +184,7 @@ pub async fn run(
     let mut ctes: Vec<(String, String)> = Vec::new();
     for (relation, cte, given) in inputs {
         let what = format!("'{cte}'");
-        let body = match rows_of(given, &what)? {
+        let body = match rows_of(given, &what, fixtures)? {
             Rows::Sql(s) => s,
             Rows::Maps(rows) => {
                 let cols = conn.typed_columns(relation).await.map_err(|e| {
@@ -179,7 +211,7 @@ pub async fn run(
     let model_cols = model_cols?;
     let expect = entry.get("expect").cloned().unwrap_or(Value::Null);
     let expected_sql;
-    let names: Vec<String> = match rows_of(&expect, "expected output")? {
+    let names: Vec<String> = match rows_of(&expect, "expected output", fixtures)? {
         Rows::Sql(s) => {
             expected_sql = s;
             model_cols.iter().map(|(c, _)| c.clone()).collect()

@@ -1181,6 +1181,14 @@ fn unit_project(dir: &Path) {
         "select customer, sum(amount) as total, count(*) as orders, bool_or(status = 'refunded') as any_refund\nfrom {{ ref('stg_orders') }}\nwhere status <> 'cancelled'\ngroup by customer\n",
     );
     w(
+        "models/flagged.sql",
+        "select customer, total > {{ var('big', 100) }} as big, '{{ env_var('FERRY_TEST_REGION', 'eu') }}' as region\nfrom {{ ref('customer_totals') }}\n",
+    );
+    w(
+        "tests/fixtures/totals_fixture.csv",
+        "customer,total,orders\nann,10.5,1\nbob,2,1\n",
+    );
+    w(
         "models/refunds.sql",
         "select customer, count(*) as refunds from {{ ref('stg_orders') }} where status = 'refunded' group by customer\n",
     );
@@ -1222,6 +1230,19 @@ fn unit_project(dir: &Path) {
     expect:
       rows:
         - {id: 9, customer: dee}
+  - name: flags_with_overrides
+    model: flagged
+    overrides:
+      vars: {big: 5}
+      env_vars: {FERRY_TEST_REGION: us}
+    given:
+      - input: ref('customer_totals')
+        format: csv
+        fixture: totals_fixture
+    expect:
+      rows:
+        - {customer: ann, big: true, region: us}
+        - {customer: bob, big: false, region: us}
   # The only unit test of its model: dbt skips a failing model's other unit tests in an order
   # of its own, so one test per model keeps the comparison exact.
   - name: wrong_on_purpose
@@ -1256,6 +1277,17 @@ fn unit_tests_match_dbt(dbt: &Path, a: &Path, b: &Path) {
             .any(|(id, st, _)| id == "model.unit.refunds" && st == "skipped"),
         "{ra:?}"
     );
+    for passing in [
+        "unit_test.unit.customer_totals.totals_skip_cancelled",
+        "unit_test.unit.customer_totals.totals_from_csv",
+        "unit_test.unit.stg_orders.stg_from_source",
+        "unit_test.unit.flagged.flags_with_overrides",
+    ] {
+        assert!(
+            ra.iter().any(|(id, st, _)| id == passing && st == "pass"),
+            "{passing}: {ra:?}"
+        );
+    }
     assert_eq!(results(b), ra);
     assert!(
         out.stderr.contains("actual differs from expected"),
