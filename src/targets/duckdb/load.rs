@@ -58,28 +58,90 @@ enum Direct {
     /// Not known until the first flush.
     #[default]
     Undecided,
-    /// Straight in; the hashes of the keys appended so far (empty for a stream without keys).
-    Keys(KeySet),
+    /// Straight in; the keys appended so far (none for a stream without keys).
+    Keys(Seen),
     /// Through staging and the merge.
     Off,
 }
 
-/// Keys tracked for straight appends at most (about 16 bytes each); beyond it, batches go
-/// through staging, so memory stays flat however long the table.
-const DIRECT_KEYS_MAX: usize = 4_000_000;
+/// Key hashes tracked for straight appends at most (about 16 bytes each); beyond it, batches
+/// go through staging, so memory stays flat however long the table.
+const DIRECT_KEYS_MAX: usize = 1_000_000;
+
+/// Runs of consecutive integer keys tracked at most (ids that arrive in order take one run
+/// however many they are; keys in no order would take a run each).
+const DIRECT_RUNS_MAX: usize = 65_536;
+
+/// The keys appended straight so far: one integer key column as runs of consecutive values,
+/// anything else as hashes.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Run start → run end (inclusive).
+    runs: std::collections::BTreeMap<i64, i64>,
+    hashes: KeySet,
+}
+
+impl Seen {
+    /// Adds `k`; false when it was there already.
+    fn insert_int(&mut self, k: i64) -> bool {
+        let before = self.runs.range(..=k).next_back().map(|(s, e)| (*s, *e));
+        if let Some((_, e)) = before {
+            if e >= k {
+                return false;
+            }
+        }
+        let after = k
+            .checked_add(1)
+            .and_then(|n| self.runs.get(&n).map(|e| (n, *e)));
+        match (before, after) {
+            (Some((s, e)), Some((n, ne))) if e.checked_add(1) == Some(k) => {
+                self.runs.remove(&n);
+                self.runs.insert(s, ne);
+            }
+            (Some((s, e)), _) if e.checked_add(1) == Some(k) => {
+                self.runs.insert(s, k);
+            }
+            (_, Some((n, ne))) => {
+                self.runs.remove(&n);
+                self.runs.insert(k, ne);
+            }
+            _ => {
+                self.runs.insert(k, k);
+            }
+        }
+        true
+    }
+}
 
 /// Whether `batch` can be appended straight into the table; turns `direct` off for good when
 /// it cannot (a key seen before, or too many keys to track).
 fn direct_ok(direct: &mut Direct, batch: &RecordBatch, key_cols: &[String]) -> bool {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::Int64Type;
     let Direct::Keys(seen) = direct else {
         return false;
     };
     if key_cols.is_empty() {
         return true;
     }
-    let ok = seen.len() + batch.num_rows() <= DIRECT_KEYS_MAX
-        && key_hashes(batch, key_cols)
-            .is_some_and(|hashes| hashes.into_iter().all(|h| seen.insert(h)));
+    let ints = match key_cols {
+        [k] => batch
+            .column_by_name(k)
+            .and_then(|c| c.as_primitive_opt::<Int64Type>())
+            .filter(|a| a.null_count() == 0),
+        _ => None,
+    };
+    let ok = match ints {
+        Some(a) if seen.hashes.is_empty() => {
+            a.values().iter().all(|k| seen.insert_int(*k)) && seen.runs.len() <= DIRECT_RUNS_MAX
+        }
+        _ => {
+            seen.runs.is_empty()
+                && seen.hashes.len() + batch.num_rows() <= DIRECT_KEYS_MAX
+                && key_hashes(batch, key_cols)
+                    .is_some_and(|hashes| hashes.into_iter().all(|h| seen.hashes.insert(h)))
+        }
+    };
     if !ok {
         tracing::debug!(
             "A key repeats (or too many to track): the rest goes through staging and the merge."
@@ -290,6 +352,7 @@ impl DuckDbTarget {
             ))
             .context("memory_limit")?;
         }
+
         let schema = cfg
             .schema
             .clone()
@@ -642,7 +705,7 @@ impl DuckDbTarget {
                         .with_context(|| format!("looking into {qt}"))?;
                 s.direct = if empty {
                     tracing::debug!(stream, table = %qt, "The table is empty: batches go straight in while no key repeats.");
-                    Direct::Keys(KeySet::default())
+                    Direct::Keys(Seen::default())
                 } else {
                     Direct::Off
                 };
@@ -955,5 +1018,26 @@ impl DuckDbTarget {
     /// Bytes of records loaded for a stream.
     pub fn bytes_written(&self, stream: &str) -> u64 {
         self.streams.get(stream).map_or(0, |s| s.bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Seen;
+
+    #[test]
+    fn integer_keys_are_kept_as_runs_and_repeats_are_found() {
+        let mut s = Seen::default();
+        assert!((0..100_000).all(|k| s.insert_int(k)));
+        assert_eq!(s.runs.len(), 1, "ids in order are one run");
+        assert!(!s.insert_int(42));
+        assert!(s.insert_int(200_000) && s.insert_int(199_999) && s.insert_int(100_000));
+        assert_eq!(s.runs.len(), 2);
+        // 100,001..199,998 joins the two runs into one.
+        assert!((100_001..199_999).all(|k| s.insert_int(k)));
+        assert_eq!(s.runs.len(), 1);
+        assert!(!s.insert_int(150_000) && !s.insert_int(0) && !s.insert_int(200_000));
+        assert!(s.insert_int(-5) && s.insert_int(i64::MAX) && !s.insert_int(i64::MAX));
+        assert!(s.insert_int(i64::MIN) && !s.insert_int(i64::MIN));
     }
 }
