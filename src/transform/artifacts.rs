@@ -339,7 +339,32 @@ pub fn manifest(
     inv: &Invocation,
 ) -> Manifest {
     let tests = column_tests(graph);
-    let all: Vec<&Node> = graph.nodes.values().collect();
+    // Unit tests have a section of their own in dbt's manifest.
+    let all: Vec<&Node> = graph
+        .nodes
+        .values()
+        .filter(|n| n.resource != Resource::UnitTest)
+        .collect();
+    let unit_tests: Map<String, Value> = graph
+        .nodes
+        .values()
+        .filter_map(|n| {
+            let (model, entry) = &**n.unit.as_ref()?;
+            Some((
+                n.unique_id.clone(),
+                json!({
+                    "model": model.rsplit('.').next(), "given": entry.get("given"),
+                    "expect": entry.get("expect"), "name": n.name, "resource_type": "unit_test",
+                    "package_name": n.package(), "path": n.path,
+                    "original_file_path": n.original_file_path, "unique_id": n.unique_id,
+                    "fqn": n.fqn, "description": n.description,
+                    "overrides": entry.get("overrides"),
+                    "depends_on": {"macros": [], "nodes": n.depends_on},
+                    "config": n.config, "versions": null, "version": null,
+                }),
+            ))
+        })
+        .collect();
     // Each node's JSON is made and serialized on all cores; the manifest splices them in.
     let nodes = super::par_map(all, |n| {
         let v = node_json(project, n, compiled, graph, &tests);
@@ -423,7 +448,7 @@ pub fn manifest(
         "group_map": {},
         "saved_queries": {},
         "semantic_models": {},
-        "unit_tests": {},
+        "unit_tests": unit_tests,
         "functions": {},
     });
     // The big parts moved in afterwards: json! would serialize them into a copy first.

@@ -1289,6 +1289,23 @@ fn unit_tests_match_dbt(dbt: &Path, a: &Path, b: &Path) {
         );
     }
     assert_eq!(results(b), ra);
+    // The manifest keeps unit tests apart from the nodes, as dbt's does.
+    let manifest = |p: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p.join("target/manifest.json")).unwrap())
+            .unwrap()
+    };
+    let (ma, mb) = (manifest(a), manifest(b));
+    let keys = |m: &serde_json::Value, k: &str| -> Vec<String> {
+        let mut v: Vec<String> = m[k].as_object().unwrap().keys().cloned().collect();
+        v.sort();
+        v
+    };
+    assert_eq!(keys(&mb, "unit_tests"), keys(&ma, "unit_tests"));
+    assert_eq!(keys(&mb, "nodes"), keys(&ma, "nodes"));
+    assert_eq!(
+        mb["unit_tests"]["unit_test.unit.flagged.flags_with_overrides"]["model"],
+        ma["unit_tests"]["unit_test.unit.flagged.flags_with_overrides"]["model"]
+    );
     assert!(
         out.stderr.contains("actual differs from expected"),
         "{}",
