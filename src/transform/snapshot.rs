@@ -128,6 +128,24 @@ struct Strategy {
     hard_deletes: HardDeletes,
 }
 
+/// dbt's `Column.string_size` for a Postgres string type: its length, or 256 when it has none
+/// (`text`); `None` for other types.
+fn string_size(ty: &str) -> Option<u64> {
+    let t = ty.trim().to_ascii_lowercase();
+    let (base, size) = match t.split_once('(') {
+        Some((b, rest)) => (
+            b.trim().to_string(),
+            rest.trim_end_matches(')').trim().parse().ok(),
+        ),
+        None => (t.clone(), None),
+    };
+    matches!(
+        base.as_str(),
+        "text" | "character varying" | "varchar" | "character" | "char"
+    )
+    .then(|| size.unwrap_or(256))
+}
+
 /// `snapshot_get_time()`.
 fn now(adapter: AdapterKind) -> &'static str {
     match adapter {
@@ -498,6 +516,30 @@ pub async fn run(
                 || l.strip_prefix("dbt_unique_key_")
                     .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
         };
+        // dbt's `expand_target_column_types`: a string column the query now makes longer is
+        // widened first (Postgres; DuckDB's VARCHAR has no length).
+        if adapter == AdapterKind::Postgres {
+            for (c, t) in &staged {
+                let Some((_, have)) = target_cols.iter().find(|(e, _)| e == c) else {
+                    continue;
+                };
+                if let (Some(old), Some(new)) = (string_size(have), string_size(t)) {
+                    if new > old {
+                        let tmp = quote(&format!("{c}__dbt_alter"));
+                        let col = quote(c);
+                        let ty = format!("character varying({new})");
+                        for stmt in [
+                            format!("alter table {rel} add column {tmp} {ty};"),
+                            format!("update {rel} set {tmp} = {col};"),
+                            format!("alter table {rel} drop column {col} cascade;"),
+                            format!("alter table {rel} rename column {tmp} to {col}"),
+                        ] {
+                            tx.run(stmt).await?;
+                        }
+                    }
+                }
+            }
+        }
         for (c, t) in &staged {
             if !removed(c) && !target_cols.iter().any(|(e, _)| e == c) {
                 tx.run(format!("alter table {rel} add column {} {t};", quote(c)))
@@ -564,6 +606,15 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn string_sizes_are_dbts() {
+        assert_eq!(string_size("character varying(10)"), Some(10));
+        assert_eq!(string_size("text"), Some(256));
+        assert_eq!(string_size("character(3)"), Some(3));
+        assert_eq!(string_size("integer"), None);
+        assert_eq!(string_size("timestamp without time zone"), None);
+    }
 
     #[test]
     fn scd_ids_hash_the_key_and_the_time_as_dbt() {

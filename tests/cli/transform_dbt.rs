@@ -560,7 +560,7 @@ select * from {{ ref('raw_customers') }}
 
 {% snapshot customers_check %}
 {{ config(unique_key='id', strategy='check', check_cols=['plan', 'email']) }}
-select id, plan, email from {{ ref('raw_customers') }}
+select id, plan, cast(email as varchar({{ var('email_len', 10) }})) as email from {{ ref('raw_customers') }}
 {% endsnapshot %}
 "#,
     );
@@ -584,7 +584,7 @@ select * from {{ ref('raw_customers') }}
 const SNAPSHOT_ROUNDS: [&str; 3] = [
     "id,region,email,plan,updated_at\n1,eu,a@x.io,free,2024-01-01 00:00:00\n2,us,b@x.io,pro,2024-01-01 00:00:00\n3,eu,c@x.io,free,2024-01-01 00:00:00\n",
     "id,region,email,plan,updated_at\n1,eu,a@x.io,pro,2024-02-01 00:00:00\n2,us,b@x.io,pro,2024-01-01 00:00:00\n4,us,d@x.io,free,2024-02-01 00:00:00\n",
-    "id,region,email,plan,updated_at,seats\n1,eu,a@x.io,pro,2024-02-01 00:00:00,1\n2,us,b2@x.io,pro,2024-01-01 00:00:00,5\n3,eu,c@x.io,team,2024-03-01 00:00:00,3\n4,us,d@x.io,free,2024-02-01 00:00:00,1\n",
+    "id,region,email,plan,updated_at,seats\n1,eu,a@x.io,pro,2024-02-01 00:00:00,1\n2,us,b2.longer@x.io,pro,2024-01-01 00:00:00,5\n3,eu,c@x.io,team,2024-03-01 00:00:00,3\n4,us,d@x.io,free,2024-02-01 00:00:00,1\n",
 ];
 
 /// Every snapshot table's columns (name and type) and rows, with the times a run stamps
@@ -652,8 +652,12 @@ fn snapshots_match_dbt(dbt: &Path, a: &Path, b: &Path, dump: impl Fn(&Path) -> S
     let rounds: [&[&[&str]]; 3] = [
         &[&["build"]],
         &[&["build"]],
-        // A new seed column: the seed is recreated, the snapshots gain the column.
-        &[&["seed", "--full-refresh"], &["snapshot"]],
+        // A new seed column: the seed is recreated, the snapshots gain the column; a longer
+        // email makes the check snapshot's varchar(10) a varchar(20) (widened in place).
+        &[
+            &["seed", "--full-refresh"],
+            &["snapshot", "--vars", "{email_len: 20}"],
+        ],
     ];
     for (round, (csv, steps)) in (1..).zip(SNAPSHOT_ROUNDS.iter().zip(rounds)) {
         for p in [a, b] {
@@ -681,7 +685,11 @@ fn snapshots_match_dbt(dbt: &Path, a: &Path, b: &Path, dump: impl Fn(&Path) -> S
         1,
         "{last}"
     );
-    assert_eq!(last.matches("('email', 'b2@x.io')").count(), 2, "{last}");
+    assert_eq!(
+        last.matches("('email', 'b2.longer@x.io')").count(),
+        2,
+        "{last}"
+    );
 }
 
 #[test]
