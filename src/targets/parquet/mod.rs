@@ -86,7 +86,7 @@ pub struct ParquetTargetConfig {
     /// Objects and arrays as `struct` (default: STRUCT/LIST) or `json` (text).
     #[serde(default)]
     pub nested: Nested,
-    /// Rows per row group (and per batch held in memory).
+    /// Rows per row group.
     #[serde(default = "default_row_group_rows", alias = "batch_size_rows")]
     pub row_group_rows: u64,
     /// A file is closed and a new one started after this many rows.
@@ -131,7 +131,7 @@ pub fn about() -> About {
             ConfigKey { name: "path", ty: "string", required: false, description: "Base folder (default `lake`); a folder per stream under it, `_ferry_manifest.json` at its root." },
             ConfigKey { name: "compression", ty: "string", required: false, description: "`zstd` (default), `snappy` or `none`." },
             ConfigKey { name: "nested", ty: "string", required: false, description: "Objects and arrays as `struct` (default; STRUCT/LIST) or `json` (text)." },
-            ConfigKey { name: "row_group_rows", ty: "integer", required: false, description: "Rows per row group, and per batch held in memory (default 122880)." },
+            ConfigKey { name: "row_group_rows", ty: "integer", required: false, description: "Rows per row group (default 122880); records reach the encoder in slices of 16,384 rows, so a row group is never held whole as Arrow arrays." },
             ConfigKey { name: "file_max_rows", ty: "integer", required: false, description: "Start a new file after this many rows (default 10000000)." },
             ConfigKey { name: "file_max_bytes", ty: "integer", required: false, description: "Start a new file after about this many bytes (default 256 MiB)." },
             ConfigKey { name: "partition_by", ty: "string|object", required: false, description: "Hive-style day partitions (`<column>_date=YYYY-MM-DD/`) by a date or date-time property; a name, or `{stream: property}`." },

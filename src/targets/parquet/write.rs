@@ -91,6 +91,10 @@ pub struct Manifest {
     garbage: Vec<String>,
 }
 
+/// Rows (and bytes of records) buffered per part before they go to the encoder.
+const SLICE_ROWS: u64 = 16_384;
+const SLICE_BYTES: usize = 8 << 20;
+
 /// A Parquet file being encoded on a thread of its own, so encoding and compression overlap with
 /// parsing the next records.
 struct Encoder {
@@ -575,7 +579,11 @@ impl ParquetTarget {
                 e.why
             );
         }
-        if part.batch.rows() as u64 >= self.cfg.row_group_rows || part.batch.bytes() >= 64 << 20 {
+        // Handed to the encoder in slices: it fills its row groups (`row_group_rows`) from
+        // them, so only a slice waits here as Arrow arrays while a row group is encoded.
+        if part.batch.rows() as u64 >= self.cfg.row_group_rows.min(SLICE_ROWS)
+            || part.batch.bytes() >= SLICE_BYTES
+        {
             let stream = msg.stream.clone();
             self.write_part(&stream, &part_key, false)?;
         }
