@@ -12,6 +12,8 @@ use ferry::error::{exit_code, is_broken_pipe, Failure};
 use ferry::{progress, secrets};
 
 /// mimalloc: the hot paths (JSON records, SQL text, Jinja values) make many small allocations.
+/// Version 2 (the `v2` feature): it returns freed memory after 10 ms where version 3 waits a
+/// second, which kept whole batches resident (the Parquet target: 125 → 75 MB, same speed).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
