@@ -1016,55 +1016,25 @@ fn parse_project(
             graph.disabled.push(node.unique_id);
         }
     }
-    // Snapshots: each `{% snapshot name %}…{% endsnapshot %}` block of the snapshot folders.
+    // Snapshots: each `{% snapshot name %}…{% endsnapshot %}` block of the snapshot folders,
+    // then the YAML ones (`select * from` their relation).
+    let mut snapshots: Vec<(super::project::Found, String, String, Map<String, Value>)> =
+        Vec::new();
     for f in find_files(dir, &project.snapshot_paths, &[".sql"]) {
         let text = localize(read(&f.abs)?);
         for (name, body) in snapshot_blocks(&text, &f.original)? {
-            let unique_id = format!("snapshot.{}.{name}", project.name);
-            if let Some(prev) = names.insert(name.clone(), f.original.clone()) {
-                return Err(config_error(format!(
-                    "{prev} and {} have the same name {name:?}; ref() could not tell them apart",
-                    f.original
-                )));
-            }
-            let mut fqn = vec![project.name.clone()];
-            fqn.extend(dirs_of(&f.inner));
-            fqn.push(name.clone());
-            let mut config = Map::new();
-            config.insert("materialized".into(), json!("snapshot"));
-            merge_config(&mut config, &tree(|p| &p.snapshots, &fqn[1..]));
-            let mut node = build_node(
-                &*graph,
-                target_ctx,
-                NodeInput {
-                    unique_id,
-                    name,
-                    resource: Resource::Snapshot,
-                    found: &f,
-                    fqn,
-                    raw: body,
-                    config,
-                    patch: None,
-                },
-                &mut generic_specs,
-            )?;
-            // The legacy `target_schema`/`target_database` name the relation exactly (no
-            // generate_schema_name), as in dbt.
-            if let Some(s) = node.config.get("target_schema").and_then(Value::as_str) {
-                node.schema = s.to_string();
-            }
-            if let Some(d) = node.config.get("target_database").and_then(Value::as_str) {
-                node.database = d.to_string();
-            }
-            if node.enabled() {
-                graph.nodes.insert(node.unique_id.clone(), node);
-            } else {
-                graph.disabled.push(node.unique_id);
-            }
+            snapshots.push((f.clone(), name, body, Map::new()));
         }
     }
-
-    for (f, name, relation, yaml_config) in yaml_snapshots {
+    for (f, name, relation, config) in yaml_snapshots {
+        snapshots.push((
+            f,
+            name,
+            format!("select * from {{{{ {relation} }}}}"),
+            config,
+        ));
+    }
+    for (f, name, raw, yaml_config) in snapshots {
         let unique_id = format!("snapshot.{}.{name}", project.name);
         if let Some(prev) = names.insert(name.clone(), f.original.clone()) {
             return Err(config_error(format!(
@@ -1079,7 +1049,6 @@ fn parse_project(
         config.insert("materialized".into(), json!("snapshot"));
         merge_config(&mut config, &tree(|p| &p.snapshots, &fqn[1..]));
         merge_config(&mut config, &yaml_config);
-        let raw = format!("select * from {{{{ {relation} }}}}");
         let mut node = build_node(
             &*graph,
             target_ctx,
@@ -1095,12 +1064,19 @@ fn parse_project(
             },
             &mut generic_specs,
         )?;
+        // The legacy `target_schema`/`target_database` name the relation exactly (no
+        // generate_schema_name), as in dbt.
         if let Some(s) = node.config.get("target_schema").and_then(Value::as_str) {
             node.schema = s.to_string();
         }
-        // dbt's path of a YAML snapshot: `<file>/<name>.sql`.
-        let file_name = f.inner.rsplit('/').next().unwrap_or(&f.inner);
-        node.path = format!("{file_name}/{}.sql", node.name);
+        if let Some(d) = node.config.get("target_database").and_then(Value::as_str) {
+            node.database = d.to_string();
+        }
+        if f.original.ends_with(".yml") || f.original.ends_with(".yaml") {
+            // dbt's path of a YAML snapshot: `<file>/<name>.sql`.
+            let file_name = f.inner.rsplit('/').next().unwrap_or(&f.inner);
+            node.path = format!("{file_name}/{}.sql", node.name);
+        }
         if node.enabled() {
             graph.nodes.insert(node.unique_id.clone(), node);
         } else {
