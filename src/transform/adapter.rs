@@ -372,13 +372,7 @@ impl Conn {
                  where not (ns.nspname = {s} and c.relname = {n})"
             ))
             .await?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|r| {
-                let mut it = r.into_iter();
-                Some((it.next()??, it.next()??))
-            })
-            .collect())
+        Ok(pairs(rows))
     }
 
     /// A relation's columns with their full types (`character varying(10)`), in order;
@@ -400,13 +394,7 @@ impl Conn {
             Conn::Duck(_) => format!("select column_name, column_type from (describe {relation})"),
         };
         let rows = self.query_strings(&sql).await?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|r| {
-                let mut it = r.into_iter();
-                Some((it.next()??, it.next()??))
-            })
-            .collect())
+        Ok(pairs(rows))
     }
 
     /// The column names a query returns, without running it.
@@ -535,6 +523,16 @@ impl Conn {
             }),
         }
     }
+}
+
+/// The first two columns of each row, where both are set.
+fn pairs(rows: Vec<Vec<Option<String>>>) -> Vec<(String, String)> {
+    rows.into_iter()
+        .filter_map(|r| {
+            let mut it = r.into_iter();
+            Some((it.next()??, it.next()??))
+        })
+        .collect()
 }
 
 /// What `run_query` returns, before it becomes an agate-like table.

@@ -199,6 +199,35 @@ async fn swap_in(
     Ok(out)
 }
 
+/// `create table … as (…)` in one transaction, for a relation that is not there yet (a first
+/// incremental run, a first snapshot), with dbt's message.
+///
+/// # Errors
+/// A [`DbError`]; the transaction is rolled back.
+pub(super) async fn create_table(
+    conn: &mut Conn,
+    adapter: AdapterKind,
+    rel: &Relation,
+    sql: &str,
+    cache: &Cache,
+) -> Result<Outcome, DbError> {
+    let mut tx = Tx {
+        conn,
+        out: Outcome::default(),
+    };
+    let rows = tx
+        .transaction(vec![format!("create table {rel} as (\n{sql}\n)")])
+        .await?;
+    set_cache(cache, rel, Some("table"));
+    let mut out = tx.out;
+    out.rows = rows;
+    out.message = match adapter {
+        AdapterKind::Postgres => format!("SELECT {}", rows.unwrap_or(0)),
+        AdapterKind::DuckDb => "OK".into(),
+    };
+    Ok(out)
+}
+
 /// `unique_key` as a list of SQL expressions.
 fn unique_keys(node: &Node) -> Vec<String> {
     match node.config.get("unique_key") {
@@ -247,21 +276,7 @@ pub async fn model(
                 if cached(cache, &rel).is_some() {
                     return swap_in(conn, adapter, &rel, "table", sql, cache).await;
                 }
-                let mut tx = Tx {
-                    conn,
-                    out: Outcome::default(),
-                };
-                let rows = tx
-                    .transaction(vec![format!("create table {rel} as (\n{sql}\n)")])
-                    .await?;
-                set_cache(cache, &rel, Some("table"));
-                let mut out = tx.out;
-                out.rows = rows;
-                out.message = match adapter {
-                    AdapterKind::Postgres => format!("SELECT {}", rows.unwrap_or(0)),
-                    AdapterKind::DuckDb => "OK".into(),
-                };
-                return Ok(out);
+                return create_table(conn, adapter, &rel, sql, cache).await;
             }
             incremental(conn, adapter, node, &rel, sql).await
         }

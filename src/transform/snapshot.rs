@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::adapter::{Conn, DbError};
 use super::jinja::quote;
-use super::materialize::{cached, set_cache, Cache, Outcome, Tx};
+use super::materialize::{cached, create_table, Cache, Outcome, Tx};
 use super::nodes::Node;
 use super::project::AdapterKind;
 
@@ -449,10 +449,6 @@ pub async fn run(
         None => None,
     };
     let s = strategy(conn, adapter, node, sql, &names, target_cols.as_deref()).await?;
-    let mut tx = Tx {
-        conn,
-        out: Outcome::default(),
-    };
     let Some(target_cols) = target_cols else {
         let is_deleted = if s.hard_deletes == HardDeletes::NewRecord {
             format!(", 'False' as {}\n", names.is_deleted)
@@ -468,19 +464,11 @@ pub async fn run(
             valid_to_current(node, &s, &names),
             u = s.updated_at,
         );
-        let rows = tx
-            .transaction(vec![format!(
-                "create table {rel}\n  \n  \n    as\n  \n  (\n    {build}\n  );"
-            )])
-            .await?;
-        set_cache(cache, &rel, Some("table"));
-        let mut out = tx.out;
-        out.rows = rows;
-        out.message = match adapter {
-            AdapterKind::Postgres => format!("SELECT {}", rows.unwrap_or(0)),
-            AdapterKind::DuckDb => "OK".into(),
-        };
-        return Ok(out);
+        return create_table(conn, adapter, &rel, &build, cache).await;
+    };
+    let mut tx = Tx {
+        conn,
+        out: Outcome::default(),
     };
     let staging = quote(&format!("{}__dbt_tmp", rel.identifier));
     let (target_names, query_cols) = if s.hard_deletes == HardDeletes::NewRecord {

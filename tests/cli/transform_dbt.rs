@@ -66,6 +66,13 @@ fn compiled_equal(a: &Path, b: &Path, when: &str, names: Option<(&str, &str)>) {
     }
 }
 
+/// Writes `dir/rel`, making its folders.
+fn write_file(dir: &Path, rel: &str, text: &str) {
+    let p = dir.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
+
 fn duck_profiles(dir: &Path) {
     std::fs::write(
         dir.join("profiles.yml"),
@@ -345,11 +352,7 @@ fn only_the_selected_profile_output_is_rendered_as_dbt_does() {
 /// the sources over them carry thresholds, a filter, a per-table override, an opt-out and an
 /// empty table.
 fn freshness_project(dir: &Path) {
-    let w = |rel: &str, text: &str| {
-        let p = dir.join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    };
+    let w = |rel: &str, text: &str| write_file(dir, rel, text);
     w(
         "dbt_project.yml",
         "name: fresh\nversion: '1.0.0'\nconfig-version: 2\nprofile: shop\nmodels:\n  fresh:\n    +materialized: table\n",
@@ -541,11 +544,7 @@ fn source_freshness_matches_dbt_on_postgres() {
 /// deletes in its own `target_schema`; check strategy on two columns; check on all columns
 /// with a two-column key.
 fn snapshot_project(dir: &Path) {
-    let w = |rel: &str, text: &str| {
-        let p = dir.join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    };
+    let w = |rel: &str, text: &str| write_file(dir, rel, text);
     w(
         "dbt_project.yml",
         "name: snap\nversion: '1.0.0'\nconfig-version: 2\nprofile: shop\n",
@@ -739,11 +738,7 @@ fn snapshots_match_dbt_on_postgres() {
 /// project-level and in-file pre/post hooks, `run_query`, `{% call statement %}` with
 /// `load_result`, and `execute`.
 fn hooks_project(dir: &Path) {
-    let w = |rel: &str, text: &str| {
-        let p = dir.join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    };
+    let w = |rel: &str, text: &str| write_file(dir, rel, text);
     w(
         "dbt_project.yml",
         r#"name: ops
@@ -896,11 +891,7 @@ fn hooks_and_run_query_match_dbt_on_postgres() {
 /// repository (a tag, a subdirectory), installed by `deps` into dbt_packages/ and used by the
 /// root project's model.
 fn packages_setup(d: &Path, profile: impl Fn(&Path, usize)) -> (PathBuf, PathBuf) {
-    let w = |rel: &str, text: &str| {
-        let p = d.join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    };
+    let w = |rel: &str, text: &str| write_file(d, rel, text);
     w(
         "util_pkg/dbt_project.yml",
         "name: util\nversion: '1.0.0'\nconfig-version: 2\nmodels:\n  util:\n    +materialized: table\n",
@@ -1163,11 +1154,7 @@ fn hub_packages_resolve_and_install_as_dbt() {
 /// Unit tests (dbt 1.8): dict, csv and source fixtures, expected rows in dict and csv form, and
 /// one wrong on purpose (its model is then skipped by `build`).
 fn unit_project(dir: &Path) {
-    let w = |rel: &str, text: &str| {
-        let p = dir.join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    };
+    let w = |rel: &str, text: &str| write_file(dir, rel, text);
     w(
         "dbt_project.yml",
         "name: unit\nversion: '1.0.0'\nconfig-version: 2\nprofile: shop\n",
